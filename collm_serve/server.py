@@ -1,0 +1,156 @@
+"""Run one agent: gRPC server (AgentService + health + reflection), engine, metrics, drain.
+
+Order matters: the gRPC port opens first with health NOT_SERVING, so orchestrators and k8s
+probes see "loading" instead of "connection refused"; health turns SERVING only after the
+engine is up and the persisted adapter version is active again. SIGTERM: health NOT_SERVING,
+new requests get UNAVAILABLE, in-flight ones finish within `drain_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from collm_serve.adapters.registry import AdapterRegistry
+from collm_serve.admission import Admission
+from collm_serve.auth import TokenAuthInterceptor
+from collm_serve.config import AgentConfig
+from collm_serve.metrics import ServiceMetrics
+from collm_serve.models import model_id_for, resolve_model
+from collm_serve.proto.collm.v1 import agent_pb2, agent_pb2_grpc
+from collm_serve.service import AgentServicer, ServiceState
+
+log = logging.getLogger("collm.serve")
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+def server_credentials(config: AgentConfig) -> grpc.ServerCredentials | None:
+    if config.tls is None:
+        return None
+    tls = config.tls
+    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def announce(event: str, **fields) -> None:
+    """One JSON line per life-cycle event on stdout (tests and supervisors parse it)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def build_grpc_server(servicers, service_names, token: str | None, credentials, address: str):
+    """A grpc.aio server with the given servicers + health + reflection; returns (server, port, health)."""
+    interceptors = [TokenAuthInterceptor(token)] if token else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+    )
+    for add, servicer in servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    return server, port, health_servicer
+
+
+async def set_health(health_servicer, names, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *names):
+        await health_servicer.set(name, status)
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT or a dead engine; returns the process exit code."""
+    from collm_serve.engines import create_engine
+
+    state = ServiceState()
+    metrics = ServiceMetrics(config.name)
+    model_dir = resolve_model(config.model)
+    model_id = model_id_for(config.model)
+    engine = create_engine(
+        config.engine, model_dir, model_id, max_model_len=config.max_model_len,
+        max_loras=config.keep_versions + 1, max_lora_rank=config.max_lora_rank,
+        dtype=config.dtype, seed=config.seed,
+        **({"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization}
+           if config.engine == "vllm" else {}),
+    )
+    registry = AdapterRegistry(
+        engine, agent=config.name, base_model_id=model_id, base_model_dir=model_dir,
+        adapter_root=config.resolved_adapter_root, state_dir=config.resolved_state_dir,
+        keep_versions=config.keep_versions, max_lora_rank=config.max_lora_rank,
+        on_change=lambda lv: metrics.active_adapter.labels(config.name).set(lv.version if lv else 0),
+    )
+    admission = Admission(
+        config.max_concurrent_requests, config.max_queued_requests,
+        on_change=lambda w, r: (metrics.queue_depth.labels(config.name).set(w),
+                                metrics.in_flight.labels(config.name).set(r)),
+    )
+    servicer = AgentServicer(config, engine, None, registry, admission, metrics, state)
+    server, port, health_servicer = build_grpc_server(
+        [(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer)], [SERVICE_NAME],
+        config.auth_token, server_credentials(config), f"{config.host}:{config.port}",
+    )
+    stop = asyncio.Event()
+    exit_code = 0
+
+    def engine_died() -> None:
+        nonlocal exit_code
+        log.error("engine is dead; reporting NOT_SERVING and exiting for a restart")
+        exit_code = 3
+        stop.set()
+
+    state.on_engine_dead = engine_died
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    await server.start()
+    await set_health(health_servicer, [SERVICE_NAME], serving=False)
+    metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port is not None else None
+    announce("listening", agent=config.name, port=port, metrics_port=metrics_port)
+    try:
+        await engine.start()
+        from transformers import AutoTokenizer
+
+        servicer.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        restored = await registry.restore()
+        state.phase = "serving"
+        await set_health(health_servicer, [SERVICE_NAME], serving=True)
+        announce("serving", agent=config.name, port=port, metrics_port=metrics_port,
+                 engine=engine.info().engine, base_model=model_id,
+                 adapter_version=restored.version if restored else 0)
+        await stop.wait()
+    except Exception as e:
+        log.exception("agent %s failed to start", config.name)
+        announce("failed", agent=config.name, reason=f"{type(e).__name__}: {e}")
+        exit_code = 2
+    finally:
+        state.phase = "draining"
+        admission.draining = True
+        await set_health(health_servicer, [SERVICE_NAME], serving=False)
+        announce("draining", agent=config.name, in_flight=len(state.in_flight))
+        await server.stop(grace=config.drain_seconds)
+        await engine.shutdown()
+        announce("stopped", agent=config.name, exit_code=exit_code)
+    return exit_code
+
+
+def run(config: AgentConfig) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return asyncio.run(serve(config))

@@ -1,0 +1,371 @@
+"""The AgentService servicer: validation, admission, adapter pinning, engine streaming.
+
+Depends only on the engine interface. Errors are domain exceptions mapped to status codes in
+ONE place (`_rpc` / `_rpc_stream`); a client cancel or deadline cancels the handler task,
+which aborts the engine request in the engine generator's `finally`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from collm_serve import __version__
+from collm_serve.adapters.registry import AdapterRegistry, LoadedVersion
+from collm_serve.admission import Admission
+from collm_serve.config import AgentConfig
+from collm_serve.engines.base import Engine, EngineRequest, SamplingParams
+from collm_serve.errors import CollmError, EngineDead, InvalidArgument, Unavailable
+from collm_serve.metrics import ServiceMetrics
+from collm_serve.proto.collm.v1 import agent_pb2 as pb
+from collm_serve.proto.collm.v1 import agent_pb2_grpc
+
+log = logging.getLogger("collm.serve")
+
+ROLES = ("system", "user", "assistant")
+FINISH = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH, "abort": pb.FINISH_REASON_ABORT}
+MAX_REQUEST_ID = 128
+CHARS_PER_TOKEN_BOUND = 32  # refuse before tokenising text that cannot fit in max_prompt_tokens
+
+
+@dataclass
+class ServiceState:
+    phase: str = "loading"  # loading | serving | draining
+    on_engine_dead: Callable[[], None] = lambda: None
+    in_flight: dict[str, float] = field(default_factory=dict)  # request_id -> start time
+
+
+def adapter_ref(loaded: LoadedVersion | None) -> pb.AdapterRef:
+    if loaded is None:
+        return pb.AdapterRef()
+    return pb.AdapterRef(name=loaded.checked.manifest.name, version=loaded.version, sha256=loaded.sha256)
+
+
+def adapter_info(loaded: LoadedVersion, active: LoadedVersion | None) -> pb.AdapterInfo:
+    m = loaded.checked.manifest
+    return pb.AdapterInfo(
+        name=m.name, version=m.version, sha256=m.sha256, base_model=m.base_model,
+        rank=loaded.checked.rank, target_modules=list(loaded.checked.target_modules),
+        loaded_at=loaded.loaded_at, path=str(loaded.checked.path), algorithm=m.algorithm,
+        step=m.step,
+        state=pb.ADAPTER_STATE_ACTIVE if loaded is active else pb.ADAPTER_STATE_LOADED,
+    )
+
+
+def _rpc(method: str):
+    """Count, time and map domain errors to status codes for a unary RPC."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def handler(self: "AgentServicer", request, context: grpc.aio.ServicerContext):
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await fn(self, request, context)
+            except CollmError as e:
+                code = e.code
+                self._engine_dead_check(e)
+                await context.abort(e.code, str(e))
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as e:  # one ladder: unexpected → INTERNAL with the reason, logged
+                code = grpc.StatusCode.INTERNAL
+                log.exception("%s failed", method)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            finally:
+                self.metrics.requests.labels(self.agent, method, code.name).inc()
+                self.metrics.latency.labels(self.agent, method).observe(time.perf_counter() - start)
+
+        return handler
+
+    return wrap
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(
+        self, config: AgentConfig, engine: Engine, tokenizer, registry: AdapterRegistry,
+        admission: Admission, metrics: ServiceMetrics, state: ServiceState,
+    ):
+        self.config = config
+        self.agent = config.name
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.registry = registry
+        self.admission = admission
+        self.metrics = metrics
+        self.state = state
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _engine_dead_check(self, error: Exception) -> None:
+        if isinstance(error, EngineDead) or self.engine.dead:
+            self.state.on_engine_dead()
+
+    def _require_serving(self) -> None:
+        if self.state.phase == "loading":
+            raise Unavailable("agent is still loading its model; retry shortly")
+        if self.state.phase == "draining":
+            raise Unavailable("agent is draining (shutting down); retry on another replica")
+
+    def _sampling(self, request: pb.GenerateRequest) -> SamplingParams:
+        s, d, c = request.sampling, self.config.sampling, self.config
+        max_tokens = s.max_tokens if s.HasField("max_tokens") else d.max_tokens
+        if max_tokens > c.max_tokens_limit:
+            raise InvalidArgument("sampling.max_tokens", f"{max_tokens} exceeds this agent's limit {c.max_tokens_limit}")
+        n = s.n if s.HasField("n") else 1
+        if n > c.max_n:
+            raise InvalidArgument("sampling.n", f"{n} exceeds this agent's limit {c.max_n}")
+        if len(s.stop) > 16 or any(len(x) > 256 for x in s.stop):
+            raise InvalidArgument("sampling.stop", "at most 16 stop strings of at most 256 characters")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=s.temperature if s.HasField("temperature") else d.temperature,
+            top_p=s.top_p if s.HasField("top_p") else d.top_p,
+            top_k=s.top_k if s.HasField("top_k") else d.top_k,
+            seed=s.seed if s.HasField("seed") else None,
+            n=n,
+            stop=tuple(s.stop),
+        )
+
+    def _prompt_ids(self, request: pb.GenerateRequest) -> list[int]:
+        has_messages, has_prompt = len(request.messages) > 0, bool(request.prompt)
+        if has_messages == has_prompt:
+            raise InvalidArgument("messages", "give exactly one of messages (chat) or prompt (raw text)")
+        limit_chars = self.config.max_prompt_tokens * CHARS_PER_TOKEN_BOUND
+        if has_prompt:
+            if len(request.prompt) > limit_chars:
+                raise InvalidArgument("prompt", f"{len(request.prompt)} characters cannot fit in max_prompt_tokens={self.config.max_prompt_tokens}")
+            ids = self.tokenizer.encode(request.prompt)
+            field_name = "prompt"
+        else:
+            messages = []
+            if self.config.system_prompt and request.messages[0].role != "system":
+                messages.append({"role": "system", "content": self.config.system_prompt})
+            total = 0
+            for i, m in enumerate(request.messages):
+                if m.role not in ROLES:
+                    raise InvalidArgument(f"messages[{i}].role", f"{m.role!r} is not one of {', '.join(ROLES)}")
+                if not m.content:
+                    raise InvalidArgument(f"messages[{i}].content", "must not be empty")
+                total += len(m.content)
+                messages.append({"role": m.role, "content": m.content})
+            if total > limit_chars:
+                raise InvalidArgument("messages", f"{total} characters cannot fit in max_prompt_tokens={self.config.max_prompt_tokens}")
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            if not isinstance(ids, list):
+                ids = list(ids["input_ids"])
+            field_name = "messages"
+        if len(ids) > self.config.max_prompt_tokens:
+            raise InvalidArgument(field_name, f"prompt has {len(ids)} tokens; max_prompt_tokens is {self.config.max_prompt_tokens}")
+        return [int(t) for t in ids]
+
+    def _prepare(self, request: pb.GenerateRequest) -> EngineRequest:
+        self._require_serving()
+        rid = request.request_id or uuid.uuid4().hex
+        if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+            raise InvalidArgument("request_id", f"must be printable and at most {MAX_REQUEST_ID} characters")
+        if rid in self.state.in_flight:
+            raise InvalidArgument("request_id", f"{rid!r} is already in flight")
+        if request.adapter_version < 0:
+            raise InvalidArgument("adapter_version", "must be >= 0 (0 = the active version)")
+        if request.adapter_version and request.use_base_model:
+            raise InvalidArgument("adapter_version", "pin a version or use_base_model, not both")
+        sampling = self._sampling(request)
+        ids = self._prompt_ids(request)
+        if len(ids) + sampling.max_tokens > self.config.max_model_len:
+            raise InvalidArgument(
+                "sampling.max_tokens",
+                f"prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context ({self.config.max_model_len})",
+            )
+        if request.adapter_version:  # fail fast, before queueing, on an unknown pinned version
+            with self.registry.acquire(request.adapter_version):
+                pass
+        return EngineRequest(rid, ids, sampling)
+
+    async def _stream(self, request: pb.GenerateRequest, context):
+        """Yields (engine_request, selection, queue_ms) first, then ChoiceDeltas."""
+        prepared = self._prepare(request)
+        queued_at = time.perf_counter()
+        async with self.admission.slot():
+            queue_ms = (time.perf_counter() - queued_at) * 1000
+            with self.registry.acquire(request.adapter_version, request.use_base_model) as sel:
+                engine_request = EngineRequest(
+                    prepared.request_id, prepared.prompt_token_ids, prepared.sampling, sel.engine_adapter
+                )
+                self.state.in_flight[prepared.request_id] = time.time()
+                try:
+                    yield engine_request, sel, queue_ms
+                    async for delta in self.engine.generate(engine_request):
+                        self.metrics.tokens.labels(self.agent).inc(len(delta.token_ids))
+                        yield delta
+                finally:
+                    self.state.in_flight.pop(prepared.request_id, None)
+
+    # -- RPCs ------------------------------------------------------------------------------
+    @_rpc("Generate")
+    async def Generate(self, request, context):
+        stream = self._stream(request, context)
+        try:
+            engine_request, sel, queue_ms = await anext(stream)
+            started = time.perf_counter()
+            n = engine_request.sampling.n
+            choices = [pb.Choice(index=i) for i in range(n)]
+            texts = [[] for _ in range(n)]
+            async for delta in stream:
+                c = choices[delta.index]
+                c.token_ids.extend(delta.token_ids)
+                c.logprobs.extend(delta.logprobs)
+                texts[delta.index].append(delta.text)
+                if delta.finish_reason:
+                    c.finish_reason = FINISH.get(delta.finish_reason, pb.FINISH_REASON_STOP)
+        finally:
+            await stream.aclose()
+        for c, parts in zip(choices, texts):
+            c.text = "".join(parts)
+        return pb.GenerateResponse(
+            request_id=engine_request.request_id,
+            choices=choices,
+            prompt_token_ids=engine_request.prompt_token_ids,
+            adapter=adapter_ref(sel.loaded),
+            usage=pb.Usage(
+                prompt_tokens=len(engine_request.prompt_token_ids),
+                completion_tokens=sum(len(c.token_ids) for c in choices),
+            ),
+            timings=pb.Timings(queue_ms=queue_ms, engine_ms=(time.perf_counter() - started) * 1000),
+        )
+
+    async def GenerateStream(self, request, context):
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        stream = self._stream(request, context)
+        try:
+            engine_request, sel, _ = await anext(stream)
+            yield pb.GenerateStreamResponse(
+                request_id=engine_request.request_id,
+                prompt_token_ids=engine_request.prompt_token_ids,
+                adapter=adapter_ref(sel.loaded),
+            )
+            completion = 0
+            async for delta in stream:
+                completion += len(delta.token_ids)
+                yield pb.GenerateStreamResponse(
+                    request_id=engine_request.request_id, index=delta.index, text=delta.text,
+                    token_ids=delta.token_ids, logprobs=delta.logprobs,
+                    finish_reason=FINISH.get(delta.finish_reason, 0) if delta.finish_reason else 0,
+                )
+            yield pb.GenerateStreamResponse(
+                request_id=engine_request.request_id,
+                usage=pb.Usage(prompt_tokens=len(engine_request.prompt_token_ids), completion_tokens=completion),
+            )
+        except CollmError as e:
+            code = e.code
+            self._engine_dead_check(e)
+            await context.abort(e.code, str(e))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("GenerateStream failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        finally:
+            await stream.aclose()
+            self.metrics.requests.labels(self.agent, "GenerateStream", code.name).inc()
+            self.metrics.latency.labels(self.agent, "GenerateStream").observe(time.perf_counter() - start)
+
+    @_rpc("GetAgentInfo")
+    async def GetAgentInfo(self, request, context):
+        info = self.engine.info()
+        c = self.config
+        return pb.GetAgentInfoResponse(
+            agent=c.name, base_model=info.base_model, engine=info.engine,
+            active_adapter=adapter_ref(self.registry.active),
+            limits=pb.AgentLimits(
+                max_tokens=c.max_tokens_limit, max_prompt_tokens=c.max_prompt_tokens,
+                max_model_len=c.max_model_len, max_concurrent_requests=c.max_concurrent_requests,
+                max_queued_requests=c.max_queued_requests, max_n=c.max_n,
+                max_lora_rank=c.max_lora_rank, keep_versions=c.keep_versions,
+            ),
+            version=__version__, state=self.state.phase,
+            auth_enabled=c.auth_token is not None, tls_enabled=c.tls is not None,
+        )
+
+    @_rpc("Abort")
+    async def Abort(self, request, context):
+        if len(request.request_ids) > 1024:
+            raise InvalidArgument("request_ids", "at most 1024 ids per call")
+        aborted = []
+        for rid in request.request_ids:
+            if rid in self.state.in_flight:
+                await self.engine.abort(rid)
+                aborted.append(rid)
+        return pb.AbortResponse(aborted=aborted)
+
+    # -- adapters --------------------------------------------------------------------------
+    def _swap_metric(self, op: str, outcome: str) -> None:
+        self.metrics.swaps.labels(self.agent, op, outcome).inc()
+
+    @_rpc("LoadAdapter")
+    async def LoadAdapter(self, request, context):
+        self._require_not_loading()
+        if request.version < 0:
+            raise InvalidArgument("version", "must be >= 0 (0 = from the manifest)")
+        start = time.perf_counter()
+        try:
+            loaded = await self.registry.load(request.path, request.version, request.activate)
+        except CollmError as e:
+            self._swap_metric("load", e.code.name.lower())
+            raise
+        seconds = time.perf_counter() - start
+        self._swap_metric("load", "ok")
+        self.metrics.swap_latency.labels(self.agent).observe(seconds)
+        active = self.registry.active
+        return pb.LoadAdapterResponse(
+            adapter=adapter_info(loaded, active), active=adapter_ref(active), load_ms=seconds * 1000
+        )
+
+    def _require_not_loading(self) -> None:
+        if self.state.phase == "loading":
+            raise Unavailable("agent is still loading its model; retry shortly")
+
+    @_rpc("ActivateAdapter")
+    async def ActivateAdapter(self, request, context):
+        self._require_not_loading()
+        if request.version < 0 or (request.version == 0) == (not request.use_base_model):
+            raise InvalidArgument("version", "give a loaded version > 0, or use_base_model, not both")
+        active, previous = await self.registry.activate(request.version, request.use_base_model)
+        self._swap_metric("activate", "ok")
+        return pb.ActivateAdapterResponse(active=adapter_ref(active), previous=adapter_ref(previous))
+
+    @_rpc("RollbackAdapter")
+    async def RollbackAdapter(self, request, context):
+        self._require_not_loading()
+        active, previous = await self.registry.rollback()
+        self._swap_metric("rollback", "ok")
+        return pb.RollbackAdapterResponse(active=adapter_ref(active), previous=adapter_ref(previous))
+
+    @_rpc("UnloadAdapter")
+    async def UnloadAdapter(self, request, context):
+        self._require_not_loading()
+        if request.version <= 0:
+            raise InvalidArgument("version", "must be a loaded version > 0")
+        await self.registry.unload(request.version, request.force)
+        self._swap_metric("unload", "ok")
+        return pb.UnloadAdapterResponse(
+            active=adapter_ref(self.registry.active),
+            loaded_versions=[lv.version for lv in self.registry.versions()],
+        )
+
+    @_rpc("ListAdapters")
+    async def ListAdapters(self, request, context):
+        active = self.registry.active
+        return pb.ListAdaptersResponse(
+            adapters=[adapter_info(lv, active) for lv in self.registry.versions()],
+            active=adapter_ref(active),
+            history=self.registry.history,
+        )

@@ -1,0 +1,166 @@
+"""The task interface: a dataset of problems, and per-problem episodes that format each agent's
+observation, take one joint action per turn and return the joint reward and per-agent feedback.
+
+Protocol shared by every task (each task documents its own prompts and reward levels):
+
+- `Task.problems(split)` lists the problems of "train" or "eval" in a fixed order.
+- `Task.new_episode(problem)` starts turn 0. Each agent's observation is its OWN chat history:
+  the prompt it was given, its own past responses, then one user message per finished turn that
+  carries the feedback it was given (and the instructions for the next turn). Another agent's
+  raw response never appears in it unless the task's docstring says so.
+- `TaskEpisode.step(joint_action)` takes every agent's response for the current turn, returns a
+  `StepResult` (joint reward shared by all agents, feedback per agent, done, level diagnostics)
+  and advances `turn`. `done` is True after `num_turns` steps; stepping further raises
+  `EpisodeFinishedError`.
+- `TaskEpisode.clone()` deep-copies the episode state (not the task or its dataset) so a
+  branching rollout can continue each joint action on its own copy.
+
+Rewards are deterministic functions of the problem and the actions (the coding task runs tests
+in a sandbox with time limits: a test that only times out under heavy load is the exception).
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+SPLITS: tuple[str, ...] = ("train", "eval")
+
+
+class EpisodeFinishedError(RuntimeError):
+    """`step` was called on an episode whose last turn was already played."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem_id: str
+    split: str
+    payload: dict[str, Any]  # task-specific, JSON-serialisable; treat as read-only
+
+
+@dataclass
+class StepResult:
+    reward: float  # joint reward, shared by every agent
+    feedback: dict[str, str]  # per agent: the feedback text it gets (also its next user message)
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)  # level diagnostics, JSON-serialisable
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return split
+
+
+def user(content: str) -> dict[str, str]:
+    return {"role": "user", "content": content}
+
+
+def assistant(content: str) -> dict[str, str]:
+    return {"role": "assistant", "content": content}
+
+
+class Task(ABC):
+    name: ClassVar[str]
+    agents: tuple[str, ...]
+    num_turns: int
+
+    @abstractmethod
+    def problems(self, split: str) -> list[Problem]:
+        """The problems of `split` ("train" or "eval") in a fixed order."""
+
+    @abstractmethod
+    def new_episode(self, problem: Problem) -> TaskEpisode:
+        """A fresh episode at turn 0 on `problem`."""
+
+    def get_problem(self, problem_id: str) -> Problem:
+        """Looks a problem up by id in any split (for replaying traces)."""
+        for split in SPLITS:
+            for p in self.problems(split):
+                if p.problem_id == problem_id:
+                    return p
+        raise KeyError(f"task {self.name!r} has no problem {problem_id!r}")
+
+
+class TaskEpisode(ABC):
+    """One problem played for `num_turns` joint turns.
+
+    Subclasses write `_initial_prompt(agent)` and `_evaluate(joint_action)`; this base class
+    validates joint actions, keeps the per-agent histories and advances the turn.
+    """
+
+    def __init__(self, task: Task, problem: Problem):
+        self.task = task
+        self.problem = problem
+        self.turn = 0
+        self.done = False
+        self._history: dict[str, list[dict[str, str]]] = {
+            agent: [user(self._initial_prompt(agent))] for agent in task.agents
+        }
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        return self.task.agents
+
+    @property
+    def num_turns(self) -> int:
+        return self.task.num_turns
+
+    @property
+    def is_last_turn(self) -> bool:
+        return self.turn + 1 >= self.num_turns
+
+    def observation(self, agent: str) -> list[dict[str, str]]:
+        """`agent`'s chat history (a copy): its prompts, its own responses, its feedback."""
+        if agent not in self._history:
+            raise ValueError(f"unknown agent {agent!r}; agents of {self.task.name!r}: {', '.join(self.agents)}")
+        return [dict(m) for m in self._history[agent]]
+
+    def step(self, joint_action: dict[str, str]) -> StepResult:
+        if self.done:
+            raise EpisodeFinishedError(
+                f"episode on {self.problem.problem_id!r} already played its {self.num_turns} turns"
+            )
+        self._check_joint_action(joint_action)
+        reward, feedback, info = self._evaluate(dict(joint_action))
+        done = self.is_last_turn
+        for agent in self.agents:
+            self._history[agent].append(assistant(joint_action[agent]))
+            if not done:
+                self._history[agent].append(user(feedback[agent]))
+        info = {"turn": self.turn, **info}
+        self.turn += 1
+        self.done = done
+        return StepResult(reward=float(reward), feedback=feedback, done=done, info=info)
+
+    def clone(self) -> TaskEpisode:
+        # The task (and its dataset) and the read-only problem are shared, the rest is copied.
+        memo = {id(self.task): self.task, id(self.problem): self.problem}
+        return copy.deepcopy(self, memo)
+
+    def _check_joint_action(self, joint_action: dict[str, str]) -> None:
+        if not isinstance(joint_action, dict):
+            raise TypeError(f"joint_action must be a dict agent -> response, got {type(joint_action).__name__}")
+        missing = [a for a in self.agents if a not in joint_action]
+        extra = sorted(str(a) for a in joint_action if a not in self.agents)
+        if missing or extra:
+            raise ValueError(
+                f"joint_action must have exactly the agents {list(self.agents)} "
+                f"(missing: {missing}, unexpected: {extra})"
+            )
+        for agent in self.agents:
+            if not isinstance(joint_action[agent], str):
+                raise TypeError(f"response of {agent!r} must be str, got {type(joint_action[agent]).__name__}")
+
+    @abstractmethod
+    def _initial_prompt(self, agent: str) -> str:
+        """The first user message of `agent`."""
+
+    @abstractmethod
+    def _evaluate(self, joint_action: dict[str, str]) -> tuple[float, dict[str, str], dict[str, Any]]:
+        """Applies the joint action of turn `self.turn`: (reward, feedback per agent, info).
+
+        Feedback for agent i must not quote another agent's raw response (see module doc).
+        """

@@ -1,0 +1,35 @@
+"""Traces: episode → turns → actions records (records.py), their SQLite store (store.py),
+flat JSONL / Parquet export and import (export.py) and the `collm-traces` CLI (cli.py).
+
+The trainer reads traces only through this package. Importing it is cheap (stdlib only).
+"""
+
+from collm_serve.traces.records import (
+    EPISODE_FAILED,
+    EPISODE_OK,
+    EPISODE_RUNNING,
+    EPISODE_STATUSES,
+    ActionRecord,
+    EpisodeRecord,
+    TurnRecord,
+)
+from collm_serve.traces.store import (
+    SCHEMA_VERSION,
+    TraceSchemaError,
+    TraceStore,
+    TraceStoreError,
+)
+
+__all__ = [
+    "EPISODE_FAILED",
+    "EPISODE_OK",
+    "EPISODE_RUNNING",
+    "EPISODE_STATUSES",
+    "SCHEMA_VERSION",
+    "ActionRecord",
+    "EpisodeRecord",
+    "TraceSchemaError",
+    "TraceStore",
+    "TraceStoreError",
+    "TurnRecord",
+]

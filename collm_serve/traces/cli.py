@@ -1,0 +1,192 @@
+"""`collm-traces`: inspect and export a trace database.
+
+    collm-traces stats DB
+    collm-traces show DB EPISODE_ID [--agent NAME]
+    collm-traces export DB --format jsonl|parquet --out PATH [--task T] [--split S] [--status ok]
+
+Bad inputs (missing file, unknown episode, newer schema, ...) exit 1 with one line on stderr.
+Imports stay light: rich and pyarrow are loaded by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _one_line_errors(fn: F) -> F:
+    """Map the errors a user can cause to a one-line `Error: ...` and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from collm_serve.traces.store import TraceStoreError
+
+        try:
+            return fn(*args, **kwargs)
+        except KeyError as e:  # str(KeyError) adds quotes; use the message itself
+            raise click.ClickException(_line(e.args[0] if e.args else e)) from e
+        except (TraceStoreError, ValueError, OSError, ImportError, sqlite3.Error) as e:
+            raise click.ClickException(_line(e)) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _line(msg: object) -> str:
+    return " ".join(str(msg).split())
+
+
+def _open(db: str) -> Any:
+    from collm_serve.traces.store import TraceStore
+
+    return TraceStore(db, create=False)
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}g}"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Inspect and export CoLLM trace databases (SQLite files or sqlite:/// URLs)."""
+
+
+@cli.command()
+@click.argument("db")
+@_one_line_errors
+def stats(db: str) -> None:
+    """Episodes by status, turns, and mean return by task and by adapter version."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _open(db) as store:
+        s = store.stats()
+    console = Console(highlight=False)
+    eps = s["episodes"]
+    console.print(
+        f"{db}: {sum(eps.values())} episodes "
+        f"(ok {eps['ok']}, failed {eps['failed']}, running {eps['running']}), "
+        f"{s['turns']} turns, {s['actions']} actions, schema v{s['schema_version']}",
+        markup=False,
+        soft_wrap=True,
+    )
+    t = Table(title="by task (mean return over ok episodes)")
+    for col in ("task", "ok", "failed", "running", "turns", "mean return"):
+        t.add_column(col, justify="left" if col == "task" else "right")
+    for r in s["by_task"]:
+        t.add_row(
+            r["task"],
+            *(str(r[k]) for k in ("ok", "failed", "running", "turns")),
+            _fmt(r["mean_return"]),
+        )
+    console.print(t)
+    t = Table(title="by agent / adapter version (ok episodes)")
+    for col in ("agent", "adapter", "version", "episodes", "actions", "mean return"):
+        t.add_column(col, justify="left" if col in ("agent", "adapter") else "right")
+    for r in s["by_adapter"]:
+        t.add_row(
+            r["agent"],
+            r["adapter_name"] or "(base)",
+            str(r["adapter_version"]),
+            str(r["episodes"]),
+            str(r["actions"]),
+            _fmt(r["mean_return"]),
+        )
+    console.print(t)
+
+
+@cli.command()
+@click.argument("db")
+@click.argument("episode_id")
+@click.option("--agent", default=None, help="Show only this agent's conversation.")
+@_one_line_errors
+def show(db: str, episode_id: str, agent: str | None) -> None:
+    """One episode: per agent, every turn's observation, response, reward and feedback."""
+    from rich.console import Console
+    from rich.rule import Rule
+
+    with _open(db) as store:
+        ep = store.get_episode(episode_id)
+    if agent is not None and agent not in ep.agents:
+        raise click.ClickException(f"episode {episode_id} has no agent {agent!r} ({ep.agents})")
+    out = Console(highlight=False)
+
+    def say(text: str = "", style: str | None = None) -> None:
+        out.print(text, markup=False, emoji=False, style=style, soft_wrap=True)
+
+    say(f"episode {ep.episode_id}", style="bold")
+    say(
+        f"task {ep.task}  split {ep.split}  problem {ep.problem_id}  seed {ep.seed}  "
+        f"protocol {ep.protocol or '-'}  group size {ep.group_size}  agents {', '.join(ep.agents)}"
+    )
+    status = ep.status + (f" ({ep.failure_reason})" if ep.failure_reason else "")
+    say(f"status {status}  final return {_fmt(ep.final_return)}  turns {len(ep.turns)}")
+    if ep.metadata:
+        say(f"metadata {ep.metadata}")
+    for name in [agent] if agent else ep.agents:
+        out.print(Rule(f"agent {name}"))
+        for t in ep.turns:
+            acts = [a for a in t.actions if a.agent == name]
+            if not acts:
+                continue
+            a = acts[0]
+            adapter = f"{a.adapter_name}@v{a.adapter_version}" if a.adapter_name else "base"
+            if a.adapter_sha256:
+                adapter += f" sha256 {a.adapter_sha256[:12]}"
+            say(
+                f"turn {t.turn_index}  branch {t.branch_index}  turn_id {t.turn_id}  "
+                f"parent {t.parent_turn_id if t.parent_turn_id is not None else '-'}  "
+                f"adapter {adapter}  reward {_fmt(t.reward)}  done {'yes' if t.done else 'no'}",
+                style="bold cyan",
+            )
+            for m in a.observation:
+                say(f"  [{m.get('role', '?')}] {m.get('content', '')}")
+            say(
+                f"  [response, {len(a.response_token_ids)} tokens, "
+                f"{a.finish_reason or '-'}, {a.latency_ms:.0f} ms] {a.response_text}",
+                style="green",
+            )
+            if t.feedback.get(name):
+                say(f"  [feedback] {t.feedback[name]}", style="yellow")
+            if t.info:
+                say(f"  [info] {t.info}", style="dim")
+
+
+@cli.command()
+@click.argument("db")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "parquet"]), required=True)
+@click.option("--out", "out_path", required=True, help="File to write (replaced atomically).")
+@click.option("--task", default=None, help="Only this task.")
+@click.option("--split", default=None, help="Only this split.")
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "failed", "running", "all"]),
+    default="ok",
+    show_default=True,
+    help="Episode status to export ('ok' = complete episodes).",
+)
+@_one_line_errors
+def export(
+    db: str, fmt: str, out_path: str, task: str | None, split: str | None, status: str
+) -> None:
+    """Flat rows, one per action, readable by datasets.load_dataset("json" | "parquet")."""
+    from collm_serve.traces.export import export_jsonl, export_parquet
+
+    write = export_jsonl if fmt == "jsonl" else export_parquet
+    with _open(db) as store:
+        wanted = None if status == "all" else status
+        n = write(store, out_path, task=task, split=split, status=wanted)
+    click.echo(f"wrote {n} rows to {out_path}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

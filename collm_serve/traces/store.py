@@ -1,0 +1,825 @@
+"""TraceStore: the embedded SQLite store for episodes → turns → actions (see records.py).
+
+Durability model (DESIGN.md, "Traces"): WAL journal, ONE transaction per turn, and
+`synchronous=FULL` by default, so every call that returned has been fsynced — a crashed
+collector loses at most the turn in flight and never corrupts the file. With WAL, FULL costs one
+fsync of the WAL per commit; a turn is seconds of generation, so the fsync is noise
+(https://www.sqlite.org/pragma.html#pragma_synchronous: NORMAL in WAL mode survives a process
+crash but may lose the last commits on power loss). An episode is "complete" only once
+`finish_episode(..., "ok")` commits; until then it stays `running`, and `mark_interrupted()`
+turns what a dead collector left behind into `failed` / "interrupted".
+
+Storage layout (schema version 1):
+- meta(key, value): `schema_version`.
+- episodes: one row per EpisodeRecord; `agents` and `metadata` as JSON text.
+- turns: one row per joint action; `turn_id` INTEGER PRIMARY KEY AUTOINCREMENT (never reused),
+  `parent_turn_id` → turns; a unique index on (episode, parent, branch_index) keeps a Monte
+  Carlo group's branch indices distinct; `feedback` and `info` as JSON text.
+- actions: one row per (turn, agent) in the order of `TurnRecord.actions`; observation and
+  sampling as JSON text. Token ids are packed little-endian int32 BLOBs (4 bytes a token);
+  log-probs are packed little-endian float64 BLOBs (8 bytes a token). float64 holds every
+  Python float — and so every float32 an engine returned — exactly, so log-probs read back
+  bit-identical to what was written. A CHECK ties the two blob lengths together.
+
+Threads: one connection guarded by a re-entrant lock, so one store can be shared by executor
+threads; iterators release the lock between pages. Several processes may open the same file
+(WAL: readers never block the writer; writers wait up to `busy_timeout_s`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from collm_serve.traces.records import (
+    EPISODE_FAILED,
+    EPISODE_OK,
+    EPISODE_RUNNING,
+    EPISODE_STATUSES,
+    ActionRecord,
+    EpisodeRecord,
+    TurnRecord,
+)
+
+SCHEMA_VERSION = 1
+SUPPORTED_URLS = "a file path, 'sqlite:///relative/path', 'sqlite:////absolute/path' or ':memory:'"
+_INTERRUPTED = "interrupted"
+_PAGE = 64  # episodes loaded per query by iter_episodes
+
+# from-version → function upgrading a connection's schema to from-version + 1 (runs inside the
+# open transaction). Empty while there is only version 1.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+
+class TraceStoreError(Exception):
+    """A trace database that cannot be used as asked (not a trace store, unreadable, ...)."""
+
+
+class TraceSchemaError(TraceStoreError):
+    """The file's schema version is not one this code can read."""
+
+
+_SCHEMA = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE episodes (
+    episode_id     TEXT PRIMARY KEY,
+    task           TEXT NOT NULL,
+    split          TEXT NOT NULL,
+    problem_id     TEXT NOT NULL,
+    seed           INTEGER NOT NULL,
+    agents         TEXT NOT NULL,             -- JSON list[str]
+    group_size     INTEGER NOT NULL,
+    protocol       TEXT NOT NULL,
+    status         TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed')),
+    failure_reason TEXT NOT NULL,
+    final_return   REAL,
+    created_at     REAL NOT NULL,
+    finished_at    REAL,
+    metadata       TEXT NOT NULL              -- JSON object
+);
+CREATE INDEX episodes_task_split ON episodes (task, split, status, problem_id, seed);
+CREATE INDEX episodes_status_created ON episodes (status, created_at);
+CREATE TABLE turns (
+    turn_id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    episode_id     TEXT NOT NULL REFERENCES episodes (episode_id) ON DELETE CASCADE,
+    parent_turn_id INTEGER REFERENCES turns (turn_id),
+    turn_index     INTEGER NOT NULL CHECK (turn_index >= 0),
+    branch_index   INTEGER NOT NULL CHECK (branch_index >= 0),
+    reward         REAL NOT NULL,
+    feedback       TEXT NOT NULL,             -- JSON object agent -> text
+    done           INTEGER NOT NULL,
+    info           TEXT NOT NULL              -- JSON object
+);
+CREATE INDEX turns_episode ON turns (episode_id, turn_id);
+CREATE INDEX turns_parent ON turns (parent_turn_id);
+CREATE UNIQUE INDEX turns_sibling ON turns (episode_id, ifnull(parent_turn_id, -1), branch_index);
+CREATE TABLE actions (
+    turn_id            INTEGER NOT NULL REFERENCES turns (turn_id) ON DELETE CASCADE,
+    agent_index        INTEGER NOT NULL,      -- position in TurnRecord.actions
+    agent              TEXT NOT NULL,
+    observation        TEXT NOT NULL,         -- JSON list of chat messages
+    prompt_token_ids   BLOB NOT NULL,         -- little-endian int32
+    response_text      TEXT NOT NULL,
+    response_token_ids BLOB NOT NULL,         -- little-endian int32
+    logprobs           BLOB NOT NULL,         -- little-endian float64
+    adapter_name       TEXT NOT NULL,
+    adapter_version    INTEGER NOT NULL,
+    adapter_sha256     TEXT NOT NULL,
+    sampling           TEXT NOT NULL,         -- JSON object
+    finish_reason      TEXT NOT NULL,
+    latency_ms         REAL NOT NULL,
+    PRIMARY KEY (turn_id, agent_index),
+    UNIQUE (turn_id, agent),
+    CHECK (length(logprobs) = 2 * length(response_token_ids))
+);
+CREATE INDEX actions_adapter ON actions (agent, adapter_name, adapter_version);
+"""
+
+_EPISODE_COLS = (
+    "episode_id, task, split, problem_id, seed, agents, group_size, protocol, status, "
+    "failure_reason, final_return, created_at, finished_at, metadata"
+)
+_TURN_INSERT_COLS = (
+    "episode_id, parent_turn_id, turn_index, branch_index, reward, feedback, done, info"
+)
+_TURN_COLS = "turn_id, " + _TURN_INSERT_COLS
+_ACTION_COLS = (
+    "turn_id, agent_index, agent, observation, prompt_token_ids, response_text, "
+    "response_token_ids, logprobs, adapter_name, adapter_version, adapter_sha256, sampling, "
+    "finish_reason, latency_ms"
+)
+
+# ---------------------------------------------------------------------------------------------
+# packing helpers
+
+
+def pack_token_ids(ids: Sequence[int]) -> bytes:
+    """Token ids → little-endian int32 bytes; ValueError if an id is not an int32."""
+    try:
+        a = array("i", ids)
+    except (OverflowError, TypeError) as e:
+        raise ValueError(f"token ids must be int32 integers ({e})") from e
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_token_ids(blob: bytes) -> list[int]:
+    a = array("i")
+    a.frombytes(blob)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tolist()
+
+
+def pack_logprobs(values: Sequence[float]) -> bytes:
+    """Log-probs → little-endian float64 bytes (exact for any Python float / float32)."""
+    a = array("d", values)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tobytes()
+
+
+def unpack_logprobs(blob: bytes) -> list[float]:
+    a = array("d")
+    a.frombytes(blob)
+    if sys.byteorder == "big":
+        a.byteswap()
+    return a.tolist()
+
+
+def _dumps(value: Any, what: str) -> str:
+    # allow_nan=False: NaN/Infinity are not JSON, and exports must stay readable by `datasets`
+    try:
+        return json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable ({e})") from e
+
+
+def _finite(x: float, what: str) -> float:
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{what} is {x}; it must be finite")
+    return x
+
+
+def parse_location(location: str | os.PathLike[str]) -> str:
+    """A path or `sqlite:///` URL → the path sqlite3 opens (SQLAlchemy's URL convention)."""
+    loc = os.fspath(location)
+    if loc.startswith("sqlite://"):
+        rest = loc[len("sqlite://") :]
+        if rest in ("", "/"):
+            return ":memory:"
+        if not rest.startswith("/"):
+            raise ValueError(f"bad SQLite URL {loc!r}; use {SUPPORTED_URLS}")
+        return rest[1:]  # sqlite:///rel → rel, sqlite:////abs → /abs
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://", loc)
+    if m:
+        raise ValueError(
+            f"unsupported trace store URL scheme {m.group(1)!r} in {loc!r}; supported: "
+            f"{SUPPORTED_URLS}"
+        )
+    if not loc:
+        raise ValueError(f"empty trace store location; use {SUPPORTED_URLS}")
+    return loc
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class TraceStore:
+    """Episodes, turns and actions in one SQLite file. See the module docstring."""
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        synchronous: str = "FULL",
+        busy_timeout_s: float = 30.0,
+    ) -> None:
+        """Open (and by default create) a store.
+
+        location: a path, `sqlite:///path` or ':memory:'. create=False raises
+        FileNotFoundError when the file does not exist (readers, the CLI).
+        synchronous: "FULL" (default: every acknowledged commit is on disk) or "NORMAL"
+        (WAL: survives a process crash, may lose the last commits on power loss).
+        """
+        self.path = parse_location(location)
+        sync = synchronous.upper()
+        if sync not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError(f"synchronous={synchronous!r}; use 'FULL' or 'NORMAL'")
+        memory = self.path == ":memory:"
+        if not memory and not create and not Path(self.path).is_file():
+            raise FileNotFoundError(f"{self.path}: no such trace database")
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as e:
+            raise TraceStoreError(f"{self.path}: cannot open ({e})") from e
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._prepare_schema(conn)
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if not memory and str(mode).lower() != "wal":  # switching writes: only when needed
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise TraceStoreError(f"{self.path}: cannot switch to WAL (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {sync}")
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise TraceStoreError(f"{self.path}: not a usable SQLite trace database ({e})") from e
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def _read_version(self, conn: sqlite3.Connection) -> int | None:
+        """None for an empty database; raises for a non-empty database that is not ours."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return None
+        if "meta" not in tables:
+            raise TraceSchemaError(f"{self.path}: not a CoLLM trace store (no meta table)")
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return int(row[0])
+        except (TypeError, ValueError) as e:
+            raise TraceSchemaError(f"{self.path}: meta has no valid schema_version") from e
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
+        version = self._read_version(conn)
+        if version == SCHEMA_VERSION:
+            return
+        self._check_version(version)
+        # create or migrate under a write lock, re-reading: another process may have won the race
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._read_version(conn)
+            self._check_version(version)
+            if version is None:
+                for stmt in _split_sql(_SCHEMA):
+                    conn.execute(stmt)
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            else:
+                while version < SCHEMA_VERSION:
+                    MIGRATIONS[version](conn)
+                    version += 1
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _check_version(self, version: int | None) -> None:
+        if version is None or version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise TraceSchemaError(
+                f"{self.path}: trace schema version {version} is newer than this code's "
+                f"version {SCHEMA_VERSION}; upgrade collm"
+            )
+        missing = [v for v in range(version, SCHEMA_VERSION) if v not in MIGRATIONS]
+        if missing:
+            raise TraceSchemaError(
+                f"{self.path}: trace schema version {version} is older than this code's "
+                f"version {SCHEMA_VERSION} and has no migration from version {missing[0]}"
+            )
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise TraceStoreError(f"{self.path}: store is closed")
+        return self._conn
+
+    def _write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `fn` in one IMMEDIATE transaction (all or nothing)."""
+        with self._lock:
+            conn = self.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # a failed COMMIT (busy, disk full) leaves it open
+                    conn.execute("ROLLBACK")
+                raise
+            return out
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def begin_episode(self, episode: EpisodeRecord) -> str:
+        """Insert `episode` as running; fills in episode_id (uuid4 hex) and created_at if unset.
+
+        The record's turns are not written here (use append_turn); it must have none.
+        """
+        if episode.turns:
+            raise ValueError(
+                "begin_episode writes the episode row only; append its turns with append_turn "
+                "(or write a finished episode with import_episode)"
+            )
+        episode.episode_id = episode.episode_id or uuid.uuid4().hex
+        episode.created_at = episode.created_at or time.time()
+        episode.status, episode.failure_reason = EPISODE_RUNNING, ""
+        episode.final_return, episode.finished_at = None, None
+        self._write(lambda c: self._insert_episode(c, episode))
+        return episode.episode_id
+
+    def append_turn(self, episode_id: str, turn: TurnRecord) -> int:
+        """Write one turn and all its actions in ONE transaction; returns and sets turn.turn_id.
+
+        The episode must be running. `parent_turn_id` must name a turn of the same episode,
+        `turn_index` must be the parent's + 1 (0 at the root), and siblings need distinct
+        branch indices.
+        """
+
+        def tx(c: sqlite3.Connection) -> int:
+            ep = self._episode_head(c, episode_id)
+            if ep[0] != EPISODE_RUNNING:
+                raise ValueError(
+                    f"episode {episode_id!r} is {ep[0]}; turns can only be appended "
+                    "while it is running"
+                )
+            agents = set(json.loads(ep[2]))
+            return self._insert_turn(c, episode_id, agents, turn, turn.parent_turn_id)
+
+        turn_id = self._write(tx)
+        turn.turn_id = turn_id
+        return turn_id
+
+    def finish_episode(
+        self, episode_id: str, status: str, final_return: float | None, reason: str = ""
+    ) -> None:
+        """Mark a running episode ok or failed; only then does an ok episode count as complete."""
+        if status not in (EPISODE_OK, EPISODE_FAILED):
+            raise ValueError(f"finish status {status!r}; use 'ok' or 'failed'")
+        ret = None if final_return is None else _finite(final_return, "final_return")
+
+        def tx(c: sqlite3.Connection) -> None:
+            ep = self._episode_head(c, episode_id)
+            if ep[0] != EPISODE_RUNNING:
+                raise ValueError(
+                    f"episode {episode_id!r} is already {ep[0]}" + (f" ({ep[1]})" if ep[1] else "")
+                )
+            c.execute(
+                "UPDATE episodes SET status = ?, final_return = ?, failure_reason = ?, "
+                "finished_at = ? WHERE episode_id = ?",
+                (status, ret, reason, time.time(), episode_id),
+            )
+
+        self._write(tx)
+
+    def mark_interrupted(self, before: float | None = None) -> int:
+        """Running episodes (optionally only those created before `before`, epoch seconds)
+        become failed / "interrupted"; returns how many. Call it when a collector resumes."""
+        sql = "UPDATE episodes SET status = ?, failure_reason = ?, finished_at = ? WHERE status = ?"
+        args: list[Any] = [EPISODE_FAILED, _INTERRUPTED, time.time(), EPISODE_RUNNING]
+        if before is not None:
+            sql += " AND created_at < ?"
+            args.append(before)
+        return self._write(lambda c: c.execute(sql, args).rowcount)
+
+    def import_episode(self, episode: EpisodeRecord, *, skip_existing: bool = False) -> bool:
+        """Write a whole episode (row, turns, actions) as-is in one transaction.
+
+        Turn ids are newly assigned (parent links are remapped) and set on the record. Returns
+        False when skip_existing and the episode id is already stored.
+        """
+        if not episode.episode_id:
+            raise ValueError("import_episode needs an episode_id")
+        if episode.status not in EPISODE_STATUSES:
+            raise ValueError(f"episode status {episode.status!r}; use one of {EPISODE_STATUSES}")
+        turns = sorted(episode.turns, key=lambda t: (t.turn_id is None, t.turn_id or 0))
+
+        def tx(c: sqlite3.Connection) -> tuple[list[int], dict[int | None, int | None]] | None:
+            row = c.execute(
+                "SELECT 1 FROM episodes WHERE episode_id = ?", (episode.episode_id,)
+            ).fetchone()
+            if row is not None and skip_existing:
+                return None
+            self._insert_episode(c, episode)
+            new_ids: dict[int | None, int | None] = {None: None}
+            assigned = []
+            for t in turns:
+                if t.parent_turn_id not in new_ids:
+                    raise ValueError(
+                        f"episode {episode.episode_id!r}: turn {t.turn_id} has parent "
+                        f"{t.parent_turn_id}, which is not an earlier turn of the episode"
+                    )
+                new_id = self._insert_turn(
+                    c, episode.episode_id, set(episode.agents), t, new_ids[t.parent_turn_id]
+                )
+                if t.turn_id is not None:
+                    new_ids[t.turn_id] = new_id
+                assigned.append(new_id)
+            return assigned, new_ids
+
+        done = self._write(tx)
+        if done is None:
+            return False
+        assigned, new_ids = done
+        for t, new_id in zip(turns, assigned, strict=True):  # touch the records only once committed
+            t.parent_turn_id = new_ids[t.parent_turn_id]
+            t.turn_id = new_id
+        return True
+
+    def _insert_episode(self, c: sqlite3.Connection, e: EpisodeRecord) -> None:
+        if e.group_size < 1:
+            raise ValueError(f"episode group_size {e.group_size}; it must be >= 1")
+        if not e.agents or len(set(e.agents)) != len(e.agents):
+            raise ValueError(f"episode agents {e.agents!r} must be non-empty and distinct")
+        try:
+            c.execute(
+                f"INSERT INTO episodes ({_EPISODE_COLS}) VALUES ({', '.join('?' * 14)})",
+                (
+                    e.episode_id,
+                    e.task,
+                    e.split,
+                    e.problem_id,
+                    int(e.seed),
+                    _dumps(list(e.agents), "episode agents"),
+                    int(e.group_size),
+                    e.protocol,
+                    e.status,
+                    e.failure_reason,
+                    None if e.final_return is None else _finite(e.final_return, "final_return"),
+                    float(e.created_at or time.time()),
+                    e.finished_at,
+                    _dumps(e.metadata, "episode metadata"),
+                ),
+            )
+        except sqlite3.IntegrityError as err:
+            raise ValueError(f"episode {e.episode_id!r} cannot be inserted ({err})") from err
+
+    def _insert_turn(
+        self,
+        c: sqlite3.Connection,
+        episode_id: str,
+        agents: set[str],
+        t: TurnRecord,
+        parent: int | None,
+    ) -> int:
+        """Insert one turn + its actions inside the caller's transaction under `parent`
+        (append_turn: t.parent_turn_id; import_episode: the remapped parent)."""
+        where = f"episode {episode_id!r} turn {t.turn_index}"
+        if not t.actions:
+            raise ValueError(f"{where} has no actions")
+        if parent is None:
+            if t.turn_index != 0:
+                raise ValueError(f"{where}: a root turn (no parent) must have turn_index 0")
+        else:
+            row = c.execute(
+                "SELECT episode_id, turn_index FROM turns WHERE turn_id = ?", (parent,)
+            ).fetchone()
+            if row is None or row[0] != episode_id:
+                raise ValueError(
+                    f"{where}: parent_turn_id {parent} is not a turn of episode {episode_id!r}"
+                )
+            if t.turn_index != row[1] + 1:
+                raise ValueError(f"{where}: turn_index must be the parent's ({row[1]}) + 1")
+        if t.branch_index < 0:
+            raise ValueError(f"{where}: branch_index {t.branch_index} must be >= 0")
+        try:
+            cur = c.execute(
+                f"INSERT INTO turns ({_TURN_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    episode_id,
+                    parent,
+                    int(t.turn_index),
+                    int(t.branch_index),
+                    _finite(t.reward, f"{where} reward"),
+                    _dumps(t.feedback, f"{where} feedback"),
+                    int(bool(t.done)),
+                    _dumps(t.info, f"{where} info"),
+                ),
+            )
+        except sqlite3.IntegrityError as err:
+            raise ValueError(
+                f"{where}: branch_index {t.branch_index} already used by a sibling ({err})"
+            ) from err
+        turn_id = int(cur.lastrowid)  # type: ignore[arg-type]
+        rows = []
+        for i, a in enumerate(t.actions):
+            what = f"{where} agent {a.agent!r}"
+            if a.agent not in agents:
+                raise ValueError(f"{what}: not one of the episode's agents {sorted(agents)}")
+            if len(a.logprobs) != len(a.response_token_ids):
+                raise ValueError(f"{what}: logprobs and response tokens differ in length")
+            if not all(math.isfinite(x) for x in a.logprobs):
+                raise ValueError(
+                    f"{what}: non-finite behaviour log-prob; a sampled token must have "
+                    "probability > 0 under the sampling distribution (engine bug?)"
+                )
+            rows.append(
+                (
+                    turn_id,
+                    i,
+                    a.agent,
+                    _dumps(a.observation, f"{what} observation"),
+                    pack_token_ids(a.prompt_token_ids),
+                    a.response_text,
+                    pack_token_ids(a.response_token_ids),
+                    pack_logprobs(a.logprobs),
+                    a.adapter_name,
+                    int(a.adapter_version),
+                    a.adapter_sha256,
+                    _dumps(a.sampling, f"{what} sampling"),
+                    a.finish_reason,
+                    float(a.latency_ms),
+                )
+            )
+        try:
+            c.executemany(
+                f"INSERT INTO actions ({_ACTION_COLS}) VALUES ({', '.join('?' * 14)})", rows
+            )
+        except sqlite3.IntegrityError as err:
+            raise ValueError(f"{where}: one action per agent ({err})") from err
+        return turn_id
+
+    @staticmethod
+    def _episode_head(c: sqlite3.Connection, episode_id: str) -> tuple[str, str, str]:
+        """(status, failure_reason, agents JSON) of an episode; KeyError if unknown."""
+        row = c.execute(
+            "SELECT status, failure_reason, agents FROM episodes WHERE episode_id = ?",
+            (episode_id,),
+        ).fetchone()
+        if row is None:
+            raise KeyError(f"no episode {episode_id!r}")
+        return row
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def get_episode(self, episode_id: str) -> EpisodeRecord:
+        """The episode with its turns (in write order) and actions; KeyError if unknown."""
+        with self._lock:
+            row = self.conn.execute(
+                f"SELECT {_EPISODE_COLS} FROM episodes WHERE episode_id = ?", (episode_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no episode {episode_id!r} in {self.path}")
+            return self._load(self.conn, [row])[0]
+
+    def iter_episodes(
+        self,
+        task: str | None = None,
+        status: str | None = EPISODE_OK,
+        split: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> Iterator[EpisodeRecord]:
+        """Episodes in write order. Defaults to complete (ok) episodes; status=None for all.
+
+        since: only episodes created at or after this epoch time. The lock is released between
+        pages, so the caller may use the store (or other threads may write) while iterating.
+        """
+        if status is not None and status not in EPISODE_STATUSES:
+            raise ValueError(f"status {status!r}; use one of {EPISODE_STATUSES} or None")
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit {limit} must be >= 0")
+        where, args = ["rowid > ?"], []
+        for col, val in (("task", task), ("status", status), ("split", split)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("created_at >= ?")
+            args.append(float(since))
+        sql = (
+            f"SELECT rowid, {_EPISODE_COLS} FROM episodes WHERE {' AND '.join(where)} "
+            "ORDER BY rowid LIMIT ?"
+        )
+        last, left = 0, limit
+        while left is None or left > 0:
+            page = _PAGE if left is None else min(_PAGE, left)
+            with self._lock:
+                rows = self.conn.execute(sql, [last, *args, page]).fetchall()
+                episodes = self._load(self.conn, [r[1:] for r in rows])
+            if not rows:
+                return
+            last = rows[-1][0]
+            if left is not None:
+                left -= len(rows)
+            yield from episodes
+            if len(rows) < page:
+                return
+
+    def completed_keys(self, task: str, split: str) -> set[tuple[str, int]]:
+        """(problem_id, seed) of the ok episodes of (task, split): what `collect --resume` skips."""
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT problem_id, seed FROM episodes WHERE task = ? AND split = ? AND status = ?",
+                (task, split, EPISODE_OK),
+            ).fetchall()
+        return {(p, int(s)) for p, s in rows}
+
+    def stats(self) -> dict[str, Any]:
+        """Counts and mean returns (over ok episodes with a final return).
+
+        {"schema_version", "episodes": {status: n}, "turns", "actions",
+         "by_task": [{task, ok, failed, running, turns, mean_return}],
+         "by_adapter": [{agent, adapter_name, adapter_version, episodes, actions, mean_return}]}
+        by_adapter counts ok episodes in which the agent acted at least once under that version.
+        """
+        with self._lock:
+            c = self.conn
+            by_status = dict.fromkeys(EPISODE_STATUSES, 0)
+            by_status.update(c.execute("SELECT status, COUNT(*) FROM episodes GROUP BY status"))
+            n_turns = c.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
+            n_actions = c.execute("SELECT COUNT(*) FROM actions").fetchone()[0]
+            by_task = [
+                {
+                    "task": task,
+                    "ok": ok,
+                    "failed": failed,
+                    "running": running,
+                    "turns": turns,
+                    "mean_return": mean,
+                }
+                for task, ok, failed, running, turns, mean in c.execute(
+                    """
+                    SELECT e.task,
+                           SUM(e.status = 'ok'), SUM(e.status = 'failed'),
+                           SUM(e.status = 'running'),
+                           SUM((SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id)),
+                           AVG(CASE WHEN e.status = 'ok' THEN e.final_return END)
+                    FROM episodes e GROUP BY e.task ORDER BY e.task
+                    """
+                )
+            ]
+            by_adapter = [
+                {
+                    "agent": agent,
+                    "adapter_name": name,
+                    "adapter_version": version,
+                    "episodes": n_ep,
+                    "actions": n_act,
+                    "mean_return": mean,
+                }
+                for agent, name, version, n_ep, n_act, mean in c.execute(
+                    """
+                    SELECT u.agent, u.adapter_name, u.adapter_version, COUNT(*), SUM(u.n),
+                           AVG(e.final_return)
+                    FROM (SELECT t.episode_id, a.agent, a.adapter_name, a.adapter_version,
+                                 COUNT(*) AS n
+                          FROM actions a JOIN turns t ON t.turn_id = a.turn_id
+                          GROUP BY 1, 2, 3, 4) u
+                    JOIN episodes e ON e.episode_id = u.episode_id
+                    WHERE e.status = 'ok'
+                    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+                    """
+                )
+            ]
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "episodes": by_status,
+            "turns": n_turns,
+            "actions": n_actions,
+            "by_task": by_task,
+            "by_adapter": by_adapter,
+        }
+
+    def integrity_check(self) -> str:
+        """ "ok", or SQLite's list of problems (PRAGMA integrity_check + foreign_key_check)."""
+        with self._lock:
+            problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+            fk = self.conn.execute("PRAGMA foreign_key_check").fetchall()
+        if problems == ["ok"] and not fk:
+            return "ok"
+        return "; ".join([p for p in problems if p != "ok"] + [f"foreign key: {r}" for r in fk])
+
+    # -- row → record ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(c: sqlite3.Connection, episode_rows: list[Sequence[Any]]) -> list[EpisodeRecord]:
+        if not episode_rows:
+            return []
+        episodes = {
+            r[0]: EpisodeRecord(
+                episode_id=r[0],
+                task=r[1],
+                split=r[2],
+                problem_id=r[3],
+                seed=r[4],
+                agents=json.loads(r[5]),
+                group_size=r[6],
+                protocol=r[7],
+                status=r[8],
+                failure_reason=r[9],
+                final_return=r[10],
+                created_at=r[11],
+                finished_at=r[12],
+                metadata=json.loads(r[13]),
+            )
+            for r in episode_rows
+        }
+        marks = ", ".join("?" * len(episodes))
+        turns: dict[int, tuple[str, TurnRecord]] = {}
+        for tid, eid, parent, t_index, b_index, reward, feedback, done, info in c.execute(
+            f"SELECT {_TURN_COLS} FROM turns WHERE episode_id IN ({marks}) ORDER BY turn_id",
+            list(episodes),
+        ):
+            turns[tid] = (
+                eid,
+                TurnRecord(
+                    turn_index=t_index,
+                    actions=[],
+                    reward=reward,
+                    feedback=json.loads(feedback),
+                    done=bool(done),
+                    branch_index=b_index,
+                    parent_turn_id=parent,
+                    info=json.loads(info),
+                    turn_id=tid,
+                ),
+            )
+        for r in c.execute(
+            f"SELECT a.{_ACTION_COLS.replace(', ', ', a.')} FROM actions a "
+            f"JOIN turns t ON t.turn_id = a.turn_id WHERE t.episode_id IN ({marks}) "
+            "ORDER BY a.turn_id, a.agent_index",
+            list(episodes),
+        ):
+            turns[r[0]][1].actions.append(
+                ActionRecord(
+                    agent=r[2],
+                    observation=json.loads(r[3]),
+                    prompt_token_ids=unpack_token_ids(r[4]),
+                    response_text=r[5],
+                    response_token_ids=unpack_token_ids(r[6]),
+                    logprobs=unpack_logprobs(r[7]),
+                    adapter_name=r[8],
+                    adapter_version=r[9],
+                    adapter_sha256=r[10],
+                    sampling=json.loads(r[11]),
+                    finish_reason=r[12],
+                    latency_ms=r[13],
+                )
+            )
+        for eid, t in turns.values():
+            episodes[eid].turns.append(t)
+        return list(episodes.values())
+
+
+def _split_sql(script: str) -> list[str]:
+    """The schema script as single statements (executescript would COMMIT our transaction)."""
+    lines = [ln.split("--", 1)[0] for ln in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

@@ -1,0 +1,42 @@
+"""The algorithm interface: which critic (if any) and how advantages are computed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+if TYPE_CHECKING:
+    from collm_train.config import TrainConfig
+    from collm_train.data import ActionSample, Batch
+
+ALGORITHMS: dict[str, type["Algorithm"]] = {}
+
+
+def register(cls: type["Algorithm"]) -> type["Algorithm"]:
+    if cls.name in ALGORITHMS:
+        raise ValueError(f"algorithm {cls.name!r} registered twice")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+def get_algorithm(name: str) -> "Algorithm":
+    try:
+        return ALGORITHMS[name]()
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}") from None
+
+
+class Algorithm:
+    name: ClassVar[str]
+    critic: ClassVar[str | None] = None  # "joint" (one critic on h_t), "own" (V_i on h_{i,t}), None
+
+    def history(self, sample: "ActionSample") -> list[int]:
+        """The critic input h for this sample (only for algorithms with a critic)."""
+        raise NotImplementedError(f"{self.name} has no critic")
+
+    def advantages(
+        self, batch: "Batch", values: torch.Tensor | None, config: "TrainConfig"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (adv (N,), v_target (N,)); v_target is the critic target, or the MC return."""
+        raise NotImplementedError

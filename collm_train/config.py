@@ -1,0 +1,181 @@
+"""TrainConfig: every knob of one CoLLM update, one docstring per field, validated once.
+
+The docstrings double as the field descriptions (pydantic `use_attribute_docstrings`), so a CLI
+can print them without a second copy that drifts. The config is frozen: derived values are
+computed in properties here, never by mutating the config at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ALGO_NAMES = ("cc", "dc", "magrpo", "mareinforce", "marloo", "maremax")
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of CoLLM-CC / CoLLM-DC / the Monte Carlo baselines (LoRA actors)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True, frozen=True, extra="forbid")
+
+    algo: Literal["cc", "dc", "magrpo", "mareinforce", "marloo", "maremax"] = "cc"
+    """Algorithm: `cc` centralized critic V(h_t), `dc` one critic V_i(h_{i,t}) per agent, or a Monte
+    Carlo baseline over the branching tree (`magrpo` R - group mean, `mareinforce` R, `marloo`
+    leave-one-out, `maremax` R - group max)."""
+
+    gamma: float = Field(0.9, ge=0.0, le=1.0)
+    """Discount between turns (paper: 0.9)."""
+
+    gae_lambda: float | None = Field(None, ge=0.0, le=1.0)
+    """None: TD(0) advantages (the paper). A value in [0, 1]: GAE(lambda) over the turn tree, where
+    a node's advantage is delta + gamma*lambda*mean(children advantages). Critic algorithms only."""
+
+    normalize_adv: bool = False
+    """Normalise advantages to zero mean / unit std within each (agent, turn_index) group of the batch."""
+
+    clip_eps: float | None = Field(0.2, gt=0.0)
+    """PPO clip range on the macro-action ratio rho = exp(log pi_theta - log pi_old). None: plain
+    policy gradient -A * log pi (no ratio)."""
+
+    truncated_is: float | None = Field(None, gt=0.0)
+    """Truncated importance sampling instead of PPO clipping: loss = -min(rho, c).detach() * A * log pi.
+    Requires clip_eps=None (the two are alternatives)."""
+
+    off_policy: Literal["auto", "behaviour", "none"] = "auto"
+    """Which log-probs define pi_old in rho: `behaviour` the logged serving log-probs, `none` the
+    learner's own log-probs recomputed at the start of the update (rho starts at exactly 1),
+    `auto` behaviour for stale samples (older adapter version, or learner changed since it
+    published that version) and recomputed for fresh ones (immune to engine numerics)."""
+
+    max_staleness: int | None = Field(None, ge=0)
+    """Drop actions whose adapter version is more than this many versions behind the learner."""
+
+    value_coef: float = Field(0.6, ge=0.0)
+    """c_v, weight of the critic loss c_v * (y - V)^2 (paper: 0.6)."""
+
+    kl_coef: float = Field(0.0, ge=0.0)
+    """Weight of the KL to the reference policy (the base model, adapters disabled); k3 estimator
+    summed over response tokens. 0 disables it and skips the reference forward."""
+
+    lr: float = Field(1e-4, gt=0.0)
+    """Actor (LoRA) learning rate; the paper's 5e-6 is for full fine-tuning."""
+
+    critic_lr: float = Field(1e-4, gt=0.0)
+    """Critic learning rate (critic LoRA + value head)."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay for actors and critics."""
+
+    epochs: int = Field(1, ge=1)
+    """Passes over the batch per `update` call."""
+
+    minibatch_size: int = Field(8, ge=1)
+    """(agent, turn) samples per optimizer step."""
+
+    micro_batch_size: int | None = Field(None, ge=1)
+    """Samples per forward pass (gradient accumulation inside a minibatch); None = whole minibatch."""
+
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    """Gradient-norm clip, per actor and per critic; None disables it."""
+
+    lora_r: int = Field(8, ge=1)
+    """LoRA rank of actors and critics."""
+
+    lora_alpha: int = Field(16, ge=1)
+    """LoRA alpha (scaling alpha / r)."""
+
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """LoRA dropout. Keep 0 for exact on-policy ratios (the trainer runs models in eval mode)."""
+
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names LoRA wraps (must also be servable by the engine, e.g. vLLM's supported set)."""
+
+    critic_max_len: int = Field(2048, ge=8)
+    """Max tokens of a critic input (history), truncated from the left."""
+
+    value_head_hidden: int | None = Field(None, ge=1)
+    """Hidden width of the value head Linear -> Tanh -> Linear; None = the base's hidden size."""
+
+    critic_on_actor: bool = False
+    """DC only: put agent i's value head on its actor adapter instead of a separate critic LoRA."""
+
+    critic_share_base: bool = True
+    """Critic LoRA adapters live on the actors' frozen base (one copy in memory) when the critic
+    device equals the actor device; False loads a separate base for the critics."""
+
+    actor_device: str | dict[str, str] = "cpu"
+    """Device of the actors: one for all, or per agent name (agents on one device share a base)."""
+
+    critic_device: str = "cpu"
+    """Device of the critic(s)."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype of the frozen base weights (LoRA weights stay float32)."""
+
+    base_model_id: str | None = None
+    """Base model id written into adapter_config.json and the manifest (what services report);
+    None = the path / name the base was loaded from."""
+
+    use_sampling_params: bool = True
+    """Teacher-forced log-probs use each action's logged temperature/top_k/top_p (the distribution
+    actually sampled from, so on-policy ratios are exactly 1). False: raw temperature-1 softmax
+    (then logged behaviour log-probs are not comparable: requires off_policy='none')."""
+
+    seed: int = 0
+    """Seed for LoRA / value-head init and minibatch shuffling."""
+
+    adv_eps: float = Field(1e-8, gt=0.0)
+    """Epsilon in advantage normalisation."""
+
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _non_empty_targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("lora_target_modules must name at least one module, e.g. q_proj,v_proj")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.truncated_is is not None and self.clip_eps is not None:
+            raise ValueError(
+                f"truncated_is={self.truncated_is} and clip_eps={self.clip_eps} are alternatives; "
+                "set clip_eps=None to use truncated importance sampling"
+            )
+        if self.gae_lambda is not None and not self.has_critic:
+            raise ValueError(
+                f"gae_lambda needs a critic but algo={self.algo!r} is Monte Carlo; "
+                "use algo='cc' or 'dc', or gae_lambda=None"
+            )
+        if self.critic_on_actor and self.algo != "dc":
+            raise ValueError(
+                f"critic_on_actor applies to algo='dc' (one value head per agent), not {self.algo!r}"
+            )
+        if not self.use_sampling_params and self.off_policy != "none":
+            raise ValueError(
+                "use_sampling_params=False makes learner log-probs incomparable with the logged "
+                "behaviour log-probs; set off_policy='none'"
+            )
+        if self.micro_batch_size is not None and self.micro_batch_size > self.minibatch_size:
+            raise ValueError(
+                f"micro_batch_size={self.micro_batch_size} exceeds minibatch_size="
+                f"{self.minibatch_size}; lower it or leave it None"
+            )
+        return self
+
+    # --- derived values, computed in one place -------------------------------------------
+    @property
+    def has_critic(self) -> bool:
+        from collm_train.algorithms import ALGORITHMS  # the registry is the source of truth
+
+        return ALGORITHMS[self.algo].critic is not None
+
+    def device_of(self, agent: str) -> str:
+        if isinstance(self.actor_device, str):
+            return self.actor_device
+        try:
+            return self.actor_device[agent]
+        except KeyError:
+            raise ValueError(
+                f"actor_device has no entry for agent {agent!r}; give one per agent or a single string"
+            ) from None

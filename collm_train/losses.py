@@ -1,0 +1,64 @@
+"""Actor and critic losses on macro actions (one log-prob per (agent, turn) sample).
+
+All functions return PER-SAMPLE losses (N,) so the trainer can sum a micro-batch and divide by
+the minibatch size (gradient accumulation stays exact). `adv` and `v_target` are constants.
+  on-policy      -A * log pi                                            (paper)
+  PPO clipping   max(-A*rho, -A*clip(rho, 1-eps, 1+eps)), rho = exp(log pi - log pi_old)
+                 (Schulman et al. 2017, eq. 7)
+  truncated IS   -min(rho, c).detach() * A * log pi       (IMPALA / V-trace style truncation)
+  critic         c_v * (y - V)^2
+  KL (k3)        sum_tokens exp(ref - logp) - (ref - logp) - 1   (Schulman, "Approximating KL")
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def pg_loss(logp: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
+    """On-policy policy gradient -A * log pi. logp, adv: (N,) -> (N,)."""
+    return -adv * logp
+
+
+def clipped_surrogate(
+    logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, clip_eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO clipped surrogate. Returns (loss (N,), ratio (N,), clipped (N,) bool).
+
+    `clipped` marks samples whose gradient the clip removes (the clipped branch is the max).
+    """
+    ratio = torch.exp(logp - logp_old)  # (N,)
+    pg1 = -adv * ratio
+    pg2 = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    loss = torch.max(pg1, pg2)
+    clipped = (pg2 > pg1).detach()
+    return loss, ratio.detach(), clipped
+
+
+def truncated_is_loss(
+    logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, c: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-min(rho, c).detach() * A * log pi. Returns (loss (N,), ratio (N,), truncated (N,) bool)."""
+    ratio = torch.exp(logp - logp_old).detach()  # (N,)
+    rho_bar = torch.clamp(ratio, max=c)
+    return -rho_bar * adv * logp, ratio, ratio > c
+
+
+def effective_sample_size(ratio: torch.Tensor) -> float:
+    """Normalised ESS = (sum rho)^2 / (N * sum rho^2) in (0, 1]; 1 when all weights are equal."""
+    ratio = ratio.detach().double()
+    n = ratio.numel()
+    if n == 0:
+        return float("nan")
+    return float(ratio.sum() ** 2 / (n * (ratio**2).sum()))
+
+
+def value_loss(values: torch.Tensor, v_target: torch.Tensor, value_coef: float) -> torch.Tensor:
+    """c_v * (y - V)^2. values, v_target: (N,) -> (N,)."""
+    return value_coef * (v_target - values) ** 2
+
+
+def kl_k3(token_logp: torch.Tensor, ref_token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """k3 estimate of KL(pi || pi_ref) per sequence, summed over response tokens. (B, T) -> (B,)."""
+    log_r = (ref_token_logp - token_logp).masked_fill(~mask, 0.0)
+    return (torch.exp(log_r) - log_r - 1.0).masked_fill(~mask, 0.0).sum(-1)

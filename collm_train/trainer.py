@@ -1,0 +1,410 @@
+"""The shared update loop of every algorithm (CleanRL-style: b_ = batch, mb_ = minibatch).
+
+    trainer = Trainer(TrainConfig(algo="cc"), "HuggingFaceTB/SmolLM2-135M-Instruct", ["helper", "main"])
+    metrics = trainer.update(episodes)           # list[EpisodeRecord] from the trace store
+    trainer.save_adapters("adapters", version=trainer.version + 1)
+
+One `update`:
+  1. samples per (agent, turn) from the traces (data.build_batch)
+  2. without grad: the learner's log pi of every logged action (rho vs behaviour -> ESS), the
+     reference log-probs (if kl_coef), and V_old(h) of every history (critic algorithms)
+  3. adv / v_target from the algorithm class (TD(0), GAE, or Monte Carlo over the tree)
+  4. epochs x shuffled minibatches: per agent, actor loss (PPO-clip / truncated IS / on-policy
+     PG on the macro-action ratio) + kl; per critic, c_v (y - V)^2; clip grad norms; step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from collm_serve.adapters.manifest import write_manifest
+from collm_serve.traces.records import EpisodeRecord
+from collm_train.algorithms import get_algorithm
+from collm_train.config import TrainConfig
+from collm_train.data import ActionSample, Batch, build_batch
+from collm_train.losses import (
+    clipped_surrogate,
+    effective_sample_size,
+    kl_k3,
+    pg_loss,
+    truncated_is_loss,
+    value_loss,
+)
+from collm_train.models import CRITIC_PREFIX, Critic, TeamModels
+from collm_train.returns import explained_variance, normalize_by_group
+
+CHECKPOINT_FORMAT = "collm-train-ckpt/1"
+
+
+def _chunks(idx: Sequence[int], size: int | None) -> list[list[int]]:
+    idx = list(idx)
+    if not size:
+        return [idx] if idx else []
+    return [idx[i : i + size] for i in range(0, len(idx), size)]
+
+
+def _check_agents(agents: Sequence[str]) -> list[str]:
+    agents = list(agents)
+    if not agents:
+        raise ValueError("agents is empty; name at least one agent to train")
+    if len(set(agents)) != len(agents):
+        raise ValueError(f"agent names must be unique, got {agents}")
+    for a in agents:
+        if not a or any(c in a for c in "./@") or a.startswith(CRITIC_PREFIX) or a == "default":
+            raise ValueError(
+                f"agent name {a!r} must be non-empty, without '.', '/' or '@', not 'default' "
+                f"and not start with {CRITIC_PREFIX!r}"
+            )
+    return agents
+
+
+class Trainer:
+    """Actors (one LoRA adapter per agent) and critics of one team, and their optimizers."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        base_model: str | os.PathLike | torch.nn.Module,
+        agents: Sequence[str],
+        *,
+        base_model_id: str | None = None,
+    ):
+        """base_model: a local path / cached hub id, or an already built causal LM module.
+
+        base_model_id: what adapter_config.json and the manifest name as the base (the id the
+        services report); default config.base_model_id, else the path, else the module's name.
+        """
+        self.config = config
+        self.agents = _check_agents(agents)
+        self.algo = get_algorithm(config.algo)
+        self.base_model_id = (
+            base_model_id
+            or config.base_model_id
+            or (str(base_model) if isinstance(base_model, (str, os.PathLike)) else "")
+            or getattr(getattr(base_model, "config", None), "name_or_path", "")
+            or "unknown"
+        )
+        torch.manual_seed(config.seed)  # LoRA A init and value heads
+        self.models = TeamModels(config, base_model, self.agents, self.algo.critic, self.base_model_id)
+        self.actor_opts = {
+            a: torch.optim.AdamW(actor.params(), lr=config.lr, weight_decay=config.weight_decay)
+            for a, actor in self.models.actors.items()
+        }
+        self.critic_opts = {
+            name: torch.optim.AdamW(critic.params(), lr=config.critic_lr, weight_decay=config.weight_decay)
+            for name, critic in self.models.critics.items()
+        }
+        self.version = 0  # adapter version the learner last published (0 = base model)
+        self.step = 0  # number of update() calls
+        self.dirty = False  # weights changed since `version` was published
+        self.rng = torch.Generator().manual_seed(config.seed)  # minibatch shuffling
+
+    # ------------------------------------------------------------------ scoring helpers
+    def _logprobs(self, agent: str, samples: Sequence[ActionSample], ref: bool = False):
+        actor = self.models.actors[agent]
+        fn = actor.ref_logprobs if ref else actor.logprobs
+        if self.config.use_sampling_params:
+            kw = dict(
+                temperature=[s.temperature for s in samples],
+                top_k=[s.top_k for s in samples],
+                top_p=[s.top_p for s in samples],
+            )
+        else:
+            kw = {}
+        return fn([s.prompt_ids for s in samples], [s.response_ids for s in samples], **kw)
+
+    @torch.no_grad()
+    def _score_batch(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Learner log pi (N,) and, if kl_coef, reference token log-probs per sample."""
+        N = len(batch)
+        logp = torch.zeros(N)
+        ref_tok: list[torch.Tensor | None] = [None] * N
+        for agent in self.agents:
+            idx = [i for i, s in enumerate(batch.samples) if s.agent == agent]
+            for chunk in _chunks(idx, self.config.micro_batch_size or self.config.minibatch_size):
+                samples = [batch.samples[i] for i in chunk]
+                logp[chunk] = self._logprobs(agent, samples).seq_logp.float().cpu()
+                if self.config.kl_coef > 0:
+                    ref = self._logprobs(agent, samples, ref=True)
+                    for j, i in enumerate(chunk):
+                        ref_tok[i] = ref.token_logp[j, : len(batch.samples[i].response_ids)].float().cpu()
+        return logp, ref_tok
+
+    def _critic_values(self, critic: Critic, histories: Sequence[list[int]], chunk: int | None) -> torch.Tensor:
+        """V(h) for histories, each distinct history evaluated once. -> (n,) on the critic device."""
+        uniq: dict[tuple[int, ...], int] = {}
+        where = [uniq.setdefault(tuple(h), len(uniq)) for h in histories]
+        keys = [list(k) for k in uniq]
+        parts = [critic.values(c) for c in (keys[i : i + (chunk or len(keys))] for i in range(0, len(keys), chunk or len(keys)))]
+        return torch.cat(parts)[torch.tensor(where, device=parts[0].device)]
+
+    @torch.no_grad()
+    def _old_values(self, batch: Batch) -> torch.Tensor:
+        values = torch.zeros(len(batch))
+        for name, idx in self._by_critic(range(len(batch)), batch).items():
+            hist = [self.algo.history(batch.samples[i]) for i in idx]
+            chunk = self.config.micro_batch_size or self.config.minibatch_size
+            values[idx] = self._critic_values(self.models.critics[name], hist, chunk).float().cpu()
+        return values
+
+    def _by_critic(self, idx: Sequence[int], batch: Batch) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = defaultdict(list)
+        if self.algo.critic is None:
+            return out
+        for i in idx:
+            out["joint" if self.algo.critic == "joint" else batch.samples[i].agent].append(i)
+        return out
+
+    # ------------------------------------------------------------------ the update
+    def update(self, episodes: Sequence[EpisodeRecord]) -> dict[str, float]:
+        """One training round on a batch of finished episodes; returns namespaced metrics."""
+        cfg = self.config
+        batch = build_batch(episodes, self.agents, self.version, cfg.critic_max_len, cfg.max_staleness)
+        if len(batch) == 0:
+            raise ValueError(
+                f"no trainable samples: {batch.n_skipped} of {len(episodes)} episodes are not "
+                "finished ok (status != 'ok') or have no turns"
+            )
+        samples = batch.samples
+        b_logp_behaviour = batch.tensor("logp_behaviour")  # (N,)
+        b_staleness = batch.tensor("staleness")  # (N,)
+        b_logp_learner, b_ref_tok = self._score_batch(batch)  # (N,), [(T_i,)]
+        rho_behaviour = torch.exp(b_logp_learner - b_logp_behaviour)  # (N,) data vs current learner
+        if cfg.off_policy == "behaviour":
+            b_logp_old = b_logp_behaviour
+        elif cfg.off_policy == "none":
+            b_logp_old = b_logp_learner
+        else:  # auto: logged log-probs only where the learner moved since the data was sampled
+            stale = (b_staleness != 0) | torch.tensor(self.dirty)
+            b_logp_old = torch.where(stale, b_logp_behaviour, b_logp_learner)
+
+        b_values = self._old_values(batch) if self.algo.critic else None  # (N,) V_old(h_t)
+        b_adv, b_v_target = self.algo.advantages(batch, b_values, cfg)  # (N,), (N,)
+        if cfg.normalize_adv:
+            b_adv = normalize_by_group(b_adv, [(s.agent, s.turn_index) for s in samples], cfg.adv_eps)
+
+        train_idx = torch.tensor([i for i, s in enumerate(samples) if s.trainable], dtype=torch.long)
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _epoch in range(cfg.epochs):
+            perm = train_idx[torch.randperm(len(train_idx), generator=self.rng)].tolist()
+            for mb_idx in _chunks(perm, cfg.minibatch_size):
+                self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats)
+        self.step += 1
+        self.dirty = True
+
+        m = {k: float(sum(v) / len(v)) for k, v in stats.items() if v}
+        metrics = {
+            "losses/actor": m.get("actor", math.nan),
+            "losses/critic": m.get("critic", math.nan),
+            "losses/kl": m.get("kl", math.nan),
+            "losses/approx_kl": m.get("approx_kl", math.nan),
+            "charts/clipfrac": m.get("clipfrac", math.nan),
+            "charts/return": sum(batch.episode_returns) / max(len(batch.episode_returns), 1),
+            "charts/reward": float(batch.tensor("reward").mean()),
+            "charts/adv_mean": float(b_adv.mean()),
+            "charts/adv_std": float(b_adv.std(unbiased=False)),
+            "charts/staleness": float(b_staleness.mean()),
+            "charts/staleness_max": float(b_staleness.max()),
+            "charts/ess": effective_sample_size(rho_behaviour),
+            "charts/logp_gap": float((b_logp_learner - b_logp_behaviour).abs().mean()),
+            "charts/response_len": float(sum(len(s.response_ids) for s in samples) / len(samples)),
+            "charts/samples": float(len(train_idx)),
+            "charts/samples_dropped_stale": float(len(samples) - len(train_idx)),
+            "charts/episodes": float(batch.n_episodes),
+            "charts/episodes_skipped": float(batch.n_skipped),
+            "charts/step": float(self.step),
+        }
+        if b_values is not None:
+            metrics["charts/value"] = float(b_values.mean())
+            metrics["charts/explained_variance"] = explained_variance(b_values, b_v_target)
+        else:
+            metrics["charts/explained_variance"] = math.nan
+        return metrics
+
+    def _minibatch_step(self, batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats) -> None:
+        cfg = self.config
+        mb_n = len(mb_idx)
+        micro = cfg.micro_batch_size
+        for opt in (*self.actor_opts.values(), *self.critic_opts.values()):
+            opt.zero_grad(set_to_none=True)
+
+        # actors: forward + backward per agent before switching adapters (one graph per adapter)
+        mb_pg, mb_kl, mb_clip, mb_akl = [], [], [], []
+        for agent in self.agents:
+            a_idx = [i for i in mb_idx if batch.samples[i].agent == agent]
+            for chunk in _chunks(a_idx, micro):
+                out = self._logprobs(agent, [batch.samples[i] for i in chunk])
+                dev = out.seq_logp.device
+                mb_logp = out.seq_logp  # (n,)
+                mb_logp_old = b_logp_old[chunk].to(dev)
+                mb_adv = b_adv[chunk].to(dev)
+                if cfg.truncated_is is not None:
+                    pg, ratio, clipped = truncated_is_loss(mb_logp, mb_logp_old, mb_adv, cfg.truncated_is)
+                elif cfg.clip_eps is not None:
+                    pg, ratio, _ = clipped_surrogate(mb_logp, mb_logp_old, mb_adv, cfg.clip_eps)
+                    clipped = (ratio - 1.0).abs() > cfg.clip_eps  # CleanRL's clipfrac
+                else:
+                    pg = pg_loss(mb_logp, mb_adv)
+                    ratio = torch.exp(mb_logp - mb_logp_old).detach()
+                    clipped = torch.zeros_like(ratio, dtype=torch.bool)
+                loss = pg
+                if cfg.kl_coef > 0:
+                    ref = torch.zeros_like(out.token_logp)
+                    for j, i in enumerate(chunk):
+                        ref[j, : b_ref_tok[i].numel()] = b_ref_tok[i].to(dev)
+                    kl = kl_k3(out.token_logp, ref, out.mask)  # (n,)
+                    loss = loss + cfg.kl_coef * kl
+                    mb_kl += kl.detach().cpu().tolist()
+                (loss.sum() / mb_n).backward()
+                log_ratio = torch.log(ratio)
+                mb_pg += pg.detach().cpu().tolist()
+                mb_clip += clipped.float().cpu().tolist()
+                mb_akl += ((ratio - 1) - log_ratio).cpu().tolist()  # k3 approx KL(old||new), CleanRL
+
+        # critics: c_v (y - V)^2 on V_phi(h_t), each distinct history once per minibatch
+        mb_vl = []
+        for name, c_idx in self._by_critic(mb_idx, batch).items():
+            critic = self.models.critics[name]
+            for chunk in _chunks(c_idx, micro):
+                hist = [self.algo.history(batch.samples[i]) for i in chunk]
+                v = self._critic_values(critic, hist, None)  # (n,)
+                sq = value_loss(v, b_v_target[chunk].to(v.device), 1.0)  # (y - V)^2
+                (cfg.value_coef * sq.sum() / mb_n).backward()
+                mb_vl += sq.detach().cpu().tolist()
+
+        for opt in (*self.actor_opts.values(), *self.critic_opts.values()):
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+
+        stats["actor"].append(sum(mb_pg) / len(mb_pg))
+        stats["clipfrac"].append(sum(mb_clip) / len(mb_clip))
+        stats["approx_kl"].append(sum(mb_akl) / len(mb_akl))
+        if mb_kl:
+            stats["kl"].append(sum(mb_kl) / len(mb_kl))
+        if mb_vl:
+            stats["critic"].append(sum(mb_vl) / len(mb_vl))
+
+    # ------------------------------------------------------------------ publishing
+    def save_adapters(
+        self, out_dir: str | os.PathLike, version: int, metrics: dict[str, float] | None = None
+    ) -> dict[str, Path]:
+        """Write out_dir/<agent>/v<version>/ (plain single-adapter peft folder + manifest) per agent.
+
+        Each folder is assembled under a temp name and renamed into place, so a reader never sees
+        a half-written version; an existing version is never overwritten (versions are immutable).
+        """
+        if int(version) < 1:
+            raise ValueError(f"adapter version must be >= 1, got {version}")
+        clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+        out: dict[str, Path] = {}
+        for agent, actor in self.models.actors.items():
+            final = Path(out_dir) / agent / f"v{version}"
+            if final.exists():
+                raise FileExistsError(f"{final} exists; adapter versions are immutable, pick a new version")
+            staging = Path(out_dir) / agent / f".v{version}.tmp{os.getpid()}"
+            shutil.rmtree(staging, ignore_errors=True)
+            # peft writes a non-"default" adapter into staging/<adapter name>/
+            # save_embedding_layers=False unless LoRA wraps embeddings: "auto" would look the base
+            # id up on the hub to compare vocab sizes
+            embed = any("embed" in m or "lm_head" in m for m in self.config.lora_target_modules)
+            actor.host.model.save_pretrained(
+                str(staging), selected_adapters=[agent], save_embedding_layers=embed
+            )
+            src = staging / agent
+            write_manifest(
+                src,
+                name=agent,
+                version=int(version),
+                base_model=self.base_model_id,
+                algorithm=self.config.algo,
+                step=self.step,
+                metrics=clean,
+            )
+            os.replace(src, final)
+            shutil.rmtree(staging, ignore_errors=True)
+            out[agent] = final
+        self.version = int(version)
+        self.dirty = False
+        return out
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def state_dict(self) -> dict:
+        from peft import get_peft_model_state_dict
+
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.model_dump(),
+            "agents": self.agents,
+            "base_model_id": self.base_model_id,
+            "version": self.version,
+            "step": self.step,
+            "dirty": self.dirty,
+            "actors": {
+                a: get_peft_model_state_dict(actor.host.model, adapter_name=a) for a, actor in self.models.actors.items()
+            },
+            "critics": {
+                name: {
+                    "lora": (
+                        get_peft_model_state_dict(c.host.model, adapter_name=c.adapter) if c.owns_adapter else None
+                    ),
+                    "head": c.head.state_dict(),
+                }
+                for name, c in self.models.critics.items()
+            },
+            "actor_opts": {a: o.state_dict() for a, o in self.actor_opts.items()},
+            "critic_opts": {n: o.state_dict() for n, o in self.critic_opts.items()},
+            "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        from peft import set_peft_model_state_dict
+
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint (format={state.get('format')!r})")
+        if state["agents"] != self.agents or state["config"]["algo"] != self.config.algo:
+            raise ValueError(
+                f"checkpoint is for agents {state['agents']} / algo {state['config']['algo']!r}, "
+                f"this trainer has {self.agents} / {self.config.algo!r}; build a matching Trainer"
+            )
+        for a, actor in self.models.actors.items():
+            set_peft_model_state_dict(actor.host.model, state["actors"][a], adapter_name=a)
+        for name, c in self.models.critics.items():
+            if c.owns_adapter:
+                set_peft_model_state_dict(c.host.model, state["critics"][name]["lora"], adapter_name=c.adapter)
+            c.head.load_state_dict(state["critics"][name]["head"])
+        for a, o in self.actor_opts.items():
+            o.load_state_dict(state["actor_opts"][a])
+        for n, o in self.critic_opts.items():
+            o.load_state_dict(state["critic_opts"][n])
+        self.version, self.step, self.dirty = state["version"], state["step"], state["dirty"]
+        self.rng.set_state(state["rng"])
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Adapters, critics, optimizers, counters and RNG in one file (atomic rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    # ------------------------------------------------------------------ convenience
+    def sample(self, agent: str, prompts, max_new_tokens: int, **kw):
+        """Sample from agent's current actor (see collm_train.sampling.sample_responses)."""
+        from collm_train.sampling import sample_responses
+
+        model = self.models.actors[agent].host.activate(agent)
+        return sample_responses(model, prompts, max_new_tokens, **kw)
