@@ -1,0 +1,114 @@
+"""Start agent services as separate OS processes and wait until they serve.
+
+Used by the demo, the orchestrator's `collect --spawn`, benchmarks and tests: each agent is
+its own `python -m collm_serve start` process (its own engine, its own GIL), exactly as in
+production. Life-cycle events are the JSON lines `collm_serve.server.announce` prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class AgentStartError(RuntimeError):
+    pass
+
+
+class AgentProcess:
+    def __init__(
+        self, agent: str, *, config: str | os.PathLike[str] | None = None, port: int = 0,
+        engine: str | None = None, model: str | None = None, metrics_port: int | None = None,
+        adapter_root: str | os.PathLike[str] | None = None, state_dir: str | os.PathLike[str] | None = None,
+        log_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+    ):
+        self.agent = agent
+        args = [sys.executable, "-m", "collm_serve", "start", "--agent", agent, "--port", str(port)]
+        for flag, value in (("--config", config), ("--engine", engine), ("--model", model),
+                            ("--metrics-port", metrics_port), ("--adapter-root", adapter_root),
+                            ("--state-dir", state_dir)):
+            if value is not None:
+                args += [flag, str(value)]
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = Path(log_path) if log_path else None
+        self.proc: subprocess.Popen | None = None
+        self.events: queue.Queue = queue.Queue()
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self.serving_event: dict | None = None
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+    def start(self, timeout: float = 600.0) -> "AgentProcess":
+        stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
+                                     text=True, start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                event = self.events.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise AgentStartError(f"agent {self.agent} not serving after {timeout:.0f}s") from None
+            if event.get("event") == "listening":
+                self.port, self.metrics_port = event["port"], event.get("metrics_port")
+            elif event.get("event") == "serving":
+                self.serving_event = event
+                return self
+            elif event.get("event") in ("failed", "exited"):
+                self.stop()
+                raise AgentStartError(f"agent {self.agent} failed to start: {event.get('reason', event)}")
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.events.put(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        self.events.put({"event": "exited", "reason": f"process exited with {self.proc.wait()}"})
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (drain), then SIGKILL the process group if it does not exit in time."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._reap_group()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        """vLLM's engine-core child must not outlive its server."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> "AgentProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
