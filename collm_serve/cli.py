@@ -176,5 +176,150 @@ def ask(address, token, ca, cert, key, server_name, prompt, max_tokens, temperat
     click.echo(f"[{len(out.token_ids)} tokens, sum logprob {sum(out.logprobs):.3f}, adapter {out.adapter}]", err=True)
 
 
+# -- orchestrator (logic in collm_serve.orchestrator) ---------------------------------------
+
+
+def _team(config_path, task, **overrides):
+    from collm_serve.config import ConfigError
+    from collm_serve.orchestrator.teams import default_team
+    from collm_serve.team import load_team_config
+
+    try:
+        if config_path is not None:
+            return load_team_config(config_path, **overrides)
+        if task is None:
+            raise CliError("pass --team team.yaml, or --task to use the built-in agents' ports")
+        return default_team(task, **overrides)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+@main.command()
+@click.option("--team", "team_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="team YAML (default: the built-in agents on their default localhost ports)")
+@click.option("--task", default=None, help="override the team's task (coding, writing, build, toy)")
+@click.option("--episodes", type=click.IntRange(min=0), default=64, show_default=True)
+@click.option("--split", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--traces", default=None, help="trace store path or sqlite:/// URL (default: the team's)")
+@click.option("--group-size", type=click.IntRange(1, 16), default=None,
+              help="K samples per agent per node: branching rollouts (tree of K + ... + K^T turns)")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="episodes in flight")
+@click.option("--resume", is_flag=True, help="skip (problem, seed) pairs already stored ok")
+@click.option("--start", type=click.IntRange(min=0), default=0, show_default=True,
+              help="index of the first planned episode (problem start mod P, seed team.seed + start)")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="override the team's base seed")
+@click.option("--max-tree-turns", type=click.IntRange(min=1), default=None,
+              help="refuse branching trees larger than this (default 1024)")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="progress bar on a terminal, one line per episode otherwise")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON on stdout")
+def collect(team_path, task, episodes, split, traces, group_size, concurrency, resume, start, seed,
+            max_tree_turns, progress, as_json) -> None:
+    """Run episodes of a team's task and store them in the trace store.
+
+    Ctrl-C (or SIGTERM) finishes the turns in flight and stops; a second one stops at once.
+    Either way the store stays consistent; continue with --resume.
+    """
+    import asyncio
+
+    from collm_serve.config import ConfigError
+    from collm_serve.orchestrator.collector import collect as run_collect
+    from collm_serve.orchestrator.episode import MAX_TREE_TURNS, TreeTooLargeError
+    from collm_serve.traces.store import TraceStoreError
+
+    team = _team(team_path, task, seed=seed)
+    try:
+        summary = asyncio.run(run_collect(
+            team, episodes, split, traces=traces, task=task, group_size=group_size,
+            concurrency=concurrency, resume=resume, start=start,
+            max_tree_turns=max_tree_turns or MAX_TREE_TURNS, progress=progress, handle_signals=True,
+        ))
+    except (ConfigError, TreeTooLargeError, TraceStoreError, ValueError) as e:
+        raise CliError(str(e)) from None
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({**asdict(summary), "ok": summary.ok, "failed": summary.failed,
+                               "mean_return": summary.mean_return}, indent=2))
+    mean = "-" if summary.mean_return is None else f"{summary.mean_return:.4f}"
+    click.echo(
+        f"{summary.task}/{summary.split}: {summary.ok} ok, {summary.failed} failed, "
+        f"{summary.skipped} already complete; mean return {mean}; {summary.elapsed_s:.1f} s "
+        f"({summary.episodes_per_s:.2f} episodes/s); traces: {summary.traces}",
+        err=as_json,
+    )
+    if summary.interrupted:
+        click.echo(f"interrupted ({summary.interrupted}); {summary.not_started} episode(s) not started; "
+                   "continue with --resume", err=True)
+        sys.exit({"SIGINT": 130, "SIGTERM": 143}.get(summary.interrupted, 1))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
+              help="team YAML")
+@click.option("--port", type=int, default=None, help="override orchestrator_port (0 = any free)")
+@click.option("--host", default=None, help="override orchestrator_host")
+@click.option("--traces", default=None, help="trace store path or sqlite:/// URL (default: the team's)")
+@click.option("--max-concurrent-episodes", type=click.IntRange(min=1), default=8, show_default=True)
+def orchestrate(config_path, port, host, traces, max_concurrent_episodes) -> None:
+    """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
+    from collm_serve.config import ConfigError
+    from collm_serve.orchestrator.service import run
+    from collm_serve.traces.store import TraceStoreError
+
+    team = _team(config_path, None)
+    try:
+        code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes)
+    except (ConfigError, TraceStoreError) as e:
+        raise CliError(str(e)) from None
+    sys.exit(code)
+
+
+@main.command("deploy-config")
+@click.option("--team", "team_path", required=True, type=click.Path(dir_okay=False), help="team YAML")
+@click.option("--out", "out_dir", default="deploy/generated", show_default=True, type=click.Path(file_okay=False),
+              help="output folder (compose files, config/, k8s/)")
+@click.option("--agents", "agents_path", type=click.Path(dir_okay=False), default=None,
+              help="agents YAML the services run with (default: the team's agents_config, else the built-in agents)")
+@click.option("--backend", type=click.Choice(["all", "gpu", "cpu"]), default="all", show_default=True)
+@click.option("--image-gpu", default=None, help="GPU image (default collm-gpu:<version>)")
+@click.option("--image-cpu", default=None, help="CPU image (default collm-cpu:<version>)")
+@click.option("--build-context", type=click.Path(file_okay=False), default=None,
+              help="repository root for compose build: sections (default: this source checkout, if any)")
+@click.option("--check", is_flag=True, help="write nothing; exit 1 if --out differs from what would be generated")
+def deploy_config(team_path, out_dir, agents_path, backend, image_gpu, image_cpu, build_context, check) -> None:
+    """Generate Compose files and Kubernetes manifests from a team config (ports, GPU ids, agents)."""
+    import os
+
+    from collm_serve.config import ConfigError
+    from collm_serve.deploy_config import RenderOptions, build_plan, differences, render, source_checkout, write
+
+    try:
+        plan = build_plan(team_path, agents_path, backend=backend)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+    for warning in plan.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    context = build_context or source_checkout()
+    defaults = RenderOptions()
+    opts = RenderOptions(
+        backend=backend, image_gpu=image_gpu or defaults.image_gpu, image_cpu=image_cpu or defaults.image_cpu,
+        build_context=None if context is None else Path(os.path.relpath(Path(context).resolve(),
+                                                                         Path(out_dir).resolve())).as_posix(),
+        out_label=Path(out_dir).as_posix(),
+    )
+    files = render(plan, opts)
+    if check:
+        stale = differences(files, out_dir)
+        if stale:
+            raise CliError(f"{out_dir} is out of date ({', '.join(stale)}); rerun without --check")
+        click.echo(f"{out_dir}: {len(files)} files up to date")
+        return
+    write(files, out_dir)
+    agents = ", ".join(f"{a.name}: port {a.port}" + ("" if a.gpu is None else f" gpu {a.gpu}") for a in plan.agents)
+    click.echo(f"wrote {len(files)} files to {out_dir} ({agents}; orchestrator port {plan.orchestrator_port})")
+
+
 if __name__ == "__main__":
     main()

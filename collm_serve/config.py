@@ -87,6 +87,9 @@ class AgentConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight requests.")
     seed: int = Field(0, ge=0, description="Engine seed (requests may set their own).")
+    cpu_threads: int | None = Field(
+        None, gt=0, description="torch threads of the transformers engine; 1 per agent when agents share few cores."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "AgentConfig":

@@ -88,7 +88,7 @@ async def serve(config: AgentConfig) -> int:
         max_loras=config.keep_versions + 1, max_lora_rank=config.max_lora_rank,
         dtype=config.dtype, seed=config.seed,
         **({"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization}
-           if config.engine == "vllm" else {}),
+           if config.engine == "vllm" else {"cpu_threads": config.cpu_threads}),
     )
     registry = AdapterRegistry(
         engine, agent=config.name, base_model_id=model_id, base_model_dir=model_dir,
@@ -141,11 +141,15 @@ async def serve(config: AgentConfig) -> int:
         announce("failed", agent=config.name, reason=f"{type(e).__name__}: {e}")
         exit_code = 2
     finally:
+        # Drain ourselves rather than through server.stop(grace): grpc.aio cancels handlers that
+        # are awaiting when stop() begins, which would kill the very requests we want to finish.
         state.phase = "draining"
         admission.draining = True
         await set_health(health_servicer, [SERVICE_NAME], serving=False)
         announce("draining", agent=config.name, in_flight=len(state.in_flight))
-        await server.stop(grace=config.drain_seconds)
+        if exit_code == 0 and not await admission.wait_idle(config.drain_seconds):
+            log.warning("drain timeout: %d request(s) still in flight are cancelled", len(state.in_flight))
+        await server.stop(grace=1.0)
         await engine.shutdown()
         announce("stopped", agent=config.name, exit_code=exit_code)
     return exit_code

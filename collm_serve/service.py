@@ -7,6 +7,7 @@ which aborts the engine request in the engine generator's `finally`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -72,8 +73,8 @@ def _rpc(method: str):
                 code = e.code
                 self._engine_dead_check(e)
                 await context.abort(e.code, str(e))
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
+            except asyncio.CancelledError:  # client cancel or deadline: the engine aborts in finally
+                code = grpc.StatusCode.CANCELLED
                 raise
             except Exception as e:  # one ladder: unexpected → INTERNAL with the reason, logged
                 code = grpc.StatusCode.INTERNAL
@@ -267,7 +268,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             code = e.code
             self._engine_dead_check(e)
             await context.abort(e.code, str(e))
-        except grpc.aio.AbortError:
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as e:
             code = grpc.StatusCode.INTERNAL

@@ -191,6 +191,11 @@ class Trainer:
             b_adv = normalize_by_group(b_adv, [(s.agent, s.turn_index) for s in samples], cfg.adv_eps)
 
         train_idx = torch.tensor([i for i, s in enumerate(samples) if s.trainable], dtype=torch.long)
+        if len(train_idx) == 0:
+            raise ValueError(
+                f"all {len(samples)} samples are more than max_staleness={cfg.max_staleness} versions "
+                f"behind the learner (version {self.version}); sample with a newer adapter"
+            )
         stats: dict[str, list[float]] = defaultdict(list)
         for _epoch in range(cfg.epochs):
             perm = train_idx[torch.randperm(len(train_idx), generator=self.rng)].tolist()
@@ -296,6 +301,11 @@ class Trainer:
             stats["critic"].append(sum(mb_vl) / len(mb_vl))
 
     # ------------------------------------------------------------------ publishing
+    @property
+    def _save_embeddings(self) -> bool:
+        # False unless LoRA wraps embeddings: peft's "auto" looks the base id up on the hub
+        return any("embed" in m or "lm_head" in m for m in self.config.lora_target_modules)
+
     def save_adapters(
         self, out_dir: str | os.PathLike, version: int, metrics: dict[str, float] | None = None
     ) -> dict[str, Path]:
@@ -315,11 +325,8 @@ class Trainer:
             staging = Path(out_dir) / agent / f".v{version}.tmp{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             # peft writes a non-"default" adapter into staging/<adapter name>/
-            # save_embedding_layers=False unless LoRA wraps embeddings: "auto" would look the base
-            # id up on the hub to compare vocab sizes
-            embed = any("embed" in m or "lm_head" in m for m in self.config.lora_target_modules)
             actor.host.model.save_pretrained(
-                str(staging), selected_adapters=[agent], save_embedding_layers=embed
+                str(staging), selected_adapters=[agent], save_embedding_layers=self._save_embeddings
             )
             src = staging / agent
             write_manifest(
@@ -351,12 +358,18 @@ class Trainer:
             "step": self.step,
             "dirty": self.dirty,
             "actors": {
-                a: get_peft_model_state_dict(actor.host.model, adapter_name=a) for a, actor in self.models.actors.items()
+                a: get_peft_model_state_dict(
+                    actor.host.model, adapter_name=a, save_embedding_layers=self._save_embeddings
+                ) for a, actor in self.models.actors.items()
             },
             "critics": {
                 name: {
                     "lora": (
-                        get_peft_model_state_dict(c.host.model, adapter_name=c.adapter) if c.owns_adapter else None
+                        get_peft_model_state_dict(
+                            c.host.model, adapter_name=c.adapter, save_embedding_layers=self._save_embeddings
+                        )
+                        if c.owns_adapter
+                        else None
                     ),
                     "head": c.head.state_dict(),
                 }

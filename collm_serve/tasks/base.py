@@ -115,7 +115,9 @@ class TaskEpisode(ABC):
     def observation(self, agent: str) -> list[dict[str, str]]:
         """`agent`'s chat history (a copy): its prompts, its own responses, its feedback."""
         if agent not in self._history:
-            raise ValueError(f"unknown agent {agent!r}; agents of {self.task.name!r}: {', '.join(self.agents)}")
+            raise ValueError(
+                f"unknown agent {agent!r}; agents of {self.task.name!r}: {', '.join(self.agents)}"
+            )
         return [dict(m) for m in self._history[agent]]
 
     def step(self, joint_action: dict[str, str]) -> StepResult:
@@ -142,7 +144,9 @@ class TaskEpisode(ABC):
 
     def _check_joint_action(self, joint_action: dict[str, str]) -> None:
         if not isinstance(joint_action, dict):
-            raise TypeError(f"joint_action must be a dict agent -> response, got {type(joint_action).__name__}")
+            raise TypeError(
+                f"joint_action must be a dict agent -> response, got {type(joint_action).__name__}"
+            )
         missing = [a for a in self.agents if a not in joint_action]
         extra = sorted(str(a) for a in joint_action if a not in self.agents)
         if missing or extra:
@@ -152,7 +156,8 @@ class TaskEpisode(ABC):
             )
         for agent in self.agents:
             if not isinstance(joint_action[agent], str):
-                raise TypeError(f"response of {agent!r} must be str, got {type(joint_action[agent]).__name__}")
+                got = type(joint_action[agent]).__name__
+                raise TypeError(f"response of {agent!r} must be str, got {got}")
 
     @abstractmethod
     def _initial_prompt(self, agent: str) -> str:

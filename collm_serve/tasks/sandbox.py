@@ -31,12 +31,17 @@ reported by `sandbox_isolation()`:
    `os.fork`, `os.forkpty`, `subprocess.Popen`; `os.kill`/`os.killpg`; every `ctypes.*` event;
    imports of ctypes/_ctypes/_posixsubprocess/_socket/_ssl/_testcapi/... (also when loaded by
    file path); `resource.setrlimit`/`prlimit`; opening files outside the work dir (reading is also
-   allowed under the interpreter's stdlib dirs and a few /dev nodes); path-changing `os.*` calls
-   outside the work dir; frame/GC introspection (`sys._getframe`, `tb_frame`, `gi_frame`,
-   `sys.settrace`, `gc.get_objects`...) so model code cannot reach the harness's state.
+   allowed for files under the interpreter's stdlib dirs and a few /dev nodes; directories
+   outside the work dir cannot be opened, and `os.chdir` is refused, so `dir_fd` tricks cannot
+   escape); path-changing `os.*` calls outside the work dir; frame/GC introspection
+   (`sys._getframe`, `tb_frame`, `gi_frame`, `sys.settrace`, `gc.get_objects`...) so model code
+   cannot reach the harness's state. The hook and the verdict path only use references bound
+   before model code runs (and resolve paths with their own realpath on os.lstat/readlink), so
+   rebinding builtins or patching os/posixpath from model code changes neither.
 
 Verdicts. Each test snippet runs separately (its own copy of the namespace, its own SIGALRM
-timer), so the pass fraction is measurable even when one test hangs. The harness reports each
+timer; it sees pristine builtins, and globals that shadow a builtin are left out), so the
+pass fraction is measurable even when one test hangs. The harness reports each
 verdict as a line prefixed by a random nonce it read from stdin (stdin is then replaced by
 /dev/null); model code that prints fake verdicts, exits early (`os._exit(0)`) or crashes the
 interpreter only loses the verdicts not yet reported: a test without a verdict failed. What this
@@ -217,13 +222,71 @@ def _collm_main():
         except Exception:
             pass
 
-    realpath, sep = os.path.realpath, os.sep
-    work = realpath(os.getcwd())
-    read_roots = tuple(sorted({realpath(p) for p in sys.path if p}))
+    # Everything the hook and the reporting path use after model code starts is bound HERE,
+    # as locals: model code can rebind builtins (int, any, enumerate...) and patch stdlib
+    # modules (posixpath, os), but not these closure cells. Paths are resolved by our own
+    # realpath built on C functions (lstat, readlink, getcwd), never by posixpath.
+    _int, _bytes, _tuple, _enumerate = int, bytes, tuple, enumerate
+    _str_str, _bytes_decode = str.__str__, bytes.decode  # exact copies of str / bytes subclasses
+    _lstat, _stat, _readlink, _getcwd = os.lstat, os.stat, os.readlink, os.getcwd
+    _OSError = OSError
+    S_IFMT, S_IFLNK, S_IFDIR = 0o170000, 0o120000, 0o040000
+
+    class SandboxViolation(PermissionError):
+        pass
+
+    class FrameAccessDenied(ValueError):  # stdlib callers of sys._getframe catch ValueError
+        pass
+
+    def realpath(path):
+        if not path.startswith("/"):
+            path = _getcwd() + "/" + path
+        todo = path.split("/")
+        todo.reverse()  # a stack: next component last
+        parts = []
+        links = 0
+        while todo:
+            c = todo.pop()
+            if c == "" or c == ".":
+                continue
+            if c == "..":
+                if parts:
+                    parts.pop()
+                continue
+            cand = "/" + "/".join(parts + [c])
+            try:
+                mode = _lstat(cand).st_mode
+            except _OSError:
+                parts.append(c)  # does not exist (yet): lexical from here on
+                continue
+            if (mode & S_IFMT) == S_IFLNK:
+                links += 1
+                if links > 40:
+                    raise SandboxViolation("sandbox: too many symlinks")
+                target = _readlink(cand)
+                if target.startswith("/"):
+                    parts = []
+                more = target.split("/")
+                more.reverse()
+                todo.extend(more)
+            else:
+                parts.append(c)
+        return "/" + "/".join(parts)
+
+    def isdir(path):
+        try:
+            return (_stat(path).st_mode & S_IFMT) == S_IFDIR
+        except _OSError:
+            return False
+
+    sep = "/"
+    work = realpath(_getcwd())
+    read_roots = _tuple(sorted({realpath(p) for p in sys.path if p}))
     read_files = frozenset(("/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"))
     blocked_prefixes = ("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn",
                         "os.fork", "os.forkpty", "os.system", "os.kill", "os.killpg",
                         "os.startfile", "os.add_dll_directory", "pty.", "ctypes.", "gc.get_",
+                        "os.chdir", "os.chroot",
                         "sys._current_frames", "sys._current_exceptions", "sys.settrace",
                         "sys.setprofile", "sys.remote_exec", "resource.setrlimit",
                         "resource.prlimit", "winreg.", "_winapi.", "webbrowser.",
@@ -247,15 +310,8 @@ def _collm_main():
                          "shutil.make_archive": (0,), "shutil.unpack_archive": (0, 1),
                          "tempfile.mkstemp": (0,), "tempfile.mkdtemp": (0,)}
     read_path_events = {"os.listdir": (0,), "os.scandir": (0,), "os.getxattr": (0,),
-                        "os.listxattr": (0,), "glob.glob": (0,), "glob.glob/2": (0,),
-                        "os.chdir": ()}
+                        "os.listxattr": (0,), "glob.glob": (0,), "glob.glob/2": (0,)}
     W_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-    class SandboxViolation(PermissionError):
-        pass
-
-    class FrameAccessDenied(ValueError):  # stdlib callers of sys._getframe catch ValueError
-        pass
 
     def inside(path, roots):
         for root in roots:
@@ -263,43 +319,55 @@ def _collm_main():
                 return True
         return False
 
-    def resolve(p):
-        if _isinstance(p, bytes):
-            p = p.decode("utf-8", "surrogateescape")
-        if not _isinstance(p, _str):
-            p = os.fspath(p)
-            if _isinstance(p, bytes):
-                p = p.decode("utf-8", "surrogateescape")
-        return realpath(p)
+    def as_text(p):
+        """An exact str from str/bytes (subclasses included, by their data); else None."""
+        if _isinstance(p, _str):
+            return _str_str(p)
+        if _isinstance(p, _bytes):
+            return _bytes_decode(p, "utf-8", "surrogateescape")
+        return None
 
     def check_path(event, p, write):
         if p is None:
             p = "."
-        if _isinstance(p, int):  # an already-open descriptor
+        if _type(p) is _int:  # an already-open descriptor
             return
-        rp = resolve(p)
+        text = as_text(p)
+        if text is None:  # path-like objects could answer differently on a second __fspath__
+            raise SandboxViolation("sandbox: %s with a %s path refused" % (event, _type(p).__name__))
+        rp = realpath(text)
         if inside(rp, (work,)):
             return
-        if not write and (rp in read_files or inside(rp, read_roots)):
+        # No directory outside the work dir may be opened: with the cwd pinned to the work
+        # dir, every dir_fd then lies inside it, and a path that resolves inside the work dir
+        # from the cwd also does from any dir_fd (the hook never sees dir_fd).
+        if not write and (rp in read_files or inside(rp, read_roots)) and not (
+                event == "open" and isdir(rp)):
             return
         if write and rp == "/dev/null":
             return
-        raise SandboxViolation("sandbox: %s %r refused" % (event, p))
+        raise SandboxViolation("sandbox: %s %r refused" % (event, text))
 
     def hook(event, args):
         if event == "open":
             path, mode, flags = args
-            write = bool(mode and any(c in mode for c in "wax+")) or bool(
-                mode is None and flags and (flags & W_FLAGS))
+            write = False
+            if mode is None:
+                write = (flags or 0) & W_FLAGS != 0
+            else:
+                m = as_text(mode) or "w"
+                for c in "wax+":
+                    if c in m:
+                        write = True
             check_path(event, path, write)
         elif event == "import":
-            name = args[0] if args else ""
-            fname = args[1] if _len(args) > 1 else None
+            name = as_text(args[0]) if args else ""
+            fname = as_text(args[1]) if _len(args) > 1 and args[1] is not None else ""
             base = (name or "").split(".")[0]
             if base in blocked_imports:
                 raise SandboxViolation("sandbox: import of %r refused" % (name,))
             if fname:
-                stem = os.path.basename(_str(fname)).split(".")[0]
+                stem = fname.split("/")[-1].split(".")[0]
                 if stem in blocked_imports:
                     raise SandboxViolation("sandbox: import of %r refused" % (fname,))
         elif event == "sys._getframe":
@@ -388,7 +456,7 @@ def _collm_main():
     if not err and setup:
         err = run(setup, "<setup>", ns)
         report("setup", 0, not err, err)
-    for i, test in enumerate(tests):
+    for i, test in _enumerate(tests):
         if err:
             break
         tns = {k: v for k, v in ns.items() if _type(k) is _str and k not in pristine}
@@ -412,7 +480,9 @@ for _k, _v in {"__ERROR_CHARS__": ERROR_CHARS, "__EXIT_CPU__": EXIT_CPU_LIMIT,
 # ---------------------------------------------------------------------------------------------
 # Parent side.
 # ---------------------------------------------------------------------------------------------
-_PROBE_CODE = "import resource, sys, json; print(json.dumps([sys.version_info[:2], __import__('os').getuid()]))"
+_PROBE_CODE = (
+    "import json, os, resource, sys; print(json.dumps([sys.version_info[:2], os.getuid()]))"
+)
 _isolation: SandboxIsolation | None = None
 _isolation_lock = threading.Lock()
 

@@ -238,3 +238,41 @@ def test_network_namespace_without_the_hook():
         server.close()
     assert "blocked" in cp.stdout and "CONNECTED" not in cp.stdout, cp
     assert "ppid 0" in cp.stdout  # the parent is outside the PID namespace
+
+
+def test_dir_fd_and_chdir_tricks():
+    # cwd pinned: a path that stays in the work dir from a deep cwd escapes from a shallow dir_fd
+    contained("import os\nos.makedirs('a/b/c/d/e/f/g')\nos.chdir('a/b/c/d/e/f/g')\n"
+              "assert open('../../../../../../../../../../etc/passwd').read()")
+    # no directory outside the work dir can be opened, so no dir_fd points outside it
+    contained("import os\nfd = os.open('/usr/lib', os.O_RDONLY)\n"
+              "assert os.read(os.open('../../etc/passwd', os.O_RDONLY, dir_fd=fd), 10)")
+    contained("import os\nfd = os.open('/', os.O_RDONLY | os.O_DIRECTORY)\nassert fd")
+    contained("import os\nassert os.listdir(os.open('/etc', os.O_RDONLY))")
+
+
+def test_rebinding_builtins_and_patching_stdlib():
+    """The hook and the reporting path use only references bound before model code ran."""
+    read = "assert 'root' in open('/etc/passwd').read()"
+    for code in (
+        "import builtins\nbuiltins.int = object\nbuiltins.isinstance = lambda *a: True",
+        "import builtins\nbuiltins.any = lambda *a: False\nbuiltins.bool = lambda *a: False",
+        "import posixpath, os.path\nposixpath.realpath = os.path.realpath = lambda p, **k: '/tmp'\n"
+        "posixpath.abspath = lambda p: '/tmp'\nos.getcwd = lambda: '/'",
+    ):
+        r = run_tests(code, [read, f"open({MARKER!r}, 'w').write('x')\nassert True"])
+        assert r.code_error == "" and r.num_passed == 0, r
+    # a str subclass lying about its content does not get a blocked module past the hook
+    contained("class S(str):\n    def split(self, *a):\n        return ['math']\n"
+              "m = __import__(S('ctypes'))\nassert m.CDLL")
+    # a path-like object that answers differently on each __fspath__ call
+    for first, second in (("'/etc/passwd'", "'ok.txt'"), ("'ok.txt'", "'/etc/passwd'")):
+        contained("open('ok.txt', 'w').write('ok')\n"
+                  f"class P:\n    n = 0\n    def __fspath__(self):\n        P.n += 1\n"
+                  f"        return {first} if P.n % 2 else {second}\n"
+                  "assert 'root' in open(P()).read()")
+    # rebinding enumerate / exec / str does not forge verdicts
+    r = run_tests("import builtins\nbuiltins.enumerate = lambda t: [(i, 'pass') for i in range(len(t))]\n"
+                  "builtins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None",
+                  ["assert False", "assert False"])
+    assert r.code_error == "" and r.num_passed == 0, r

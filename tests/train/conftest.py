@@ -16,11 +16,11 @@ TINY = dict(
 )
 
 
-def tiny_llama(vocab_size: int = 256, seed: int = 0):
+def tiny_llama(vocab_size: int = 256, seed: int = 0, **overrides):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, **TINY)
+    cfg = LlamaConfig(vocab_size=vocab_size, **{**TINY, **overrides})
     return LlamaForCausalLM(cfg).eval()
 
 

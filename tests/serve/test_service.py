@@ -1,0 +1,179 @@
+"""Every RPC and every bad input, through the real client over the network, on both engines."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from collm_serve.client import (
+    AgentClient,
+    AsyncAgentClient,
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from collm_serve.proto.collm.v1 import agent_pb2 as pb
+from tests.conftest import grpcurl_path, start_agent
+
+USER = [{"role": "user", "content": "Write one word."}]
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+    agent = start_agent(tmp_path_factory.mktemp("tiny-hf"), "helper", max_queued_requests=8)
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture(params=["transformers", "vllm"])
+def agent(request, tiny_hf):
+    return tiny_hf if request.param == "transformers" else request.getfixturevalue("vllm_agent")
+
+
+def test_generate_returns_tokens_logprobs_and_adapter(agent):
+    with AgentClient(agent.address) as c:
+        out = c.generate(messages=USER, max_tokens=8, temperature=0.7, seed=1)
+        assert 0 < len(out.token_ids) <= 8
+        assert len(out.logprobs) == len(out.token_ids)
+        assert all(lp <= 0 for lp in out.logprobs)
+        assert out.prompt_token_ids and out.adapter.is_base
+        assert out.finish_reason in ("stop", "length")
+        # a fixed seed reproduces the same sample
+        again = c.generate(messages=USER, max_tokens=8, temperature=0.7, seed=1)
+        assert again.token_ids == out.token_ids
+        # the chat template and system prompt are applied once, server-side
+        raw = c.generate(prompt="Hello", max_tokens=4, temperature=0)
+        assert len(raw.prompt_token_ids) < len(out.prompt_token_ids)
+
+
+def test_n_choices_and_stream(agent):
+    with AgentClient(agent.address) as c:
+        out = c.generate(messages=USER, max_tokens=6, temperature=1.0, n=3, seed=7)
+        assert [ch.index for ch in out.choices] == [0, 1, 2]
+        assert out.completion_tokens == sum(len(ch.token_ids) for ch in out.choices)
+        chunks = list(c.generate_stream(messages=USER, max_tokens=6, temperature=0))
+    assert chunks[0].prompt_token_ids and chunks[-1].usage.completion_tokens > 0
+    ids = [t for ch in chunks for t in ch.token_ids]
+    lps = [x for ch in chunks for x in ch.logprobs]
+    assert len(ids) == len(lps) == chunks[-1].usage.completion_tokens
+    assert any(ch.finish_reason for ch in chunks)
+    with AgentClient(agent.address) as c:  # streaming and unary agree on a greedy answer
+        assert c.generate(messages=USER, max_tokens=6, temperature=0).token_ids == ids
+
+
+def test_info_abort_list(agent):
+    with AgentClient(agent.address) as c:
+        info = c.info()
+        assert info.agent == "helper" and info.state == "serving"
+        assert info.engine in ("transformers", "vllm-cpu", "vllm")
+        assert info.limits.max_prompt_tokens > 0 and info.active_adapter.version == 0
+        assert c.abort(["no-such-request"]) == []
+        listing = c.list_adapters()
+        assert listing.active.version == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(messages=[]), "messages"),
+        (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role"),
+        (dict(messages=[{"role": "user", "content": ""}]), "messages[0].content"),
+        (dict(messages=USER, prompt="both"), "messages"),
+        (dict(messages=USER, max_tokens=0), "sampling.max_tokens"),
+        (dict(messages=USER, max_tokens=-3), "sampling.max_tokens"),
+        (dict(messages=USER, max_tokens=100000), "sampling.max_tokens"),
+        (dict(messages=USER, temperature=-0.1), "sampling.temperature"),
+        (dict(messages=USER, top_p=0.0), "sampling.top_p"),
+        (dict(messages=USER, top_p=1.5), "sampling.top_p"),
+        (dict(messages=USER, n=0), "sampling.n"),
+        (dict(messages=USER, n=10000), "sampling.n"),
+        (dict(messages=USER, temperature=0, n=2), "sampling.n"),
+        (dict(messages=[{"role": "user", "content": "word " * 2000}]), "messages"),
+        (dict(prompt="x" * 100000), "prompt"),
+        (dict(messages=USER, request_id="x" * 500), "request_id"),
+    ],
+)
+def test_bad_input_is_invalid_argument_naming_the_field(agent, kwargs, field):
+    with AgentClient(agent.address, retries=0) as c:
+        with pytest.raises(InvalidArgumentError) as e:
+            c.generate(**kwargs)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert e.value.details.startswith(field), e.value.details
+        # the server is not wedged: a valid request still succeeds
+        assert c.generate(messages=USER, max_tokens=2).token_ids
+
+
+def test_unknown_adapter_version_is_not_found(agent):
+    with AgentClient(agent.address, retries=0) as c:
+        with pytest.raises(NotFoundError):
+            c.generate(messages=USER, max_tokens=2, adapter_version=99)
+        with pytest.raises(NotFoundError):
+            c.activate_adapter(99)
+        with pytest.raises(NotFoundError):
+            c.unload_adapter(99)
+        assert c.generate(messages=USER, max_tokens=2).token_ids
+
+
+def test_deadline_aborts_the_engine_request(agent):
+    with AgentClient(agent.address, retries=0) as c:
+        with pytest.raises(DeadlineExceededError):
+            c.generate(messages=USER, max_tokens=120, temperature=1.0, timeout=0.3, stop=None)
+    # the engine slot is released promptly (the request was aborted, not left running)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        body = urllib.request.urlopen(f"http://localhost:{agent.metrics_port}/metrics").read().decode()
+        line = next(ln for ln in body.splitlines() if ln.startswith("collm_requests_in_flight{"))
+        if line.endswith(" 0.0"):
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"engine request still in flight after the deadline: {line}")
+    assert 'code="CANCELLED",method="Generate"' in body  # the server saw the cancellation
+
+
+def test_metrics_endpoint(agent):
+    with AgentClient(agent.address, retries=0) as c:
+        c.generate(messages=USER, max_tokens=2)
+        with pytest.raises(InvalidArgumentError):
+            c.generate(messages=USER, top_p=3.0)
+    body = urllib.request.urlopen(f"http://localhost:{agent.metrics_port}/metrics").read().decode()
+    for name in ("collm_requests_total", "collm_request_latency_seconds_bucket", "collm_tokens_generated_total",
+                 "collm_queue_depth", "collm_active_adapter_version"):
+        assert name in body, name
+    assert 'code="OK",method="Generate"' in body
+    assert 'code="INVALID_ARGUMENT",method="Generate"' in body
+
+
+def test_health_and_grpcurl_reflection(agent):
+    with grpc.insecure_channel(agent.address) as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="collm.v1.AgentService"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+    tool = grpcurl_path()
+    listed = subprocess.run([tool, "-plaintext", agent.address, "list"], capture_output=True, text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    assert "collm.v1.AgentService" in listed.stdout and "grpc.health.v1.Health" in listed.stdout
+    called = subprocess.run(
+        [tool, "-plaintext", "-d", '{"messages":[{"role":"user","content":"hi"}],"sampling":{"max_tokens":3}}',
+         agent.address, "collm.v1.AgentService/Generate"], capture_output=True, text=True, timeout=60)
+    assert called.returncode == 0, called.stderr
+    assert '"tokenIds"' in called.stdout or '"token_ids"' in called.stdout
+    bad = subprocess.run(
+        [tool, "-plaintext", "-d", '{"messages":[{"role":"user","content":"hi"}],"sampling":{"topP":2}}',
+         agent.address, "collm.v1.AgentService/Generate"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "InvalidArgument" in bad.stdout + bad.stderr
+
+
+async def test_async_client_concurrent(agent):
+    import asyncio
+
+    async with AsyncAgentClient(agent.address) as c:
+        outs = await asyncio.gather(*[c.generate(messages=USER, max_tokens=4, seed=i) for i in range(6)])
+        assert all(o.token_ids for o in outs)
+        chunks = [ch async for ch in c.generate_stream(messages=USER, max_tokens=3)]
+        assert chunks[-1].usage.completion_tokens > 0
