@@ -126,8 +126,7 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
     warnings: list[str] = []
 
     team_doc = copy.deepcopy(raw_team)
-    if "auth_token" in team_doc:
-        team_doc.pop("auth_token")
+    if team_doc.pop("auth_token", None) is not None:
         warnings.append(f"{team_path}: auth_token not copied into generated files; "
                         "set COLLM_AUTH_TOKEN (compose) or the collm-auth Secret (Kubernetes)")
     agents_doc: dict[str, Any] = {"agents": {}}
@@ -581,7 +580,8 @@ def render(plan: DeployPlan, opts: RenderOptions | None = None) -> dict[str, str
         files["k8s/overlays/cpu/kustomization.yaml"] = dump(k8s_overlay(False, opts.image_cpu), header=head)
     secret_head = ("# EXAMPLE ONLY: placeholder values, never apply as is and never commit real secrets.\n"
                    "# Create the real ones instead (deploy/README.md):\n"
-                   "#   kubectl -n collm create secret generic collm-auth --from-literal=token=\"$(openssl rand -hex 32)\"\n"
+                   "#   kubectl -n collm create secret generic collm-auth \\\n"
+                   "#     --from-literal=token=\"$(openssl rand -hex 32)\"\n"
                    "#   kubectl -n collm create secret generic collm-tls --from-file=tls.crt --from-file=tls.key "
                    "--from-file=ca.crt\n")
     files["k8s/secret.example.yaml"] = dump(*k8s_secret_example(), header=head + secret_head)

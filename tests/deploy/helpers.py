@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -60,15 +59,27 @@ TOOL_PACKAGES = {
 }
 
 
+def _missing(message: str):
+    if os.environ.get("COLLM_REQUIRE_DEPLOY_TOOLS") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def tool(name: str) -> str:
     """Path of a CLI tool, the test venv's bin first; skip (or fail in CI) when absent."""
     path = shutil.which(name, path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if path is None:
-        message = f"{name} not found: pip install {TOOL_PACKAGES.get(name, name)}"
-        if os.environ.get("COLLM_REQUIRE_DEPLOY_TOOLS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _missing(f"{name} not found: pip install {TOOL_PACKAGES.get(name, name)}")
     return path
+
+
+def kubernetes_validate():
+    """The kubernetes-validate module (OpenAPI schemas of Kubernetes, offline)."""
+    try:
+        import kubernetes_validate as kv
+    except ImportError:
+        _missing("kubernetes-validate not installed: pip install kubernetes-validate==1.37.0")
+    return kv
 
 
 def run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
@@ -237,6 +248,3 @@ def check_k8s(docs: list[dict[str, Any]], gpu: bool) -> None:
                 assert v["persistentVolumeClaim"]["claimName"] in pvcs
     assert pvcs["collm-adapters"]["spec"]["accessModes"] == ["ReadWriteMany"]
 
-
-def strip_header(text: str) -> str:
-    return "\n".join(line for line in text.splitlines() if not re.match(r"^#", line))
