@@ -85,7 +85,7 @@ async def serve(config: AgentConfig) -> int:
     model_id = model_id_for(config.model)
     engine = create_engine(
         config.engine, model_dir, model_id, max_model_len=config.max_model_len,
-        max_loras=config.keep_versions + 1, max_lora_rank=config.max_lora_rank,
+        max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,
         dtype=config.dtype, seed=config.seed,
         **({"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization}
            if config.engine == "vllm" else {"cpu_threads": config.cpu_threads}),

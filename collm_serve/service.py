@@ -370,4 +370,5 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             adapters=[adapter_info(lv, active) for lv in self.registry.versions()],
             active=adapter_ref(active),
             history=self.registry.history,
+            engine_lora_ids=sorted(await self.engine.loaded_adapter_ids()),
         )

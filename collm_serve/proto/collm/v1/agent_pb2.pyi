@@ -300,11 +300,13 @@ class ListAdaptersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListAdaptersResponse(_message.Message):
-    __slots__ = ("adapters", "active", "history")
+    __slots__ = ("adapters", "active", "history", "engine_lora_ids")
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_LORA_IDS_FIELD_NUMBER: _ClassVar[int]
     adapters: _containers.RepeatedCompositeFieldContainer[AdapterInfo]
     active: AdapterRef
     history: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., active: _Optional[_Union[AdapterRef, _Mapping]] = ..., history: _Optional[_Iterable[int]] = ...) -> None: ...
+    engine_lora_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., active: _Optional[_Union[AdapterRef, _Mapping]] = ..., history: _Optional[_Iterable[int]] = ..., engine_lora_ids: _Optional[_Iterable[int]] = ...) -> None: ...
