@@ -1,0 +1,39 @@
+"""Shared bits of the benchmarks: machine description and a ratio table."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+
+
+def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
+    """rows: (metric, value, note)"""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, caption=machine())
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("note")
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
