@@ -57,10 +57,12 @@ def _check_agents(agents: Sequence[str]) -> list[str]:
     if len(set(agents)) != len(agents):
         raise ValueError(f"agent names must be unique, got {agents}")
     for a in agents:
-        if not a or any(c in a for c in "./@") or a.startswith(CRITIC_PREFIX) or a == "default":
+        # peft: '.' splits module paths, a name inside "lora_" collides with the key prefix,
+        # "default" is written to the folder root; the manifest forbids '/' and '@'
+        if not a or any(c in a for c in "./@") or a in "lora_" or a == "default" or a.startswith(CRITIC_PREFIX):
             raise ValueError(
-                f"agent name {a!r} must be non-empty, without '.', '/' or '@', not 'default' "
-                f"and not start with {CRITIC_PREFIX!r}"
+                f"agent name {a!r} must be non-empty, without '.', '/' or '@', not part of 'lora_', "
+                f"not 'default' and not start with {CRITIC_PREFIX!r}"
             )
     return agents
 

@@ -178,7 +178,7 @@ class EpisodeRunner:
             emit(EpisodeFinished(outcome))
             raise
         except Exception as e:  # a task that raises (a bug, a broken sandbox): keep collecting
-            outcome.failure_reason = f"task error: {type(e).__name__}: {e}"
+            outcome.failure_reason = f"episode error: {type(e).__name__}: {e}"
         outcome.elapsed_s = time.monotonic() - started
         await asyncio.to_thread(self.store.finish_episode, eid, outcome.status,
                                 outcome.final_return, outcome.failure_reason)

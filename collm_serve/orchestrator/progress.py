@@ -58,7 +58,7 @@ class CollectProgress:
         if not self.enabled:
             return
         if self._progress is not None:
-            self._progress.console.print(message)
+            self._progress.console.print(message, markup=False, highlight=False)
         else:
             print(message, file=sys.stderr, flush=True)
 

@@ -19,7 +19,6 @@ import logging
 import signal
 import sys
 
-import grpc
 
 from collm_serve.errors import CollmError, InvalidArgument, NotFound, Unavailable
 from collm_serve.orchestrator.agents import AgentPool
@@ -88,6 +87,14 @@ def event_to_pb(event) -> pb.StreamEpisodeResponse:
 # -- servicer -----------------------------------------------------------------------------------
 
 
+def _log_outcome(task: asyncio.Task) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    o = task.result()
+    if not o.ok:
+        log.warning("episode %s (%s seed %d) failed: %s", o.episode_id, o.problem_id, o.seed, o.failure_reason)
+
+
 def _rpc(fn):
     """Map domain errors to status codes, for unary and server-streaming handlers alike."""
     if inspect.isasyncgenfunction(fn):
@@ -119,6 +126,21 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.max_tree_turns = max_tree_turns
         self.draining = False
         self._slots = asyncio.Semaphore(max_concurrent_episodes)
+        self._running: set[asyncio.Task] = set()
+
+    def _play(self, problem, seed: int, k: int, on_event=None) -> asyncio.Task:
+        """The episode as a task of its own, tracked so a shutdown can settle it in the store."""
+        task = asyncio.create_task(self.runner.run(problem, seed, group_size=k, on_event=on_event))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        task.add_done_callback(_log_outcome)
+        return task
+
+    async def shutdown(self) -> None:
+        """Cancel episodes still running (each is stored as failed/"interrupted")."""
+        for task in list(self._running):
+            task.cancel("orchestrator shut down")
+        await asyncio.gather(*self._running, return_exceptions=True)
 
     def _resolve(self, spec: pb.EpisodeSpec):
         if self.draining:
@@ -153,7 +175,13 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def RunEpisode(self, request, context):
         problem, seed, k = self._resolve(request.episode)
         async with self._slots:
-            outcome = await self.runner.run(problem, seed, group_size=k)
+            play = self._play(problem, seed, k)
+            try:
+                outcome = await play
+            finally:  # the client cancelled, or its deadline passed: so is the episode
+                if not play.done():
+                    play.cancel("client cancelled the call")
+                    await asyncio.gather(play, return_exceptions=True)
         return outcome_to_pb(outcome)
 
     @_rpc
@@ -161,7 +189,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         problem, seed, k = self._resolve(request.episode)
         events: asyncio.Queue = asyncio.Queue()
         async with self._slots:
-            play = asyncio.create_task(self.runner.run(problem, seed, group_size=k, on_event=events.put_nowait))
+            play = self._play(problem, seed, k, events.put_nowait)
             try:
                 while not (play.done() and events.empty()):
                     get = asyncio.ensure_future(events.get())
@@ -215,6 +243,7 @@ class OrchestratorServer:
         self.servicer.draining = True
         await set_health(self._health, [SERVICE_NAME], serving=False)
         await self.server.stop(grace=grace)
+        await self.servicer.shutdown()
         await self.pool.aclose()
         if not isinstance(self._traces, TraceStore):
             self.store.close()

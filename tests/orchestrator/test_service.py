@@ -3,6 +3,7 @@ the `collm-serve orchestrate` entry point as a subprocess."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -90,6 +91,25 @@ async def test_stream_episode_events(team_for):
         assert a.num_tokens > 0 and a.sum_logprob < 0 and a.adapter.version == 0
 
 
+async def test_client_cancel_interrupts_the_episode(team_for):
+    team = team_for("build")  # 4 turns: still running when the client goes away
+    async with OrchestratorServer(team, port=0) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            call = stub.StreamEpisode(pb.StreamEpisodeRequest(episode=pb.EpisodeSpec(problem_index=0)))
+            first = await call.read()
+            await call.read()  # an action: turn 0 is in flight
+            call.cancel()
+            episode_id = first.started.episode_id
+            for _ in range(100):
+                if server.store.get_episode(episode_id).status != "running":
+                    break
+                await asyncio.sleep(0.05)
+            ep = server.store.get_episode(episode_id)
+    assert (ep.status, ep.failure_reason) == ("failed", "interrupted (client cancelled the stream)")
+    assert len(ep.turns) < 4
+
+
 def test_orchestrate_cli_serves_with_reflection(agents, team_for, tmp_path):
     team_file = write_team(tmp_path / "team.yaml", team_for("writing"))
     proc = subprocess.Popen([sys.executable, "-m", "collm_serve", "orchestrate", "--config", str(team_file),
@@ -102,8 +122,9 @@ def test_orchestrate_cli_serves_with_reflection(agents, team_for, tmp_path):
         listed = subprocess.run([grpcurl, "-plaintext", address, "list"], capture_output=True, text=True, timeout=30)
         assert listed.returncode == 0, listed.stderr
         assert "collm.v1.OrchestratorService" in listed.stdout and "grpc.health.v1.Health" in listed.stdout
-        called = subprocess.run([grpcurl, "-plaintext", "-d", '{"episode": {"problem_index": 0}}', address,
-                                 "collm.v1.OrchestratorService/RunEpisode"], capture_output=True, text=True, timeout=120)
+        called = subprocess.run(
+            [grpcurl, "-plaintext", "-d", '{"episode": {"problem_index": 0}}', address,
+             "collm.v1.OrchestratorService/RunEpisode"], capture_output=True, text=True, timeout=120)
         assert called.returncode == 0, called.stderr
         assert json.loads(called.stdout)["status"] == "EPISODE_STATUS_OK"
         proc.send_signal(signal.SIGTERM)

@@ -24,6 +24,15 @@ def tiny_llama(vocab_size: int = 256, seed: int = 0, **overrides):
     return LlamaForCausalLM(cfg).eval()
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny matmuls: intra-op threads only add sync cost, badly so on a shared 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_llama()

@@ -22,7 +22,7 @@ from collm_train.config import TrainConfig
 from collm_train.trainer import Trainer
 from tests.train.conftest import tiny_llama
 
-AGENTS = ["a", "b"]
+AGENTS = ["writer", "editor"]
 PROBLEMS = [[10, 11, 12, 13], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41]]
 TARGET = set(range(32))
 RESPONSE_LEN, TEMPERATURE = 4, 1.0

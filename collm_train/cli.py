@@ -1,0 +1,177 @@
+"""`collm-train`: CoLLM-CC / CoLLM-DC / Monte Carlo updates from traces, pushed to live agents.
+
+    collm-train --algo cc --traces runs/traces.db --team team.yaml --out adapters/ --push
+    collm-train online --algo cc --team team.yaml --iterations 50 --episodes-per-iteration 16
+    collm-train plot runs/ --out curves.png
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+ALGOS = ["cc", "dc", "magrpo", "mareinforce", "marloo", "maremax"]
+
+
+class CliError(click.ClickException):
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _common(fn=None, *, team_required: bool = True):
+    if fn is None:
+        return lambda f: _common(f, team_required=team_required)
+    opts = [
+        click.option("--algo", type=click.Choice(ALGOS), default="cc", show_default=True),
+        click.option("--team", "team_path", type=click.Path(exists=True, dir_okay=False), required=team_required,
+                     help="team YAML: agents, addresses, task"),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), default="adapters", show_default=True,
+                     help="adapters/<agent>/v<N>/ are written here (inside the agents' adapter root)"),
+        click.option("--model", default="embedded:smollm2-135m-instruct", show_default=True,
+                     help="base model the agents serve (embedded alias or local folder)"),
+        click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default="runs", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--lr", type=float, default=None, help="actor LR (LoRA default 1e-4)"),
+        click.option("--critic-lr", type=float, default=None),
+        click.option("--gamma", type=float, default=None),
+        click.option("--epochs", type=int, default=None, help="passes over each batch"),
+        click.option("--minibatch-size", type=int, default=None),
+        click.option("--lora-r", type=int, default=None),
+        click.option("--max-staleness", type=int, default=None, help="drop actions > S versions older than the learner"),
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="TrainConfig YAML (flags override it)"),
+        click.option("--resume", default=None, help="run name to resume (its checkpoint and metrics)"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _train_config(algo, seed, config_path, **flags):
+    import yaml
+    from pydantic import ValidationError
+
+    from collm_train.config import TrainConfig
+
+    data = yaml.safe_load(open(config_path)) if config_path else {}
+    data.update({"algo": algo, "seed": seed}, **{k: v for k, v in flags.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise CliError(f"train config: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _setup(algo, team_path, model, runs_dir, seed, config_path, resume, **flags):
+    from collm_serve.config import ConfigError
+    from collm_serve.models import ModelUnavailableError, model_id_for, resolve_model
+    from collm_serve.team import load_team_config
+    from collm_train.run import RunLog
+    from collm_train.trainer import Trainer
+
+    try:
+        team = load_team_config(team_path)
+        base_dir = resolve_model(model)
+    except (ConfigError, ModelUnavailableError) as e:
+        raise CliError(str(e)) from None
+    cfg = _train_config(algo, seed, config_path, **flags)
+    agents = list(team.agents)
+    run = RunLog(runs_dir, team.task, cfg.algo, cfg.seed,
+                 {**cfg.model_dump(), "team": str(team_path), "model": model, "task": team.task}, resume)
+    trainer = Trainer(cfg, base_dir, agents, base_model_id=model_id_for(model))
+    if resume and run.checkpoint.exists():
+        trainer.load_checkpoint(run.checkpoint)
+    return team, trainer, run, agents
+
+
+def _push(trainer, team, out_dir, agents, metrics):
+    from collm_train.push import PushError, push_team
+    from collm_train.run import next_version
+
+    version = next_version(out_dir, agents)
+    dirs = trainer.save_adapters(out_dir, version, metrics)
+    if team is None:
+        return version, dirs, []
+    try:
+        results = push_team(dirs, {a: team.agents[a].address for a in agents}, team)
+    except PushError as e:
+        raise CliError(f"push failed: {e}") from None
+    return version, dirs, results
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.pass_context
+@_common(team_required=False)
+@click.option("--traces", type=click.Path(exists=True, dir_okay=False), help="trace store (SQLite)")
+@click.option("--push", is_flag=True, help="load + activate the new versions on the team's services (all or none)")
+@click.option("--iterations", type=int, default=1, show_default=True, help="updates over the same traces")
+def main(ctx, algo, team_path, out_dir, model, runs_dir, seed, lr, critic_lr, gamma, epochs, minibatch_size,
+         lora_r, max_staleness, config_path, resume, traces, push, iterations) -> None:
+    """Offline: update on logged traces, write adapters/<agent>/v<N>/, optionally push them live."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if traces is None or team_path is None:
+        raise CliError("--traces and --team are required (or use a subcommand: online, plot)")
+    from rich.progress import Progress
+
+    from collm_serve.traces import TraceStore
+
+    team, trainer, run, agents = _setup(algo, team_path, model, runs_dir, seed, config_path, resume, lr=lr,
+                                        critic_lr=critic_lr, gamma=gamma, epochs=epochs,
+                                        minibatch_size=minibatch_size, lora_r=lora_r, max_staleness=max_staleness)
+    with TraceStore(traces, create=False) as store:
+        episodes = list(store.iter_episodes(task=team.task, status="ok"))
+    if not episodes:
+        raise CliError(f"{traces}: no complete episodes of task {team.task!r}")
+    metrics = {}
+    with Progress() as bar:
+        job = bar.add_task(f"{algo} on {len(episodes)} episodes", total=iterations)
+        for it in range(run.last_iteration() + 1, run.last_iteration() + iterations + 1):
+            metrics = trainer.update(episodes)
+            run.log(it, metrics)
+            trainer.save_checkpoint(run.checkpoint)
+            bar.advance(job)
+    version, dirs, results = _push(trainer, team if push else None, out_dir, agents, metrics)
+    run.close()
+    click.echo(f"run {run.name}: wrote v{version} for {', '.join(agents)} under {out_dir}")
+    for r in results:
+        click.echo(f"  {r.agent} @ {r.address}: active v{r.version} sha256={r.sha256} ({r.load_ms:.0f} ms load)")
+
+
+@main.command()
+@_common
+@click.option("--iterations", type=int, default=10, show_default=True)
+@click.option("--episodes-per-iteration", type=int, default=8, show_default=True)
+@click.option("--traces", default=None, help="trace store (default: the team's)")
+@click.option("--concurrency", type=int, default=4, show_default=True)
+def online(algo, team_path, out_dir, model, runs_dir, seed, lr, critic_lr, gamma, epochs, minibatch_size,
+           lora_r, max_staleness, config_path, resume, iterations, episodes_per_iteration, traces, concurrency):
+    """collect (orchestrator) → update → push, repeatedly, on the live team."""
+    from collm_train.online import online_loop
+
+    team, trainer, run, agents = _setup(algo, team_path, model, runs_dir, seed, config_path, resume, lr=lr,
+                                        critic_lr=critic_lr, gamma=gamma, epochs=epochs,
+                                        minibatch_size=minibatch_size, lora_r=lora_r, max_staleness=max_staleness)
+    online_loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
+                episodes_per_iteration=episodes_per_iteration, traces=traces or team.traces,
+                concurrency=concurrency, echo=click.echo)
+    run.close()
+
+
+@main.command()
+@click.argument("runs_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default="curves.png", show_default=True)
+def plot(runs_dir, out):
+    """Reward / loss / value curves per algorithm (PNG)."""
+    from collm_train.plot import plot_runs
+
+    try:
+        path = plot_runs(runs_dir, out)
+    except FileNotFoundError as e:
+        raise CliError(str(e)) from None
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Put newly trained adapter versions into live agent services — as a team, all or none.
+
+1. Load every agent's new version WITHOUT activating it (the expensive, fallible part: each
+   service verifies files, sha256, base model, rank, target modules).
+2. Activate them one by one; if any activation fails, re-activate the previous version on the
+   agents already switched (a team never runs a mix of old and new policies by our hand).
+3. Read back each service's active version and sha256; any mismatch is a loud failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from collm_serve.adapters.manifest import read_manifest
+from collm_serve.client import AgentClient, AgentError
+
+
+class PushError(RuntimeError):
+    pass
+
+
+@dataclass
+class PushResult:
+    agent: str
+    address: str
+    version: int
+    sha256: str
+    load_ms: float
+
+
+def _client(address: str, team=None) -> AgentClient:
+    kw = {}
+    if team is not None:
+        kw = dict(token=team.auth_token, root_certificates=team.ca_file,
+                  client_cert=team.client_cert_file, client_key=team.client_key_file)
+    return AgentClient(address, timeout=300, **kw)
+
+
+def push_team(adapter_dirs: dict[str, Path], addresses: dict[str, str], team=None) -> list[PushResult]:
+    """adapter_dirs / addresses: agent name -> new adapter folder / service address."""
+    manifests = {a: read_manifest(d) for a, d in adapter_dirs.items()}
+    clients = {a: _client(addresses[a], team) for a in adapter_dirs}
+    try:
+        loaded: dict[str, float] = {}
+        previous: dict[str, int] = {}
+        for agent, path in adapter_dirs.items():
+            c = clients[agent]
+            previous[agent] = c.info().active_adapter.version
+            try:
+                r = c.load_adapter(Path(path).resolve(), version=manifests[agent].version, activate=False)
+            except AgentError as e:
+                raise PushError(f"{agent} refused v{manifests[agent].version}: {e} (nothing activated)") from e
+            loaded[agent] = r.load_ms
+        switched: list[str] = []
+        try:
+            for agent in adapter_dirs:
+                clients[agent].activate_adapter(manifests[agent].version)
+                switched.append(agent)
+        except AgentError as e:
+            for agent in switched:  # all or none
+                prev = previous[agent]
+                clients[agent].activate_adapter(prev, use_base_model=prev == 0)
+            raise PushError(f"activation failed on {agent}: {e}; switched agents went back") from e
+        results = []
+        for agent in adapter_dirs:
+            active = clients[agent].info().active_adapter
+            m = manifests[agent]
+            if active.version != m.version or active.sha256 != m.sha256:
+                raise PushError(
+                    f"{agent} reports v{active.version} sha256={active.sha256[:12]}…, expected "
+                    f"v{m.version} sha256={m.sha256[:12]}…"
+                )
+            results.append(PushResult(agent, addresses[agent], active.version, active.sha256, loaded[agent]))
+        return results
+    finally:
+        for c in clients.values():
+            c.close()

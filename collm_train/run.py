@@ -1,0 +1,67 @@
+"""One training run: run name, hyper-parameters, TensorBoard scalars, metrics.jsonl, checkpoints.
+
+Run name = `task__algo__seed__time` (CleanRL). Everything a run writes lives in
+`<runs>/<run name>/`: `hparams.json`, `metrics.jsonl` (what `collm-train plot` reads),
+TensorBoard event files, `checkpoint.pt` (for `--resume`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+class RunLog:
+    def __init__(self, runs_dir: str | Path, task: str, algo: str, seed: int, hparams: dict,
+                 resume: str | None = None):
+        name = resume or f"{task}__{algo}__{seed}__{int(time.time())}"
+        self.dir = Path(runs_dir) / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        if not (self.dir / "hparams.json").exists():
+            (self.dir / "hparams.json").write_text(json.dumps(hparams, indent=2, sort_keys=True, default=str))
+        self._writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.dir))
+            self._writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(
+                f"|{k}|{v}|" for k, v in sorted(hparams.items())))
+        except ImportError:  # tensorboard is optional; metrics.jsonl always exists
+            pass
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.dir / "checkpoint.pt"
+
+    def last_iteration(self) -> int:
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return 0
+        lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+        return max((int(ln.get("iteration", 0)) for ln in lines), default=0)
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        row = {"iteration": iteration, "time": time.time(), **metrics}
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._writer is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self._writer.add_scalar(k, v, iteration)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def next_version(out_dir: str | Path, agents: list[str]) -> int:
+    """One version number for the whole team: 1 + the highest existing version of any agent."""
+    highest = 0
+    for agent in agents:
+        for d in (Path(out_dir) / agent).glob("v*"):
+            if d.is_dir() and d.name[1:].isdigit():
+                highest = max(highest, int(d.name[1:]))
+    return highest + 1
