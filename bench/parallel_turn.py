@@ -11,9 +11,10 @@
 
 Greedy decoding (temperature 0) so every repetition generates the same tokens; medians over
 `--reps` repetitions after one warm-up, the order of the three measurements rotated each time.
-On CPU each agent gets `--threads` torch threads (default: half the cores), so that the two
-services do not oversubscribe the machine; on a machine with fewer than two cores per agent
-the agents share cores and the concurrent turn cannot be parallel.
+On CPU each agent gets `--threads` threads (default: half the cores) pinned to its own cores
+(agent i: cores i*threads ... (i+1)*threads-1, every thread of its process group), as two
+agents on two machines or GPUs would be; `--no-pin` lets the OS schedule them. Other load on
+the machine shows up directly in the ratios: the load average is printed with the results.
 """
 
 from __future__ import annotations
@@ -59,13 +60,38 @@ def machine() -> str:
             f"{os.cpu_count()} CPUs (load {load:.1f}){gpu} | Python {platform.python_version()}")
 
 
-def start_agents(engine: str, model: str, threads: int, tmp: Path, max_tokens: int) -> list[AgentProcess]:
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def agent_cores(i: int, threads: int) -> list[int] | None:
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[i * threads:(i + 1) * threads]
+    return mine if len(mine) == threads else None
+
+
+def pin_group(pgid: int, cores: list[int]) -> int:
+    """Pin every thread of every process in the process group to `cores`; returns threads."""
+    pinned = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) != pgid:
+                continue
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cores)
+                pinned += 1
+        except (ProcessLookupError, PermissionError, FileNotFoundError, OSError):
+            continue
+    return pinned
+
+
+def start_agents(engine: str, model: str, threads: int, tmp: Path, max_tokens: int,
+                 pin: bool) -> list[AgentProcess]:
     settings = {"engine": engine, "model": model, "port": 0, "max_model_len": 1024,
                 "max_prompt_tokens": 512, "max_tokens_limit": max(64, max_tokens),
                 "sampling": {"max_tokens": max_tokens, "temperature": 0.0}}
     procs = []
-    for name in AGENTS:
+    for i, name in enumerate(AGENTS):
+        env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        cores = agent_cores(i, threads) if pin else None
+        if cores:  # vLLM CPU binds its OpenMP threads itself: tell it which cores are its own
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
         cfg = tmp / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump({"agents": {name: {**settings, "state_dir": str(tmp / name)}}}))
         procs.append(AgentProcess(name, config=cfg, env=env, log_path=tmp / f"{name}.log"))
@@ -86,6 +112,10 @@ def start_agents(engine: str, model: str, threads: int, tmp: Path, max_tokens: i
         for p in procs:
             p.kill()
         raise SystemExit(f"agents failed to start: {errors[0]} (logs in {tmp})")
+    for i, p in enumerate(procs):
+        cores = agent_cores(i, threads) if pin else None
+        if cores:
+            pin_group(p.proc.pid, cores)  # start_new_session: the group id is the pid
     return procs
 
 
@@ -142,12 +172,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
                     help="torch threads per agent service (CPU)")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="pin each agent to its own cores (when there are enough)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="collm-bench-") as tmp:
         t = time.perf_counter()
-        procs = start_agents(args.engine, args.model, args.threads, Path(tmp), args.max_tokens)
+        procs = start_agents(args.engine, args.model, args.threads, Path(tmp), args.max_tokens, args.pin)
         started = time.perf_counter() - t
         try:
             result = asyncio.run(measure({p.agent: p.address for p in procs}, args.reps, args.max_tokens))
@@ -156,7 +188,8 @@ def main() -> None:
                 p.stop(timeout=30)
     med = result["median"]
     print(f"machine: {machine()}")
-    print(f"engine {args.engine}, model {args.model}, {args.threads} thread(s)/agent, "
+    pinned = "pinned to own cores" if args.pin and agent_cores(1, args.threads) else "not pinned"
+    print(f"engine {args.engine}, model {args.model}, {args.threads} thread(s)/agent ({pinned}), "
           f"max_tokens {args.max_tokens} (generated {result['tokens']}), {args.reps} reps, "
           f"agents started in {started:.1f} s")
     print(f"{'rep':>4} {'slower alone s':>15} {'concurrent s':>13} {'sequential s':>13} "

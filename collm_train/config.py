@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ALGO_NAMES = ("cc", "dc", "magrpo", "mareinforce", "marloo", "maremax")
+CRITIC_ALGOS = ("cc", "dc")  # kept equal to the registry's critic algorithms by a test; no torch import here
 
 
 class TrainConfig(BaseModel):
@@ -166,9 +167,7 @@ class TrainConfig(BaseModel):
     # --- derived values, computed in one place -------------------------------------------
     @property
     def has_critic(self) -> bool:
-        from collm_train.algorithms import ALGORITHMS  # the registry is the source of truth
-
-        return ALGORITHMS[self.algo].critic is not None
+        return self.algo in CRITIC_ALGOS
 
     def device_of(self, agent: str) -> str:
         if isinstance(self.actor_device, str):

@@ -99,6 +99,14 @@ def joint_history_ids(prompts: Sequence[Sequence[int]], max_len: int | None = No
 def _turn_ids(episode: EpisodeRecord) -> tuple[list[int], list[int | None]]:
     """(turn ids, parent ids). Unsaved chains (turn_id None) get ids from their turn order."""
     if all(t.turn_id is not None for t in episode.turns):
+        depth = {t.turn_id: t.turn_index for t in episode.turns}
+        for t in episode.turns:  # the store enforces this; in-memory records may not
+            want = 0 if t.parent_turn_id is None else depth.get(t.parent_turn_id, -2) + 1
+            if t.turn_index != want:
+                raise ValueError(
+                    f"episode {episode.episode_id}: turn {t.turn_id} has turn_index {t.turn_index} but "
+                    f"parent {t.parent_turn_id} implies {want}; link each turn to the turn before it"
+                )
         return [t.turn_id for t in episode.turns], [t.parent_turn_id for t in episode.turns]  # type: ignore[misc]
     idx = sorted(range(len(episode.turns)), key=lambda i: episode.turns[i].turn_index)
     if [episode.turns[i].turn_index for i in idx] != list(range(len(idx))):

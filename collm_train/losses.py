@@ -8,11 +8,21 @@ the minibatch size (gradient accumulation stays exact). `adv` and `v_target` are
   truncated IS   -min(rho, c).detach() * A * log pi       (IMPALA / V-trace style truncation)
   critic         c_v * (y - V)^2
   KL (k3)        sum_tokens exp(ref - logp) - (ref - logp) - 1   (Schulman, "Approximating KL")
+
+A macro-action log-ratio sums over every response token, so it can be huge for stale data:
+log rho is clamped to +-LOG_RATIO_CLAMP before exp (no inf * 0 = nan; beyond it the sample
+gets no gradient, like a clipped one), and ESS is computed in log space.
 """
 
 from __future__ import annotations
 
 import torch
+
+LOG_RATIO_CLAMP = 20.0
+
+
+def _ratio(logp: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    return torch.exp(torch.clamp(logp - logp_old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
 
 
 def pg_loss(logp: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
@@ -27,7 +37,7 @@ def clipped_surrogate(
 
     `clipped` marks samples whose gradient the clip removes (the clipped branch is the max).
     """
-    ratio = torch.exp(logp - logp_old)  # (N,)
+    ratio = _ratio(logp, logp_old)  # (N,)
     pg1 = -adv * ratio
     pg2 = -adv * torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     loss = torch.max(pg1, pg2)
@@ -39,7 +49,7 @@ def truncated_is_loss(
     logp: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor, c: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-min(rho, c).detach() * A * log pi. Returns (loss (N,), ratio (N,), truncated (N,) bool)."""
-    ratio = torch.exp(logp - logp_old).detach()  # (N,)
+    ratio = _ratio(logp, logp_old).detach()  # (N,)
     rho_bar = torch.clamp(ratio, max=c)
     return -rho_bar * adv * logp, ratio, ratio > c
 
@@ -51,6 +61,15 @@ def effective_sample_size(ratio: torch.Tensor) -> float:
     if n == 0:
         return float("nan")
     return float(ratio.sum() ** 2 / (n * (ratio**2).sum()))
+
+
+def effective_sample_size_log(log_ratio: torch.Tensor) -> float:
+    """The same ESS from log rho, stable for any magnitude: exp(2 lse(l) - lse(2l)) / N."""
+    log_ratio = log_ratio.detach().double()
+    n = log_ratio.numel()
+    if n == 0:
+        return float("nan")
+    return float(torch.exp(2 * torch.logsumexp(log_ratio, 0) - torch.logsumexp(2 * log_ratio, 0)) / n)
 
 
 def value_loss(values: torch.Tensor, v_target: torch.Tensor, value_coef: float) -> torch.Tensor:

@@ -157,51 +157,53 @@ class Critic:
 
 
 def _load_base(base, dtype: torch.dtype, first: bool):
-    """A fresh frozen base: from a path / hub id (local files only) or a copy of a module."""
+    """A fresh frozen base: from a path / hub id (HF_HUB_OFFLINE=1 forbids downloads) or a copy of a module."""
     if isinstance(base, (str, os.PathLike)):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
     model = base if first else copy.deepcopy(base)
     return model.to(dtype)
 
 
 class TeamModels:
-    """All actors and critics of a team; hosts created on demand per (device, role)."""
+    """All actors and critics of a team: one AdapterHost per (device, role) in use."""
 
-    def __init__(self, config: TrainConfig, base, agents: Sequence[str], critic_kind: str | None, base_model_id: str):
+    def __init__(
+        self, config: TrainConfig, base_model, agents: Sequence[str], critic_kind: str | None, base_model_id: str
+    ):
         self.config = config
         self.base_model_id = base_model_id
-        self._base, self._dtype = base, _DTYPES[config.dtype]
+        self._dtype = _DTYPES[config.dtype]
         self.hosts: dict[tuple[str, str], AdapterHost] = {}
+        role = "actor" if config.critic_share_base else "critic"
+        critic_names = [] if critic_kind is None else ["joint"] if critic_kind == "joint" else list(agents)
+        needed = [(config.device_of(a), "actor") for a in agents]
+        if critic_names and not config.critic_on_actor:
+            needed.append((config.critic_device, role))
+        # every base is created before any adapter is injected: peft injects in place, so a copy
+        # of an already-wrapped module would carry the first host's LoRA layers
+        for key in dict.fromkeys(needed):
+            base = _load_base(base_model, self._dtype, first=not self.hosts)
+            for p in base.parameters():
+                p.requires_grad_(False)
+            self.hosts[key] = AdapterHost(base, key[0], base_model_id)
+
         lcfg = lora_config(config)
         self.actors: dict[str, Actor] = {}
         for agent in agents:
-            host = self._host(config.device_of(agent), "actor")
+            host = self.hosts[(config.device_of(agent), "actor")]
             host.add_adapter(agent, copy.deepcopy(lcfg))
             self.actors[agent] = Actor(host, agent)
         self.critics: dict[str, Critic] = {}  # "joint" (CC) or agent name (DC)
-        if critic_kind is None:
-            return
-        role = "actor" if config.critic_share_base else "critic"
-        names = ["joint"] if critic_kind == "joint" else list(agents)
-        for name in names:
+        for name in critic_names:
             if config.critic_on_actor:
                 host, adapter, owns = self.actors[name].host, name, False
             else:
-                host, adapter, owns = self._host(config.critic_device, role), CRITIC_PREFIX + name, True
+                host, adapter, owns = self.hosts[(config.critic_device, role)], CRITIC_PREFIX + name, True
                 host.add_adapter(adapter, copy.deepcopy(lcfg))
             head = ValueHead(host.hidden_size, config.value_head_hidden)
             self.critics[name] = Critic(host, adapter, head, config.critic_max_len, owns)
-
-    def _host(self, device: str, role: str) -> AdapterHost:
-        key = (device, role)
-        if key not in self.hosts:
-            base = _load_base(self._base, self._dtype, first=not self.hosts)
-            for p in base.parameters():
-                p.requires_grad_(False)
-            self.hosts[key] = AdapterHost(base, device, self.base_model_id)
-        return self.hosts[key]
 
     def critic_for(self, agent: str) -> Critic:
         return self.critics["joint"] if "joint" in self.critics else self.critics[agent]

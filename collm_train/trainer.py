@@ -30,8 +30,9 @@ from collm_train.algorithms import get_algorithm
 from collm_train.config import TrainConfig
 from collm_train.data import ActionSample, Batch, build_batch
 from collm_train.losses import (
+    LOG_RATIO_CLAMP,
     clipped_surrogate,
-    effective_sample_size,
+    effective_sample_size_log,
     kl_k3,
     pg_loss,
     truncated_is_loss,
@@ -143,8 +144,7 @@ class Trainer:
         """V(h) for histories, each distinct history evaluated once. -> (n,) on the critic device."""
         uniq: dict[tuple[int, ...], int] = {}
         where = [uniq.setdefault(tuple(h), len(uniq)) for h in histories]
-        keys = [list(k) for k in uniq]
-        parts = [critic.values(c) for c in (keys[i : i + (chunk or len(keys))] for i in range(0, len(keys), chunk or len(keys)))]
+        parts = [critic.values(c) for c in _chunks([list(k) for k in uniq], chunk)]
         return torch.cat(parts)[torch.tensor(where, device=parts[0].device)]
 
     @torch.no_grad()
@@ -178,7 +178,7 @@ class Trainer:
         b_logp_behaviour = batch.tensor("logp_behaviour")  # (N,)
         b_staleness = batch.tensor("staleness")  # (N,)
         b_logp_learner, b_ref_tok = self._score_batch(batch)  # (N,), [(T_i,)]
-        rho_behaviour = torch.exp(b_logp_learner - b_logp_behaviour)  # (N,) data vs current learner
+        log_rho_behaviour = b_logp_learner - b_logp_behaviour  # (N,) current learner vs the data
         if cfg.off_policy == "behaviour":
             b_logp_old = b_logp_behaviour
         elif cfg.off_policy == "none":
@@ -219,11 +219,11 @@ class Trainer:
             "charts/adv_std": float(b_adv.std(unbiased=False)),
             "charts/staleness": float(b_staleness.mean()),
             "charts/staleness_max": float(b_staleness.max()),
-            "charts/ess": effective_sample_size(rho_behaviour),
-            "charts/logp_gap": float((b_logp_learner - b_logp_behaviour).abs().mean()),
+            "charts/ess": effective_sample_size_log(log_rho_behaviour),
+            "charts/logp_gap": float(log_rho_behaviour.abs().mean()),
             "charts/response_len": float(sum(len(s.response_ids) for s in samples) / len(samples)),
             "charts/samples": float(len(train_idx)),
-            "charts/samples_dropped_stale": float(len(samples) - len(train_idx)),
+            "charts/dropped_stale": float(len(samples) - len(train_idx)),
             "charts/episodes": float(batch.n_episodes),
             "charts/episodes_skipped": float(batch.n_skipped),
             "charts/step": float(self.step),
@@ -259,7 +259,7 @@ class Trainer:
                     clipped = (ratio - 1.0).abs() > cfg.clip_eps  # CleanRL's clipfrac
                 else:
                     pg = pg_loss(mb_logp, mb_adv)
-                    ratio = torch.exp(mb_logp - mb_logp_old).detach()
+                    ratio = torch.exp((mb_logp - mb_logp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
                     clipped = torch.zeros_like(ratio, dtype=torch.bool)
                 loss = pg
                 if cfg.kl_coef > 0:
@@ -346,6 +346,28 @@ class Trainer:
         self.version = int(version)
         self.dirty = False
         return out
+
+    def load_adapters(self, out_dir: str | os.PathLike, version: int) -> None:
+        """Start the actors from published versions out_dir/<agent>/v<version>/ (sha256-checked).
+
+        Optimizer and critic state are not in adapter folders: use load_checkpoint to resume those.
+        """
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        from collm_serve.adapters.manifest import WEIGHTS_FILE, read_manifest, sha256_file
+
+        for agent, actor in self.models.actors.items():
+            folder = Path(out_dir) / agent / f"v{version}"
+            manifest = read_manifest(folder)
+            if manifest.sha256 != sha256_file(folder / WEIGHTS_FILE):
+                raise ValueError(f"{folder}: weights do not match the manifest sha256")
+            state = load_file(str(folder / WEIGHTS_FILE), device=str(actor.host.device))
+            result = set_peft_model_state_dict(actor.host.model, state, adapter_name=agent)
+            missing = [k for k in result.missing_keys if f".{agent}." in k]
+            if missing:
+                raise ValueError(f"{folder}: adapter lacks {len(missing)} weights, e.g. {missing[0]}")
+        self.version, self.dirty = int(version), False
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> dict:

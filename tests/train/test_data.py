@@ -69,3 +69,10 @@ def test_max_staleness_keeps_links_but_marks_untrainable():
 def test_missing_agent_is_an_error():
     with pytest.raises(ValueError, match="no agent"):
         build_batch([chain_episode(["helper"], [1.0])], AGENTS)
+
+
+def test_broken_tree_links_are_an_error():
+    ep = chain_episode(AGENTS, [1.0, 2.0])
+    ep.turns[1].parent_turn_id = None  # a second root at turn 1: the chain would silently break
+    with pytest.raises(ValueError, match="link each turn"):
+        build_batch([ep], AGENTS)

@@ -10,6 +10,7 @@ import torch
 from collm_train.losses import (
     clipped_surrogate,
     effective_sample_size,
+    effective_sample_size_log,
     kl_k3,
     pg_loss,
     truncated_is_loss,
@@ -63,6 +64,17 @@ def test_effective_sample_size():
     assert effective_sample_size(torch.ones(4)) == pytest.approx(1.0)
     assert effective_sample_size(torch.tensor([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
     assert effective_sample_size(torch.tensor([2.0, 1.0])) == pytest.approx(9 / 10)  # 3^2 / (2*5)
+    log_r = torch.tensor([0.3, -1.2, 2.0, 0.0])
+    assert effective_sample_size_log(log_r) == pytest.approx(effective_sample_size(log_r.exp()))
+    # macro-action log-ratios of stale data: exp would overflow, the log form does not
+    assert effective_sample_size_log(torch.tensor([1000.0, 0.0, -1000.0])) == pytest.approx(1 / 3)
+
+
+def test_huge_log_ratio_stays_finite():
+    logp = torch.tensor([500.0, -500.0], requires_grad=True)
+    loss, ratio, clipped = clipped_surrogate(logp, torch.zeros(2), torch.tensor([-1.0, 1.0]), 0.2)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logp.grad).all()
 
 
 def test_value_loss_and_kl():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collm_train.algorithms import ALGORITHMS, get_algorithm
-from collm_train.config import ALGO_NAMES, TrainConfig
+from collm_train.config import ALGO_NAMES, CRITIC_ALGOS, TrainConfig
 from collm_train.data import build_batch
 from collm_train.returns import (
     explained_variance,
@@ -23,7 +23,7 @@ approx = lambda xs: pytest.approx(xs, abs=1e-6)  # noqa: E731
 
 def test_registry_matches_config():
     assert set(ALGORITHMS) == set(ALGO_NAMES)
-    assert {n for n, a in ALGORITHMS.items() if a.critic} == {"cc", "dc"}
+    assert {n for n, a in ALGORITHMS.items() if a.critic} == set(CRITIC_ALGOS) == {"cc", "dc"}
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("ppo")
 

@@ -169,8 +169,66 @@ def test_off_policy_modes_pick_logp_old():
     for a in new.turns[0].actions:
         a.adapter_version = 2
     m = stale.update(eps + [new])
-    assert m["charts/samples_dropped_stale"] == 4 and m["charts/samples"] == 2
+    assert m["charts/dropped_stale"] == 4 and m["charts/samples"] == 2
     with pytest.raises(ValueError, match="no trainable"):
         stale.update([])
     with pytest.raises(ValueError, match="max_staleness"):
         stale.update(eps)
+
+
+def test_load_adapters_round_trip(tmp_path):
+    a = Trainer(TrainConfig(algo="magrpo", lr=1e-2, epochs=2), tiny_llama(), AGENTS)
+    a.update([tree_episode()])
+    a.save_adapters(tmp_path, version=3)
+    b = Trainer(TrainConfig(algo="magrpo"), tiny_llama(), AGENTS)
+    b.load_adapters(tmp_path, version=3)
+    assert (b.version, b.dirty) == (3, False)
+    la, _, _ = _snapshot(a)
+    lb, _, _ = _snapshot(b)
+    assert all(torch.equal(la[n], lb[n]) for n in la)
+    (tmp_path / "main" / "v3" / "adapter_model.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="sha256"):
+        b.load_adapters(tmp_path, version=3)
+
+
+def test_micro_batches_accumulate_exactly():
+    """Gradient accumulation over micro-batches gives the same step as one big forward."""
+    eps = [tree_episode()]
+    whole = Trainer(TrainConfig(algo="dc", lr=1e-3, minibatch_size=12), tiny_llama(), AGENTS)
+    micro = Trainer(TrainConfig(algo="dc", lr=1e-3, minibatch_size=12, micro_batch_size=2), tiny_llama(), AGENTS)
+    mw, mm = whole.update(eps), micro.update(eps)
+    assert mw["losses/critic"] == pytest.approx(mm["losses/critic"], abs=1e-6)
+    lw, _, hw = _snapshot(whole)
+    lm, _, hm = _snapshot(micro)
+    assert all(torch.allclose(lw[n], lm[n], atol=1e-6) for n in lw)
+    assert all(torch.allclose(hw[n], hm[n], atol=1e-6) for n in hw)
+
+
+def test_base_from_path_separate_critic_base_and_kl(tmp_path):
+    tiny_llama().save_pretrained(tmp_path / "base")
+    cfg = TrainConfig(algo="cc", critic_share_base=False, kl_coef=0.1, lr=1e-2, epochs=2)
+    trainer = Trainer(cfg, str(tmp_path / "base"), AGENTS)
+    assert trainer.base_model_id == str(tmp_path / "base")
+    assert sorted(role for _, role in trainer.models.hosts) == ["actor", "critic"]
+    m = trainer.update([tree_episode()])
+    assert m["losses/kl"] >= 0 and m["losses/kl"] == m["losses/kl"]  # finite, not nan
+    assert m["losses/kl"] > 0  # second epoch: adapters moved away from the base
+
+
+def test_agent_names_are_checked():
+    for bad in ["", "a.b", "lora", "default", "critic__x", "x/y"]:
+        with pytest.raises(ValueError, match="agent name"):
+            Trainer(TrainConfig(algo="magrpo"), tiny_llama(), [bad])
+    with pytest.raises(ValueError, match="unique"):
+        Trainer(TrainConfig(algo="magrpo"), tiny_llama(), ["x", "x"])
+
+
+def test_separate_critic_base_from_a_module():
+    trainer = Trainer(TrainConfig(algo="dc", critic_share_base=False), tiny_llama(), AGENTS)
+    hosts = trainer.models.hosts
+    assert set(hosts) == {("cpu", "actor"), ("cpu", "critic")}
+    for (_, role), host in hosts.items():
+        names = {n.split(".")[-2] for n, _ in host.model.named_parameters() if "lora_" in n}
+        expected = {"helper", "main"} if role == "actor" else {"critic__helper", "critic__main"}
+        assert names == expected and set(host.model.peft_config) == expected
+    assert hosts[("cpu", "actor")].base is not hosts[("cpu", "critic")].base
