@@ -3,8 +3,8 @@ tests/conftest.py: vLLM CPU serving SmolLM2-135M) next to a transformers one: a 
 branching with the engine's `n`.
 
 vLLM takes ~50-80 s to start on a small CPU machine, more than the rest of this suite's budget,
-so the test runs when the session starts that agent anyway (tests/serve is collected too, as in
-a full `pytest` run: then it costs one episode) or when COLLM_TEST_VLLM=1.
+so the test runs when the session starts that agent anyway (other vLLM tests are collected too, as
+in a full `pytest` run: then it costs one episode) or when COLLM_TEST_VLLM=1.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 def _vllm_paid_for(session) -> bool:
     if os.environ.get("COLLM_TEST_VLLM") == "1":
         return True
-    return any(item.path.parent.name == "serve" for item in session.items)
+    return any("vllm" in item.nodeid for item in session.items if "tests/orchestrator/" not in item.nodeid)
 
 
 async def test_mixed_team_with_vllm_branches(request, agents, tokenizer, tmp_path):
