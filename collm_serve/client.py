@@ -209,8 +209,10 @@ def _backoff(attempt: int, base: float) -> float:
 # -- sync -----------------------------------------------------------------------------------
 
 
-class AgentClient:
-    """Blocking client. `timeout` is the default per-call deadline in seconds."""
+class _ClientBase:
+    """Channel set-up shared by the sync and asyncio clients (`grpc` or `grpc.aio` module)."""
+
+    _grpc = grpc
 
     def __init__(
         self, address: str, *, timeout: float | None = 120.0, retries: int = 3,
@@ -224,8 +226,13 @@ class AgentClient:
         self._opts = ChannelOptions(token, root_certificates, client_cert, client_key, server_name)
         creds = self._opts.credentials()
         args = self._opts.channel_args()
-        self.channel = grpc.secure_channel(address, creds, args) if creds else grpc.insecure_channel(address, args)
+        self.channel = (self._grpc.secure_channel(address, creds, args) if creds
+                        else self._grpc.insecure_channel(address, args))
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+
+
+class AgentClient(_ClientBase):
+    """Blocking client. `timeout` is the default per-call deadline in seconds."""
 
     def __enter__(self) -> "AgentClient":
         return self
@@ -302,24 +309,10 @@ class AgentClient:
 # -- asyncio --------------------------------------------------------------------------------
 
 
-class AsyncAgentClient:
+class AsyncAgentClient(_ClientBase):
     """asyncio client with the same methods as `AgentClient` (awaitable)."""
 
-    def __init__(
-        self, address: str, *, timeout: float | None = 120.0, retries: int = 3,
-        backoff: float = 0.2, token: str | None = None, root_certificates=None,
-        client_cert=None, client_key=None, server_name: str | None = None,
-    ):
-        self.address = address
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self._opts = ChannelOptions(token, root_certificates, client_cert, client_key, server_name)
-        creds = self._opts.credentials()
-        args = self._opts.channel_args()
-        self.channel = (grpc.aio.secure_channel(address, creds, args) if creds
-                        else grpc.aio.insecure_channel(address, args))
-        self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
+    _grpc = grpc.aio
 
     async def __aenter__(self) -> "AsyncAgentClient":
         return self
