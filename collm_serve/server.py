@@ -9,12 +9,14 @@ new requests get UNAVAILABLE, in-flight ones finish within `drain_seconds`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import signal
 import sys
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -49,9 +51,61 @@ def announce(event: str, **fields) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
+class _Undecodable:
+    """Stands in for a request body that did not parse (see `DecodeErrorInterceptor`)."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
+    """A body that is not a valid protobuf (or holds invalid UTF-8 in a string field) is the
+    client's fault: answer INVALID_ARGUMENT, not grpc.aio's UNKNOWN "Unexpected DecodeError"."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None or handler.request_streaming:
+            return handler
+        parse = handler.request_deserializer
+
+        def tolerant_parse(raw: bytes):
+            try:
+                return parse(raw)
+            except DecodeError as e:
+                return _Undecodable(e)
+
+        async def refuse(request, context) -> None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {request.error}")
+
+        if inspect.iscoroutinefunction(handler.unary_unary):
+            behaviour = handler.unary_unary
+
+            async def unary(request, context):
+                if isinstance(request, _Undecodable):
+                    await refuse(request, context)
+                return await behaviour(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, tolerant_parse, handler.response_serializer)
+        if not inspect.isasyncgenfunction(handler.unary_stream):
+            return handler  # e.g. health Watch (context.write style): not ours, left as it is
+        behaviour = handler.unary_stream
+
+        async def stream(request, context):
+            if isinstance(request, _Undecodable):
+                await refuse(request, context)
+            responses = behaviour(request, context)
+            try:
+                async for response in responses:
+                    yield response
+            finally:
+                await responses.aclose()
+
+        return grpc.unary_stream_rpc_method_handler(stream, tolerant_parse, handler.response_serializer)
+
+
 def build_grpc_server(servicers, service_names, token: str | None, credentials, address: str):
     """A grpc.aio server with the given servicers + health + reflection; returns (server, port, health)."""
-    interceptors = [TokenAuthInterceptor(token)] if token else []
+    interceptors = [*([TokenAuthInterceptor(token)] if token else []), DecodeErrorInterceptor()]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -29,6 +29,7 @@ from collm_serve.traces.records import EpisodeRecord
 from collm_train.algorithms import get_algorithm
 from collm_train.config import TrainConfig
 from collm_train.data import ActionSample, Batch, build_batch
+from collm_train.distributed import init_distributed
 from collm_train.losses import (
     LOG_RATIO_CLAMP,
     clipped_surrogate,
@@ -94,6 +95,7 @@ class Trainer:
             or getattr(getattr(base_model, "config", None), "name_or_path", "")
             or "unknown"
         )
+        self.dist = init_distributed()  # under torchrun: this rank's share of the work (distributed.py)
         torch.manual_seed(config.seed)  # LoRA A init and value heads
         self.models = TeamModels(config, base_model, self.agents, self.algo.critic, self.base_model_id)
         self.actor_opts = {
@@ -104,10 +106,14 @@ class Trainer:
             name: torch.optim.AdamW(critic.params(), lr=config.critic_lr, weight_decay=config.weight_decay)
             for name, critic in self.models.critics.items()
         }
+        self.dist.broadcast_([p for o in self._opts() for g in o.param_groups for p in g["params"]])
         self.version = 0  # adapter version the learner last published (0 = base model)
         self.step = 0  # number of update() calls
         self.dirty = False  # weights changed since `version` was published
         self.rng = torch.Generator().manual_seed(config.seed)  # minibatch shuffling
+
+    def _opts(self) -> list[torch.optim.Optimizer]:
+        return [*self.actor_opts.values(), *self.critic_opts.values()]
 
     # ------------------------------------------------------------------ scoring helpers
     def _logprobs(self, agent: str, samples: Sequence[ActionSample], ref: bool = False):
@@ -130,7 +136,7 @@ class Trainer:
         logp = torch.zeros(N)
         ref_tok: list[torch.Tensor | None] = [None] * N
         for agent in self.agents:
-            idx = [i for i, s in enumerate(batch.samples) if s.agent == agent]
+            idx = self.dist.shard(i for i, s in enumerate(batch.samples) if s.agent == agent)
             for chunk in _chunks(idx, self.config.micro_batch_size or self.config.minibatch_size):
                 samples = [batch.samples[i] for i in chunk]
                 logp[chunk] = self._logprobs(agent, samples).seq_logp.float().cpu()
@@ -138,7 +144,9 @@ class Trainer:
                     ref = self._logprobs(agent, samples, ref=True)
                     for j, i in enumerate(chunk):
                         ref_tok[i] = ref.token_logp[j, : len(batch.samples[i].response_ids)].float().cpu()
-        return logp, ref_tok
+        if self.config.kl_coef > 0:
+            ref_tok = self.dist.all_reduce_rows(ref_tok, [len(s.response_ids) for s in batch.samples])
+        return self.dist.all_reduce_(logp), ref_tok
 
     def _critic_values(self, critic: Critic, histories: Sequence[list[int]], chunk: int | None) -> torch.Tensor:
         """V(h) for histories, each distinct history evaluated once. -> (n,) on the critic device."""
@@ -151,10 +159,13 @@ class Trainer:
     def _old_values(self, batch: Batch) -> torch.Tensor:
         values = torch.zeros(len(batch))
         for name, idx in self._by_critic(range(len(batch)), batch).items():
+            idx = self.dist.shard(idx, [tuple(self.algo.history(batch.samples[i])) for i in idx])
+            if not idx:
+                continue
             hist = [self.algo.history(batch.samples[i]) for i in idx]
             chunk = self.config.micro_batch_size or self.config.minibatch_size
             values[idx] = self._critic_values(self.models.critics[name], hist, chunk).float().cpu()
-        return values
+        return self.dist.all_reduce_(values)
 
     def _by_critic(self, idx: Sequence[int], batch: Batch) -> dict[str, list[int]]:
         out: dict[str, list[int]] = defaultdict(list)
@@ -237,15 +248,15 @@ class Trainer:
 
     def _minibatch_step(self, batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats) -> None:
         cfg = self.config
-        mb_n = len(mb_idx)
+        mb_n = len(mb_idx)  # losses are divided by the full minibatch size on every rank
         micro = cfg.micro_batch_size
-        for opt in (*self.actor_opts.values(), *self.critic_opts.values()):
+        for opt in self._opts():
             opt.zero_grad(set_to_none=True)
 
         # actors: forward + backward per agent before switching adapters (one graph per adapter)
         mb_pg, mb_kl, mb_clip, mb_akl = [], [], [], []
         for agent in self.agents:
-            a_idx = [i for i in mb_idx if batch.samples[i].agent == agent]
+            a_idx = self.dist.shard(i for i in mb_idx if batch.samples[i].agent == agent)
             for chunk in _chunks(a_idx, micro):
                 out = self._logprobs(agent, [batch.samples[i] for i in chunk])
                 dev = out.seq_logp.device
@@ -278,6 +289,7 @@ class Trainer:
         # critics: c_v (y - V)^2 on V_phi(h_t), each distinct history once per minibatch
         mb_vl = []
         for name, c_idx in self._by_critic(mb_idx, batch).items():
+            c_idx = self.dist.shard(c_idx, [tuple(self.algo.history(batch.samples[i])) for i in c_idx])
             critic = self.models.critics[name]
             for chunk in _chunks(c_idx, micro):
                 hist = [self.algo.history(batch.samples[i]) for i in chunk]
@@ -286,7 +298,8 @@ class Trainer:
                 (cfg.value_coef * sq.sum() / mb_n).backward()
                 mb_vl += sq.detach().cpu().tolist()
 
-        for opt in (*self.actor_opts.values(), *self.critic_opts.values()):
+        self.dist.all_reduce_grads_([p for o in self._opts() for g in o.param_groups for p in g["params"]])
+        for opt in self._opts():
             params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
             if not params:
                 continue
@@ -294,13 +307,12 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
 
-        stats["actor"].append(sum(mb_pg) / len(mb_pg))
-        stats["clipfrac"].append(sum(mb_clip) / len(mb_clip))
-        stats["approx_kl"].append(sum(mb_akl) / len(mb_akl))
-        if mb_kl:
-            stats["kl"].append(sum(mb_kl) / len(mb_kl))
-        if mb_vl:
-            stats["critic"].append(sum(mb_vl) / len(mb_vl))
+        mb_sums = self.dist.sum_counts(
+            {"actor": mb_pg, "clipfrac": mb_clip, "approx_kl": mb_akl, "kl": mb_kl, "critic": mb_vl}
+        )
+        for k, (total, n) in mb_sums.items():
+            if n:
+                stats[k].append(total / n)
 
     # ------------------------------------------------------------------ publishing
     @property
@@ -320,8 +332,12 @@ class Trainer:
             raise ValueError(f"adapter version must be >= 1, got {version}")
         clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
         out: dict[str, Path] = {}
+        self.dist.barrier()  # every rank has chosen `version` (e.g. run.next_version) before rank 0 creates it
         for agent, actor in self.models.actors.items():
             final = Path(out_dir) / agent / f"v{version}"
+            if not self.dist.is_main:
+                out[agent] = final
+                continue
             if final.exists():
                 raise FileExistsError(f"{final} exists; adapter versions are immutable, pick a new version")
             staging = Path(out_dir) / agent / f".v{version}.tmp{os.getpid()}"
@@ -343,6 +359,7 @@ class Trainer:
             os.replace(src, final)
             shutil.rmtree(staging, ignore_errors=True)
             out[agent] = final
+        self.dist.barrier()  # the folders exist before any rank goes on (e.g. to push them)
         self.version = int(version)
         self.dirty = False
         return out
@@ -428,7 +445,9 @@ class Trainer:
         self.rng.set_state(state["rng"])
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Adapters, critics, optimizers, counters and RNG in one file (atomic rename)."""
+        """Adapters, critics, optimizers, counters and RNG in one file (atomic rename); rank 0 only."""
+        if not self.dist.is_main:
+            return
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")

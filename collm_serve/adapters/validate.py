@@ -39,11 +39,14 @@ def resolve_inside(root: Path, path: str) -> Path:
     if "\x00" in path:
         raise InvalidArgument("path", "adapter path contains a NUL byte")
     candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise PermissionDenied(f"adapter path {path!r} is outside the adapter root {root}")
-    if not resolved.is_dir():
-        raise NotFound(f"adapter folder {resolved} does not exist")
+    try:  # a name too long for the file system or a symlink loop is a bad path, not a crash
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        if resolved != root and root not in resolved.parents:
+            raise PermissionDenied(f"adapter path {path!r} is outside the adapter root {root}")
+        if not resolved.is_dir():
+            raise NotFound(f"adapter folder {resolved} does not exist")
+    except (OSError, RuntimeError) as e:
+        raise InvalidArgument("path", f"unusable adapter path: {e}") from e
     return resolved
 
 

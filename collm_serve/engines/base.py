@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 
 from collm_serve.errors import InvalidArgument
 
+# Below this (but above 0) logits / temperature overflows float32 to inf and sampling fails;
+# vLLM clamps to the same bound (`_MAX_TEMP` in vllm/sampling_params.py), we refuse instead.
+MIN_TEMPERATURE = 1e-2
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -30,6 +34,9 @@ class SamplingParams:
             raise InvalidArgument("sampling.max_tokens", f"must be > 0, got {self.max_tokens}")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise InvalidArgument("sampling.temperature", f"must be >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise InvalidArgument("sampling.temperature",
+                                  f"must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {self.temperature}")
         if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
             raise InvalidArgument("sampling.top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:

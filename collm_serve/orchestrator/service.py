@@ -128,12 +128,22 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self._slots = asyncio.Semaphore(max_concurrent_episodes)
         self._running: set[asyncio.Task] = set()
 
-    def _play(self, problem, seed: int, k: int, on_event=None) -> asyncio.Task:
-        """The episode as a task of its own, tracked so a shutdown can settle it in the store."""
+    def _play(self, context, problem, seed: int, k: int, on_event=None) -> asyncio.Task:
+        """The episode as a task of its own, tracked so a shutdown can settle it in the store,
+        and tied to the RPC: when the call ends first (client cancel, deadline), the episode is
+        cancelled and stored as interrupted. A streaming handler alone cannot guarantee that:
+        a cancel that arrives while gRPC writes an event never reaches the generator's code.
+        """
         task = asyncio.create_task(self.runner.run(problem, seed, group_size=k, on_event=on_event))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         task.add_done_callback(_log_outcome)
+
+        def rpc_done(ctx) -> None:
+            if not task.done():
+                task.cancel("client cancelled the call" if ctx.cancelled() else "the call ended")
+
+        context.add_done_callback(rpc_done)
         return task
 
     async def shutdown(self) -> None:
@@ -175,7 +185,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     async def RunEpisode(self, request, context):
         problem, seed, k = self._resolve(request.episode)
         async with self._slots:
-            play = self._play(problem, seed, k)
+            play = self._play(context, problem, seed, k)
             try:
                 outcome = await play
             finally:  # the client cancelled, or its deadline passed: so is the episode
@@ -189,7 +199,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         problem, seed, k = self._resolve(request.episode)
         events: asyncio.Queue = asyncio.Queue()
         async with self._slots:
-            play = self._play(problem, seed, k, events.put_nowait)
+            play = self._play(context, problem, seed, k, events.put_nowait)
             try:
                 while not (play.done() and events.empty()):
                     get = asyncio.ensure_future(events.get())
@@ -201,7 +211,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 await play  # surfaces a runner that died before finishing the episode
             finally:  # the client went away: the episode is cancelled and stored as interrupted
                 if not play.done():
-                    play.cancel("client cancelled the stream")
+                    play.cancel("client cancelled the call")
                     await asyncio.gather(play, return_exceptions=True)
 
 

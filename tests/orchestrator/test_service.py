@@ -106,7 +106,7 @@ async def test_client_cancel_interrupts_the_episode(team_for):
                     break
                 await asyncio.sleep(0.05)
             ep = server.store.get_episode(episode_id)
-    assert (ep.status, ep.failure_reason) == ("failed", "interrupted (client cancelled the stream)"), ep.turns
+    assert (ep.status, ep.failure_reason) == ("failed", "interrupted (client cancelled the call)"), ep.turns
     assert len(ep.turns) < 4
 
 
