@@ -10,9 +10,11 @@ prompt + `--response-len` response tokens each, trees of K=2 branches (MC groups
   full-<algo>  the paper code's layout: one full model copy per agent and per critic, AdamW on
                every weight (cc: 3 copies, dc: 4, magrpo: 2)
 
-Each mode runs in its own process so its peak RSS is its own. tokens/s = (prompt + response
-tokens of the batch) / update wall time; "model state" counts parameter + gradient + AdamW
-tensors (torch CPU memory; on a GPU the CUDA allocator peak is reported as well).
+Each mode runs in its own process, one after the other, so its peak RSS is its own.
+tokens/s = (prompt + response tokens of the batch) / update wall time; tokens/CPU-s divides by
+the process CPU time instead (1 thread: what an idle core would do; robust to other load on a
+shared box), and the LoRA ÷ full ratios use it. "model state" counts parameter + gradient +
+AdamW tensors (torch CPU memory; on a GPU the CUDA allocator peak is reported as well).
 
     python bench/train_throughput.py [--actions 8] [--response-len 64] [--modes lora-cc,full-cc]
 """
@@ -61,11 +63,12 @@ def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: i
     for e in range(0, rows, 2):
         turns = []
         for k in range(min(2, rows - e)):
-            acts = [
-                ActionRecord(agent=a, observation=[], prompt_token_ids=window(rng.randint(prompt_len * 9 // 10, prompt_len * 11 // 10)),
-                             response_text="", response_token_ids=(r := window(response_len)), logprobs=[-1.0] * len(r))
-                for a in AGENTS
-            ]
+            acts = []
+            for a in AGENTS:
+                prompt = window(rng.randint(prompt_len * 9 // 10, prompt_len * 11 // 10))
+                response = window(response_len)
+                acts.append(ActionRecord(agent=a, observation=[], prompt_token_ids=prompt, response_text="",
+                                         response_token_ids=response, logprobs=[-1.0] * len(response)))
             turns.append(TurnRecord(turn_index=0, actions=acts, reward=rng.random(), feedback={}, done=True,
                                     branch_index=k, turn_id=10 * e + k, parent_turn_id=None))
         episodes.append(EpisodeRecord(episode_id=f"e{e}", task="bench", split="train", problem_id="p", seed=0,
@@ -227,16 +230,19 @@ def worker(mode: str, args) -> dict:
         opts = learner.optimizers()
         frozen = 0
     rss_loaded = _rss_mb()
-    tokens = sum(len(a.prompt_token_ids) + len(a.response_token_ids) for e in episodes for t in e.turns for a in t.actions)
-    times = []
+    tokens = sum(len(a.prompt_token_ids) + len(a.response_token_ids)
+                 for e in episodes for t in e.turns for a in t.actions)
+    times, cpu = [], []
     for _ in range(args.warmup + args.updates):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         learner.update(episodes)
         times.append(time.perf_counter() - t0)
-    times = times[args.warmup :]
+        cpu.append(time.process_time() - c0)
+    times, cpu = times[args.warmup :], cpu[args.warmup :]
     state_mb, n_trained = _state_mb(opts)
     out = {
         "mode": mode, "tokens": tokens, "update_s": min(times), "tokens_per_s": tokens / min(times),
+        "cpu_s": min(cpu), "tokens_per_cpu_s": tokens / min(cpu),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "loaded_mb": rss_loaded - rss0, "state_mb": state_mb, "trained_params": n_trained,
         "frozen_params": frozen, "threads": torch.get_num_threads(),
@@ -255,8 +261,11 @@ def main() -> None:
     ap.add_argument("--minibatch", type=int, default=None, help="samples per optimizer step (default: all)")
     ap.add_argument("--updates", type=int, default=1, help="timed updates per mode (the fastest counts)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed updates first")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated lora-<algo> / full-<algo>, algo in {ALGOS}")
+    # 1 by default: on a shared box, OpenMP threads spin-wait for cores other processes hold and
+    # an update got ~18x slower with 2 threads than with 1 (load 11 on 2 cores)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default, all cores)")
+    ap.add_argument("--modes", default=DEFAULT_MODES,
+                    help=f"comma-separated lora-<algo> / full-<algo>, algo in {ALGOS}")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -269,8 +278,9 @@ def main() -> None:
         if kind not in ("lora", "full") or algo not in ALGOS:
             ap.error(f"mode {m!r}: use lora-<algo> or full-<algo> with algo in {ALGOS}")
     results = {}
-    passthrough = [f"--actions={args.actions}", f"--prompt-len={args.prompt_len}", f"--response-len={args.response_len}",
-                   f"--updates={args.updates}", f"--warmup={args.warmup}", f"--threads={args.threads}"]
+    passthrough = [f"--actions={args.actions}", f"--prompt-len={args.prompt_len}",
+                   f"--response-len={args.response_len}", f"--updates={args.updates}", f"--warmup={args.warmup}",
+                   f"--threads={args.threads}"]
     if args.minibatch:
         passthrough.append(f"--minibatch={args.minibatch}")
     for m in modes:  # one at a time: each owns the cores and its peak RSS
@@ -280,23 +290,28 @@ def main() -> None:
             sys.exit(f"{m} failed:\n{proc.stderr[-3000:]}")
         results[m] = json.loads(line[len("RESULT ") :])
         r = results[m]
-        print(f"{m}: {r['tokens_per_s']:.0f} tok/s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
+        print(f"{m}: {r['tokens_per_cpu_s']:.0f} tok/CPU-s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
 
     rows = []
     for m, r in results.items():
         note = f"{r['trained_params'] / 1e6:.2f}M trained, {r['frozen_params'] / 1e6:.0f}M frozen"
-        rows.append((f"{m} tokens/s", f"{r['tokens_per_s']:.0f}", f"{r['tokens']} tokens in {r['update_s']:.1f} s"))
+        rows.append((f"{m} tokens/s", f"{r['tokens_per_s']:.0f}",
+                     f"{r['tokens']} tokens in {r['update_s']:.1f} s wall"))
+        rows.append((f"{m} tokens/CPU-s", f"{r['tokens_per_cpu_s']:.0f}",
+                     f"{r['cpu_s']:.1f} CPU-s (robust to other load)"))
         rows.append((f"{m} peak RSS MB", f"{r['peak_rss_mb']:.0f}", f"model load +{r['loaded_mb']:.0f} MB; {note}"))
         rows.append((f"{m} model state MB", f"{r['state_mb']:.0f}", "trained params + grads + AdamW state"
                      + (f"; CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else "")))
     for algo in ALGOS:
         lo, fu = results.get(f"lora-{algo}"), results.get(f"full-{algo}")
         if lo and fu:
-            rows.append((f"{algo}: LoRA ÷ full tokens/s", f"{lo['tokens_per_s'] / fu['tokens_per_s']:.2f}", "> 1: LoRA faster"))
-            rows.append((f"{algo}: LoRA ÷ full peak RSS", f"{lo['peak_rss_mb'] / fu['peak_rss_mb']:.2f}", "< 1: LoRA smaller"))
+            speed = lo["tokens_per_cpu_s"] / fu["tokens_per_cpu_s"]
+            rows.append((f"{algo}: LoRA ÷ full tokens/CPU-s", f"{speed:.2f}", "> 1: LoRA faster"))
+            rows.append((f"{algo}: LoRA ÷ full peak RSS", f"{lo['peak_rss_mb'] / fu['peak_rss_mb']:.2f}",
+                         "< 1: LoRA smaller"))
     threads = next(iter(results.values()))["threads"] if results else 0
-    print_table(f"Training update, SmolLM2-135M fp32, {args.actions} actions × ~{args.prompt_len}+{args.response_len} "
-                f"tokens, {threads} torch threads", rows)
+    print_table(f"Training update, SmolLM2-135M fp32, {args.actions} actions × ~{args.prompt_len}"
+                f"+{args.response_len} tokens, {threads} torch thread(s)", rows)
 
 
 if __name__ == "__main__":

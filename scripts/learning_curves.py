@@ -138,12 +138,18 @@ def main(argv=None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4, help="actor and critic LR")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads of the trainer (1: the services share the same few cores)")
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--workdir", default="runs/learning_curves")
     ap.add_argument("--img-dir", default="docs/img")
+    ap.add_argument("--table", action="store_true", help="only print the markdown table of <workdir>/summary.json")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
     from collm_serve.models import model_id_for, resolve_model
 
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -155,22 +161,40 @@ def main(argv=None) -> int:
         logf.write(line + "\n")
         logf.flush()
 
+    summary_path = Path(args.workdir) / "summary.json"
+    if args.table:
+        print(markdown_table(json.loads(summary_path.read_text())))
+        return 0
     t0 = time.monotonic()
     base_dir = resolve_model(args.model)
-    summary = {"args": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                               "python": platform.python_version()},
-               "tasks": {}}
+    # one summary per workdir; a later invocation (e.g. another task) adds to it
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"tasks": {}}
+    summary["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "python": platform.python_version()}
     for task in args.tasks:
-        summary["tasks"][task] = run_task(task, args, base_dir, model_id_for(args.model), log)
-        summary["wall_s"] = time.monotonic() - t0
-        (Path(args.workdir) / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    log(f"all done in {summary['wall_s']:.0f}s")
-    for task, res in summary["tasks"].items():
-        print(f"\n{task}: mean return (charts/return, tree-averaged) per iteration")
-        for algo, a in res["algos"].items():
-            rets = " ".join(f"{r.get('charts/return', float('nan')):.3f}" for r in a["rows"])
-            print(f"  {algo:8s} {rets}   ({a['wall_s']:.0f}s)")
+        summary["tasks"][task] = {**run_task(task, args, base_dir, model_id_for(args.model), log),
+                                  "args": vars(args)}
+        summary_path.write_text(json.dumps(summary, indent=2, default=str))
+    log(f"all done in {time.monotonic() - t0:.0f}s")
+    print(markdown_table(summary))
     return 0
+
+
+def markdown_table(summary: dict) -> str:
+    """Mean return (`charts/return`: tree-averaged undiscounted return of the iteration's batch,
+    collected with the policy of the previous iteration) per iteration per algorithm."""
+    out = []
+    for task, res in summary["tasks"].items():
+        algos = res["algos"]
+        n = max(len(a["rows"]) for a in algos.values())
+        out.append(f"\n**{task}** (turns={res['turns']}, max_tokens={res['max_tokens']})\n")
+        out.append("| algo | " + " | ".join(f"it {i + 1}" for i in range(n)) + " | wall (s) |")
+        out.append("|---" * (n + 2) + "|")
+        for algo, a in algos.items():
+            cells = [f"{r.get('charts/return', float('nan')):.3f}" for r in a["rows"]]
+            cells += [""] * (n - len(cells))
+            out.append(f"| {algo} | " + " | ".join(cells) + f" | {a['wall_s']:.0f} |")
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collm_serve.adapters.manifest import WEIGHTS_FILE, sha256_file
 from collm_serve.adapters.validate import CheckedAdapter, base_model_shapes, check_adapter, resolve_inside
 from collm_serve.engines.base import Engine, EngineAdapter
-from collm_serve.errors import FailedPrecondition, NotFound
+from collm_serve.errors import FailedPrecondition, InvalidArgument, NotFound
 
 ACTIVE_FILE = "active_adapter.json"
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 @dataclass
@@ -138,6 +146,13 @@ class AdapterRegistry:
                 adapter = EngineAdapter(self.agent, checked.manifest.version, str(resolved), next(self._ids))
                 await self._make_room(keep=self._active)
                 await self.engine.add_adapter(adapter)  # raises → nothing changed
+                # The engine read the weights after check_adapter hashed them: if the file changed
+                # in between (published in place, a disk fault), the engine holds other weights
+                # than the sha256 this version will be reported with.
+                now = await asyncio.to_thread(_sha256_or_none, resolved / WEIGHTS_FILE)
+                if now != checked.manifest.sha256:
+                    await self.engine.remove_adapter(adapter)
+                    raise InvalidArgument("path", f"{WEIGHTS_FILE} changed while it was being loaded; not loaded")
                 loaded = LoadedVersion(checked, adapter)
                 self._versions[loaded.version] = loaded
             if activate:

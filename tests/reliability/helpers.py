@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,35 +17,21 @@ from collm_serve.client import AgentClient, AgentError, GenerateOutput, Unavaila
 from collm_serve.launcher import AgentProcess
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
-from tests.conftest import start_agent
 
 PROMPT = [{"role": "user", "content": "Say it."}]
 SERVICE = pb.DESCRIPTOR.services_by_name["AgentService"]
 METHODS = {m.name: m for m in SERVICE.methods}  # all nine RPCs, from the proto itself
 BROKEN_DIR = Path(__file__).parent / "broken"  # sitecustomize that breaks a child server on purpose
-CALL_TIMEOUT = 30.0  # generous on 2 busy cores; a wedged server fails at this deadline
+CALL_TIMEOUT = 30.0  # generous on 2 busy cores; a wedged server fails at this deadline (read per call)
 BASE_MODEL_ID = "tiny-llama-s0"
 
 # The fast agent every module shares: tiny random model, a handful of tokens per request, a
 # small admission bound (the load test), adapters (the fuzz and swap tests).
 FAST_AGENT = {
-    "max_model_len": 160, "max_prompt_tokens": 96, "max_tokens_limit": 8, "max_n": 2,
-    "sampling": {"max_tokens": 4, "temperature": 0.7, "top_p": 0.9},
+    "max_model_len": 160, "max_prompt_tokens": 96, "max_tokens_limit": 4, "max_n": 2,
+    "sampling": {"max_tokens": 2, "temperature": 0.7, "top_p": 0.9},
     "max_concurrent_requests": 4, "max_queued_requests": 8, "keep_versions": 2, "drain_seconds": 10,
 }
-
-
-def start_agents(tmp: Path, specs: dict[str, dict]) -> list[AgentProcess]:
-    """Start several agents at once (start-up is the slow part); all or none."""
-    with ThreadPoolExecutor(len(specs)) as pool:
-        futures = [pool.submit(start_agent, tmp, name, **settings) for name, settings in specs.items()]
-    started = [f.result() for f in futures if f.exception() is None]
-    failed = [f.exception() for f in futures if f.exception() is not None]
-    if failed:
-        for agent in started:
-            agent.stop()
-        raise failed[0]
-    return started
 
 
 # -- adapters -------------------------------------------------------------------------------
@@ -94,8 +79,9 @@ def manifest_sha(folder: Path) -> str:
 # -- calls ------------------------------------------------------------------------------------
 
 
-def typed_call(stub: agent_pb2_grpc.AgentServiceStub, method: str, request, timeout: float = CALL_TIMEOUT):
+def typed_call(stub: agent_pb2_grpc.AgentServiceStub, method: str, request, timeout: float | None = None):
     """(status code, details, response or stream chunks) of one call with a typed request."""
+    timeout = timeout or CALL_TIMEOUT
     try:
         if METHODS[method].server_streaming:
             return grpc.StatusCode.OK, "", list(getattr(stub, method)(request, timeout=timeout))
@@ -104,8 +90,9 @@ def typed_call(stub: agent_pb2_grpc.AgentServiceStub, method: str, request, time
         return e.code(), e.details() or "", None
 
 
-def raw_call(channel: grpc.Channel, method: str, payload: bytes, timeout: float = CALL_TIMEOUT):
+def raw_call(channel: grpc.Channel, method: str, payload: bytes, timeout: float | None = None):
     """Send `payload` as the request body, unserialised: anything, not only valid protobuf."""
+    timeout = timeout or CALL_TIMEOUT
     path = f"/{SERVICE.full_name}/{method}"
     try:
         if METHODS[method].server_streaming:
@@ -117,9 +104,9 @@ def raw_call(channel: grpc.Channel, method: str, payload: bytes, timeout: float 
         return e.code(), e.details() or ""
 
 
-def assert_serves(address: str, timeout: float = CALL_TIMEOUT) -> GenerateOutput:
+def assert_serves(address: str, timeout: float | None = None) -> GenerateOutput:
     """The liveness check: a valid request is answered with tokens and their log-probs."""
-    with AgentClient(address, retries=0, timeout=timeout) as c:
+    with AgentClient(address, retries=0, timeout=timeout or CALL_TIMEOUT) as c:
         try:
             out = c.generate(messages=PROMPT, max_tokens=2, temperature=0.7, seed=1)
         except AgentError as e:
@@ -129,7 +116,7 @@ def assert_serves(address: str, timeout: float = CALL_TIMEOUT) -> GenerateOutput
 
 
 def greedy(c: AgentClient, **kw) -> GenerateOutput:
-    return c.generate(messages=PROMPT, max_tokens=8, temperature=0, **kw)
+    return c.generate(messages=PROMPT, max_tokens=4, temperature=0, **kw)
 
 
 def assert_served_by(out: GenerateOutput, version: int, sha256: str, tokens: list[int] | None = None) -> None:
@@ -168,14 +155,14 @@ def drained_events(agent: AgentProcess) -> list[dict]:
 # -- failover --------------------------------------------------------------------------------
 
 
-def generate_anywhere(addresses: list[str], timeout: float = CALL_TIMEOUT, **kw) -> tuple[str, GenerateOutput]:
+def generate_anywhere(addresses: list[str], timeout: float | None = None, **kw) -> tuple[str, GenerateOutput]:
     """Retry elsewhere: try the replicas in turn; UNAVAILABLE (down, draining, refused) moves on.
 
     Only UNAVAILABLE moves on: the replica never accepted the request, so nothing is duplicated
     (the same rule as the client SDK's own retries). Raises the last UnavailableError."""
     last: UnavailableError | None = None
     for address in addresses:
-        with AgentClient(address, retries=0, timeout=timeout) as c:
+        with AgentClient(address, retries=0, timeout=timeout or CALL_TIMEOUT) as c:
             try:
                 return address, c.generate(**kw)
             except UnavailableError as e:

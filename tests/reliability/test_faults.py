@@ -12,6 +12,7 @@ import shutil
 import signal
 import threading
 import time
+import uuid
 
 import grpc
 import pytest
@@ -97,6 +98,15 @@ def test_sigterm_under_load_drains_and_clients_go_elsewhere(tmp_path, fast_agent
             t.join(5)
 
 
+def flip_in_place(path, offset: int) -> None:
+    """Flip one byte without rewriting the file (a reader never sees it shorter)."""
+    with open(path, "r+b") as f:
+        f.seek(offset, 2)
+        byte = f.read(1)[0]
+        f.seek(offset, 2)
+        f.write(bytes([byte ^ 0xFF]))
+
+
 def _corrupt(folder, kind: str) -> None:
     weights = folder / WEIGHTS_FILE
     if kind == "flipped_byte":
@@ -123,12 +133,16 @@ def _reset_to_v1(c: AgentClient, adapters) -> None:
             time.sleep(0.05)
 
 
-def test_corrupt_adapter_during_swap_old_version_keeps_serving(fast_agent, adapters, tmp_path):
-    """v1 serves under load while corrupted copies of v2 are swapped in: before the call, and
-    truncated while the call runs (at several points of the load). Every swap of a corrupt file
-    is refused and leaves v1 active; every response, throughout, comes from pristine weights:
-    v1's, or v2's if the truncation came after the engine had read the file."""
-    root = adapters.root
+def test_corrupt_adapter_during_swap_old_version_keeps_serving(fast_agent, adapters):
+    """v1 serves under load while corrupted copies of v2 are swapped in: corrupted before the
+    call, and corrupted (a byte flipped in place, or truncated) while the call runs, at several
+    points of the load. Every swap of a corrupt file is refused and leaves v1 active; every
+    response, throughout, comes from pristine weights: v1's, or v2's if the file was damaged
+    only after the engine had read it and the load had re-checked it.
+
+    A flip between the load's sha256 check and the engine's read used to be served under v2's
+    sha256 (the registry now re-hashes after the engine has read the file)."""
+    work = adapters.root / "helper" / f"swap-{uuid.uuid4().hex[:8]}"  # inside the adapter root
     with AgentClient(fast_agent.address, retries=0, timeout=60) as c:
         c.load_adapter(adapters.v2, activate=True)
         ref2 = greedy(c).token_ids
@@ -155,7 +169,7 @@ def test_corrupt_adapter_during_swap_old_version_keeps_serving(fast_agent, adapt
             w.start()
         try:
             for kind in ("flipped_byte", "truncated", "empty_weights", "garbage_header", "manifest"):
-                bad = shutil.copytree(adapters.v2, root / "helper" / f"bad-{kind}")
+                bad = shutil.copytree(adapters.v2, work / f"bad-{kind}")
                 _corrupt(bad, kind)
                 with pytest.raises(AgentError) as refused:
                     c.load_adapter(bad, activate=True)
@@ -165,23 +179,28 @@ def test_corrupt_adapter_during_swap_old_version_keeps_serving(fast_agent, adapt
                 assert [a.version for a in listing.adapters] == [1] and len(listing.engine_lora_ids) == 1
 
             outcomes = []
-            for i, delay in enumerate((0.0, 0.005, 0.02, 0.05, 0.1, 0.3)):
-                racing = shutil.copytree(adapters.v2, root / "helper" / f"race-{i}")
-                cut = threading.Timer(delay, lambda p=racing / WEIGHTS_FILE: p.write_bytes(p.read_bytes()[:1000]))
+            races = [("flip", d) for d in (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.3)] + [
+                ("truncate", d) for d in (0.005, 0.02)]
+            for i, (kind, delay) in enumerate(races):
+                racing = shutil.copytree(adapters.v2, work / f"race-{i}")
+                weights = racing / WEIGHTS_FILE
+                corrupt = ((lambda: flip_in_place(weights, -1)) if kind == "flip"
+                           else (lambda: weights.write_bytes(weights.read_bytes()[:1000])))
+                cut = threading.Timer(delay, corrupt)
                 cut.start()
                 try:
                     r = c.load_adapter(racing, activate=True)
-                    outcomes.append("loaded")
+                    outcomes.append(f"{kind}@{delay}s: loaded")
                     assert r.active.version == 2 and r.adapter.sha256 == sha2
                     assert_served_by(greedy(c), 2, sha2, ref2)  # the pristine bytes, read before the cut
                 except AgentError as e:
-                    outcomes.append(e.code.name)
+                    outcomes.append(f"{kind}@{delay}s: {e.code.name}")
                     assert e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION), e
                     assert_served_by(greedy(c), 1, sha1, ref1)
                 finally:
                     cut.join()
                     _reset_to_v1(c, adapters)
-            print(f"swap raced with truncation: {outcomes}")
+            print(f"swaps raced with corruption: {outcomes}")
         finally:
             stop.set()
             for w in workers:

@@ -13,7 +13,7 @@ from collections import Counter
 from collm_serve.client import AsyncAgentClient, ResourceExhaustedError
 from tests.reliability.helpers import FAST_AGENT, PROMPT, assert_serves, gauge, rss_bytes
 
-REQUESTS, CONCURRENCY, MAX_TOKENS = 2000, 64, 3
+REQUESTS, CONCURRENCY, MAX_TOKENS = 2000, 64, 2
 WARM_UP = 200  # requests before the memory baseline: first calls allocate caches and pools
 # Bound on RSS growth over the 2000 requests. Measured growth on the tiny model is a few MiB
 # (allocator noise); a leak of ~16 KiB per request, or the queue holding rejected requests,

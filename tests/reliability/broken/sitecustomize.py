@@ -5,7 +5,7 @@ a Python process patches the servicer at start-up (`sitecustomize` runs before `
 
   drop_version  every AdapterRef the service returns is empty (no name, version or sha256)
   wedge         after the first request refused as INVALID_ARGUMENT, every Generate hangs
-  leak          every Generate keeps 1 MiB alive for the life of the process
+  leak          every Generate keeps 64 KiB alive for the life of the process
   no_drain      SIGTERM does not wait for in-flight requests (they are cut after 1 s)
 
     COLLM_BREAK=wedge PYTHONPATH=tests/reliability/broken python -m pytest tests/reliability
@@ -38,7 +38,7 @@ if BREAKS:
 
         def prepare(self, request):
             if "leak" in BREAKS:
-                _leaked.append(b"x" * (1 << 20))  # written, so resident
+                _leaked.append(b"x" * (64 << 10))  # written, so resident
             try:
                 return _prepare(self, request)
             except InvalidArgument:

@@ -1,0 +1,167 @@
+"""Run every benchmark under bench/ and print ONE table of their ratios, with the machine.
+
+Each benchmark runs in its own process, as a user would run it, with its defaults (`--quick`:
+its `--quick` flag if it has one, else the short settings below). Its table is captured from
+`bench.common.print_table` (patched in that process to also write the rows as JSON), or, for a
+benchmark that prints its own text, from its `--json` file. Writes the combined table, the
+full tables, the date and the machine to bench/results/latest.md.
+
+    python bench/run_all.py                      # everything, default sizes
+    python bench/run_all.py --quick --only parallel_turn --out /tmp/bench.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import machine, print_table  # noqa: E402
+
+BENCH = REPO / "bench"
+NOT_BENCHMARKS = {"__init__", "common", "run_all"}
+# The benchmarks the issue lists (a missing one is reported, not an error), then any other.
+EXPECTED = ["serve_overhead", "hot_swap", "parallel_turn", "train_throughput"]
+# --quick for benchmarks without a --quick flag of their own
+QUICK_ARGS = {
+    "serve_overhead": ["--rounds", "1"],
+    "hot_swap": ["--swaps", "5", "--seconds", "5"],
+    "parallel_turn": ["--reps", "2"],
+    "train_throughput": ["--actions", "2", "--prompt-len", "32", "--response-len", "16", "--modes", "lora-cc,full-cc"],
+}
+# Benchmarks that print their own text: which fields of their --json file are the ratios.
+JSON_RATIOS = {
+    "parallel_turn": [
+        ("concurrent ÷ slower alone", ("median", "ratio_vs_slower"), "1.00 = perfectly parallel"),
+        ("concurrent ÷ sequential", ("median", "ratio_vs_sequential"), "0.50 = perfectly parallel"),
+    ],
+}
+RATIO_MARKS = ("÷", " / ", "ratio", "speed-up", "speedup")
+
+# Runs one benchmark with bench.common.print_table also appending its rows to a JSON file.
+CAPTURE = """
+import json, os, runpy, sys
+sys.path.insert(0, {repo!r})
+import bench.common as common
+tables, show = [], common.print_table
+def print_table(title, rows):
+    tables.append({{"title": title, "rows": [[str(c) for c in r] for r in rows]}})
+    with open(os.environ["COLLM_BENCH_TABLES"], "w") as f:
+        json.dump(tables, f)
+    show(title, rows)
+common.print_table = print_table
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def discover() -> list[str]:
+    found = {p.stem for p in BENCH.glob("*.py")} - NOT_BENCHMARKS
+    return [n for n in EXPECTED if n in found] + sorted(found - set(EXPECTED))
+
+
+def bench_args(name: str, source: str, quick: bool) -> list[str]:
+    if not quick:
+        return []
+    return ["--quick"] if '"--quick"' in source else QUICK_ARGS.get(name, [])
+
+
+def run_one(name: str, quick: bool, timeout: float) -> dict:
+    """Run bench/<name>.py; returns {"status", "seconds", "tables"} (tables: title + rows)."""
+    path = BENCH / f"{name}.py"
+    source = path.read_text()
+    args = bench_args(name, source, quick)
+    shown = list(args)
+    with tempfile.TemporaryDirectory(prefix=f"collm-bench-{name}-") as tmp:
+        tables_file, json_file = Path(tmp) / "tables.json", Path(tmp) / "result.json"
+        if name in JSON_RATIOS:
+            args += ["--json", str(json_file)]
+        cmd = [sys.executable, "-c", CAPTURE.format(repo=str(REPO)), str(path), *args]
+        print(f"\n=== {name}: python bench/{name}.py {' '.join(args)}", flush=True)
+        start = time.perf_counter()
+        try:
+            code = subprocess.run(cmd, cwd=REPO, env={**os.environ, "COLLM_BENCH_TABLES": str(tables_file)},
+                                  timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = None
+        seconds = time.perf_counter() - start
+        tables = json.loads(tables_file.read_text()) if tables_file.exists() else []
+        if name in JSON_RATIOS and json_file.exists():
+            result = json.loads(json_file.read_text())
+            rows = []
+            for metric, keys, note in JSON_RATIOS[name]:
+                value = result
+                for k in keys:
+                    value = value[k]
+                rows.append([metric, f"{value:.2f}", note])
+            tables.append({"title": name, "rows": rows})
+    status = "ok" if code == 0 else f"timed out after {timeout:.0f} s" if code is None else f"failed (exit {code})"
+    if code == 0 and not tables:
+        status = "ok, but no table was captured"
+    return {"status": status, "seconds": seconds, "args": shown, "tables": tables}
+
+
+def ratio_rows(name: str, tables: list[dict]) -> list[list[str]]:
+    """The ratio rows of a benchmark's tables (all its rows if it reports no ratio)."""
+    rows = [r for t in tables for r in t["rows"]]
+    ratios = [r for r in rows if any(m in r[0].lower() for m in RATIO_MARKS)]
+    return [[name, *r] for r in (ratios or rows)]
+
+
+def markdown(results: dict[str, dict], missing: list[str], command: str) -> str:
+    lines = ["# Benchmark results", "", f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- machine: {machine()}",
+             f"- command: `{command}`", "", "| benchmark | metric | value | note |", "|---|---|---|---|"]
+    for name, r in results.items():
+        for row in ratio_rows(name, r["tables"]):
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+    lines += ["", "## Runs", "", "| benchmark | arguments | status | seconds |", "|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | `{' '.join(r['args']) or '(defaults)'}` | {r['status']} | {r['seconds']:.0f} |")
+    for name in missing:
+        lines.append(f"| {name} | | skipped: bench/{name}.py does not exist | |")
+    lines += ["", "## Full tables"]
+    for name, r in results.items():
+        for t in r["tables"]:
+            lines += ["", f"### {name}: {t['title']}", "", "| metric | value | note |", "|---|---|---|"]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in t["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="short runs (smoke checks; not for the record)")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
+    ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.md")
+    args = ap.parse_args()
+
+    available = discover()
+    wanted = args.only or available + [n for n in EXPECTED if n not in available]
+    missing = [n for n in wanted if n not in available]
+    for name in missing:
+        print(f"note: bench/{name}.py does not exist; skipped", flush=True)
+    results = {name: run_one(name, args.quick, args.timeout) for name in wanted if name in available}
+
+    rows = [(f"{bench}: {metric}", value, note) for bench, metric, value, note in
+            (r for name, res in results.items() for r in ratio_rows(name, res["tables"]))]
+    rows += [(f"{name}: (no result)", "-", res["status"]) for name, res in results.items() if not res["tables"]]
+    rows += [(f"{name}: (no result)", "-", "skipped: not present") for name in missing]
+    print()
+    print_table("CoLLM benchmarks: ratios", rows)
+    command = "python bench/run_all.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(results, missing, command.strip()))
+    print(f"wrote {args.out}")
+    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
