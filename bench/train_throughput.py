@@ -277,7 +277,7 @@ def main() -> None:
         kind, _, algo = m.partition("-")
         if kind not in ("lora", "full") or algo not in ALGOS:
             ap.error(f"mode {m!r}: use lora-<algo> or full-<algo> with algo in {ALGOS}")
-    results = {}
+    results, failed = {}, {}
     passthrough = [f"--actions={args.actions}", f"--prompt-len={args.prompt_len}",
                    f"--response-len={args.response_len}", f"--updates={args.updates}", f"--warmup={args.warmup}",
                    f"--threads={args.threads}"]
@@ -287,7 +287,11 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--worker", m, *passthrough], capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
-            sys.exit(f"{m} failed:\n{proc.stderr[-3000:]}")
+            # -9 without a traceback: the kernel's OOM killer (full fine-tuning needs ~16 bytes/weight)
+            why = "killed (SIGKILL: out of memory?)" if proc.returncode == -9 else f"exit {proc.returncode}"
+            failed[m] = why
+            print(f"{m}: {why}\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
         results[m] = json.loads(line[len("RESULT ") :])
         r = results[m]
         print(f"{m}: {r['tokens_per_cpu_s']:.0f} tok/CPU-s, peak RSS {r['peak_rss_mb']:.0f} MB", file=sys.stderr)
@@ -302,6 +306,7 @@ def main() -> None:
         rows.append((f"{m} peak RSS MB", f"{r['peak_rss_mb']:.0f}", f"model load +{r['loaded_mb']:.0f} MB; {note}"))
         rows.append((f"{m} model state MB", f"{r['state_mb']:.0f}", "trained params + grads + AdamW state"
                      + (f"; CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else "")))
+    rows += [(m, "failed", why) for m, why in failed.items()]
     for algo in ALGOS:
         lo, fu = results.get(f"lora-{algo}"), results.get(f"full-{algo}")
         if lo and fu:

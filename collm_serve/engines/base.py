@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 from collm_serve.errors import InvalidArgument
 
-# Below this (but above 0) logits / temperature overflows float32 to inf and sampling fails;
-# vLLM clamps to the same bound (`_MAX_TEMP` in vllm/sampling_params.py), we refuse instead.
+# A tiny temperature overflows logits / temperature to inf and sampling fails (1e-45 did, on
+# the tiny model). vLLM clamps anything below this bound up to it (`_MAX_TEMP` in
+# vllm/sampling_params.py); we refuse instead of silently sampling another distribution.
 MIN_TEMPERATURE = 1e-2
 
 

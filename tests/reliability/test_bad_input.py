@@ -340,5 +340,6 @@ def test_fuzz_reached_every_rpc_more_than_1000_times():
     """The module's total (runs last in file order; skipped when run on its own)."""
     if sum(CALLS.values()) == 0:
         pytest.skip("run with the fuzz tests above")
+    print(f"fuzz calls: {sum(CALLS.values())} in all, per RPC {dict(CALLS)}")
     assert set(CALLS) == set(METHODS), CALLS
     assert sum(CALLS.values()) >= 1000, CALLS

