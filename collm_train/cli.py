@@ -67,6 +67,7 @@ def _setup(algo, team_path, model, runs_dir, seed, config_path, resume, **flags)
     from collm_serve.config import ConfigError
     from collm_serve.models import ModelUnavailableError, model_id_for, resolve_model
     from collm_serve.team import load_team_config
+    from collm_train.distributed import is_main_process
     from collm_train.run import RunLog
     from collm_train.trainer import Trainer
 
@@ -78,7 +79,8 @@ def _setup(algo, team_path, model, runs_dir, seed, config_path, resume, **flags)
     cfg = _train_config(algo, seed, config_path, **flags)
     agents = list(team.agents)
     run = RunLog(runs_dir, team.task, cfg.algo, cfg.seed,
-                 {**cfg.model_dump(), "team": str(team_path), "model": model, "task": team.task}, resume)
+                 {**cfg.model_dump(), "team": str(team_path), "model": model, "task": team.task}, resume,
+                 write=is_main_process())
     trainer = Trainer(cfg, base_dir, agents, base_model_id=model_id_for(model))
     if resume and run.checkpoint.exists():
         trainer.load_checkpoint(run.checkpoint)
@@ -89,9 +91,11 @@ def _push(trainer, team, out_dir, agents, metrics):
     from collm_train.push import PushError, push_team
     from collm_train.run import next_version
 
+    from collm_train.distributed import is_main_process
+
     version = next_version(out_dir, agents)
     dirs = trainer.save_adapters(out_dir, version, metrics)
-    if team is None:
+    if team is None or not is_main_process():  # under torchrun only rank 0 pushes
         return version, dirs, []
     try:
         results = push_team(dirs, {a: team.agents[a].address for a in agents}, team)

@@ -43,9 +43,9 @@ def _agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--task", default="coding", choices=["coding", "build", "writing", "toy"])
-    ap.add_argument("--episodes", type=int, default=6, help="episodes per collection")
+    ap.add_argument("--episodes", type=int, default=4, help="episodes per collection")
     ap.add_argument("--iterations", type=int, default=2, help="CoLLM-CC updates on the collected batch")
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--workdir", default="runs/demo")

@@ -14,14 +14,18 @@ from pathlib import Path
 
 class RunLog:
     def __init__(self, runs_dir: str | Path, task: str, algo: str, seed: int, hparams: dict,
-                 resume: str | None = None):
+                 resume: str | None = None, write: bool = True):
         name = resume or f"{task}__{algo}__{seed}__{int(time.time())}"
         self.dir = Path(runs_dir) / name
+        self.write = write  # False on non-zero torchrun ranks: one writer per run
+        self._writer = None
+        if not write:
+            self.name = name
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
         if not (self.dir / "hparams.json").exists():
             (self.dir / "hparams.json").write_text(json.dumps(hparams, indent=2, sort_keys=True, default=str))
-        self._writer = None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -43,6 +47,8 @@ class RunLog:
         return max((int(ln.get("iteration", 0)) for ln in lines), default=0)
 
     def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        if not self.write:
+            return
         row = {"iteration": iteration, "time": time.time(), **metrics}
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

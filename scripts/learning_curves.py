@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import time
@@ -88,7 +89,7 @@ def run_task(task: str, args, base_dir, model_id: str, log) -> dict:
             )
             (workdir / f"team_{algo}.yaml").write_text(yaml.safe_dump(team.model_dump(mode="json")))
             cfg = TrainConfig(algo=algo, seed=args.seed, lr=args.lr, critic_lr=args.lr, epochs=1,
-                              minibatch_size=8, micro_batch_size=4)
+                              minibatch_size=8, micro_batch_size=args.micro_batch_size)
             run = RunLog(workdir / "runs", task, algo, args.seed,
                          {**cfg.model_dump(), "model": args.model, "task": task, "turns": turns,
                           "group_size": group_size, "max_tokens": max_tokens, "engine": "vllm",
@@ -109,7 +110,9 @@ def run_task(task: str, args, base_dir, model_id: str, log) -> dict:
                                            "charts/episodes", "charts/samples", "charts/ess",
                                            "charts/version", "time/"))} for r in hist],
             }
-            log(f"[{task}/{algo}] done in {wall:.0f}s")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            result["algos"][algo]["peak_rss_gib"] = peak
+            log(f"[{task}/{algo}] done in {wall:.0f}s (trainer process peak RSS so far {peak:.1f} GiB)")
             del trainer
             gc.collect()
         reset_services(procs)
@@ -136,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--writing-turns", type=int, default=1)
     ap.add_argument("--build-turns", type=int, default=2, help="task default is 4")
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--micro-batch-size", type=int, default=4,
+                    help="samples per forward; 1 for build (multi-turn histories: 4 ran out of memory)")
     ap.add_argument("--lr", type=float, default=1e-4, help="actor and critic LR")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
