@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         episodes = [store.get_episode(e) for e in before.episode_ids]
         config = TrainConfig(algo="cc", lr=1e-4, critic_lr=1e-4, epochs=1, minibatch_size=8, seed=0,
-                             micro_batch_size=4)
+                             micro_batch_size=1)  # peak memory: 2 agents + trainer on 24 GB
         run = RunLog(workdir / "runs", args.task, "cc", 0, {**config.model_dump(), "model": args.model})
         with phase("train CoLLM-CC"):
             trainer = Trainer(config, base_dir, agents, base_model_id=model_id_for(args.model))
