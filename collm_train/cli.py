@@ -88,20 +88,14 @@ def _setup(algo, team_path, model, runs_dir, seed, config_path, resume, **flags)
 
 
 def _push(trainer, team, out_dir, agents, metrics):
-    from collm_train.push import PushError, push_team
-    from collm_train.run import next_version
+    """`publish`, with a push failure as a one-line CLI error."""
+    from collm_train.push import PushError, publish
 
-    from collm_train.distributed import is_main_process
-
-    version = next_version(out_dir, agents)
-    dirs = trainer.save_adapters(out_dir, version, metrics)
-    if team is None or not is_main_process():  # under torchrun only rank 0 pushes
-        return version, dirs, []
+    addresses = {a: team.agents[a].address for a in agents} if team is not None else None
     try:
-        results = push_team(dirs, {a: team.agents[a].address for a in agents}, team)
+        return publish(trainer, out_dir, agents, metrics, addresses=addresses, team=team)
     except PushError as e:
         raise CliError(f"push failed: {e}") from None
-    return version, dirs, results
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -157,10 +151,16 @@ def online(algo, team_path, out_dir, model, runs_dir, seed, lr, critic_lr, gamma
     team, trainer, run, agents = _setup(algo, team_path, model, runs_dir, seed, config_path, resume, lr=lr,
                                         critic_lr=critic_lr, gamma=gamma, epochs=epochs,
                                         minibatch_size=minibatch_size, lora_r=lora_r, max_staleness=max_staleness)
-    online_loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
-                episodes_per_iteration=episodes_per_iteration, traces=traces or team.traces,
-                concurrency=concurrency, echo=click.echo)
-    run.close()
+    from collm_train.push import PushError
+
+    try:
+        online_loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
+                    episodes_per_iteration=episodes_per_iteration, traces=traces or team.traces,
+                    concurrency=concurrency, echo=click.echo)
+    except PushError as e:
+        raise CliError(f"push failed: {e}") from None
+    finally:
+        run.close()
 
 
 @main.command()

@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     from collm_serve.traces import TraceStore
     from collm_train.config import TrainConfig
     from collm_train.plot import plot_runs
-    from collm_train.push import push_team
-    from collm_train.run import RunLog, next_version
+    from collm_train.push import publish
+    from collm_train.run import RunLog
     from collm_train.trainer import Trainer
 
     console = Console()
@@ -119,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"iteration {it}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("losses/", "charts/return", "charts/ess"))))
         with phase("hot-swap into live services"):
-            version = next_version(workdir / "adapters", agents)
-            dirs = trainer.save_adapters(workdir / "adapters", version, metrics)
-            pushed = push_team(dirs, {p.agent: p.address for p in procs})
+            version, _, pushed = publish(trainer, workdir / "adapters", agents, metrics,
+                                         addresses={p.agent: p.address for p in procs})
         with phase("collect (after)"):
             after = asyncio.run(collect(team, args.episodes, "train", traces=store,
                                         concurrency=2, progress=True, start=args.episodes))

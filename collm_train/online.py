@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from collm_train.cli import _push
+from collm_train.push import publish
 
 
 def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iteration, traces, concurrency=4,
@@ -35,7 +35,9 @@ def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iterati
                 continue
             metrics = trainer.update(episodes)
             t2 = time.monotonic()
-            version, _, results = _push(trainer, team, out_dir, list(team.agents), metrics)
+            agents = list(team.agents)
+            version, _, results = publish(trainer, out_dir, agents, metrics, team=team,
+                                          addresses={a: team.agents[a].address for a in agents})
             t3 = time.monotonic()
             row = {**metrics, "charts/collect_return": summary.mean_return or 0.0,
                    "charts/episodes_failed": summary.failed, "charts/version": version,

@@ -76,3 +76,16 @@ def push_team(adapter_dirs: dict[str, Path], addresses: dict[str, str], team=Non
     finally:
         for c in clients.values():
             c.close()
+
+
+def publish(trainer, out_dir: str | Path, agents: list[str], metrics: dict[str, float], *,
+            addresses: dict[str, str] | None = None, team=None) -> tuple[int, dict[str, Path], list[PushResult]]:
+    """Save the team's next adapter version; push it when `addresses` are given (rank 0 only)."""
+    from collm_train.distributed import is_main_process
+    from collm_train.run import next_version
+
+    version = next_version(out_dir, agents)
+    dirs = trainer.save_adapters(out_dir, version, metrics)
+    if addresses is None or not is_main_process():  # under torchrun only rank 0 pushes
+        return version, dirs, []
+    return version, dirs, push_team(dirs, addresses, team)
