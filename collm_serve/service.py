@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -59,30 +60,37 @@ def adapter_info(loaded: LoadedVersion, active: LoadedVersion | None) -> pb.Adap
     )
 
 
+@asynccontextmanager
+async def _outcome(servicer: "AgentServicer", method: str, context: grpc.aio.ServicerContext):
+    """The one error ladder of every RPC: count, time, map domain errors to status codes."""
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except CollmError as e:
+        code = e.code
+        servicer._engine_dead_check(e)
+        await context.abort(e.code, str(e))
+    except asyncio.CancelledError:  # client cancel or deadline: the engine aborts in finally
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as e:  # unexpected → INTERNAL with the reason, logged
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s failed", method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+    finally:
+        servicer.metrics.requests.labels(servicer.agent, method, code.name).inc()
+        servicer.metrics.latency.labels(servicer.agent, method).observe(time.perf_counter() - start)
+
+
 def _rpc(method: str):
-    """Count, time and map domain errors to status codes for a unary RPC."""
+    """Run a unary RPC inside the error ladder."""
 
     def wrap(fn):
         @functools.wraps(fn)
         async def handler(self: "AgentServicer", request, context: grpc.aio.ServicerContext):
-            start = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
+            async with _outcome(self, method, context):
                 return await fn(self, request, context)
-            except CollmError as e:
-                code = e.code
-                self._engine_dead_check(e)
-                await context.abort(e.code, str(e))
-            except asyncio.CancelledError:  # client cancel or deadline: the engine aborts in finally
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception as e:  # one ladder: unexpected → INTERNAL with the reason, logged
-                code = grpc.StatusCode.INTERNAL
-                log.exception("%s failed", method)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-            finally:
-                self.metrics.requests.labels(self.agent, method, code.name).inc()
-                self.metrics.latency.labels(self.agent, method).observe(time.perf_counter() - start)
 
         return handler
 
@@ -242,43 +250,29 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     async def GenerateStream(self, request, context):
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
         stream = self._stream(request, context)
-        try:
-            engine_request, sel, _ = await anext(stream)
-            yield pb.GenerateStreamResponse(
-                request_id=engine_request.request_id,
-                prompt_token_ids=engine_request.prompt_token_ids,
-                adapter=adapter_ref(sel.loaded),
-            )
-            completion = 0
-            async for delta in stream:
-                completion += len(delta.token_ids)
+        async with _outcome(self, "GenerateStream", context):
+            try:
+                engine_request, sel, _ = await anext(stream)
                 yield pb.GenerateStreamResponse(
-                    request_id=engine_request.request_id, index=delta.index, text=delta.text,
-                    token_ids=delta.token_ids, logprobs=delta.logprobs,
-                    finish_reason=FINISH.get(delta.finish_reason, 0) if delta.finish_reason else 0,
+                    request_id=engine_request.request_id,
+                    prompt_token_ids=engine_request.prompt_token_ids,
+                    adapter=adapter_ref(sel.loaded),
                 )
-            yield pb.GenerateStreamResponse(
-                request_id=engine_request.request_id,
-                usage=pb.Usage(prompt_tokens=len(engine_request.prompt_token_ids), completion_tokens=completion),
-            )
-        except CollmError as e:
-            code = e.code
-            self._engine_dead_check(e)
-            await context.abort(e.code, str(e))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as e:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("GenerateStream failed")
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-        finally:
-            await stream.aclose()
-            self.metrics.requests.labels(self.agent, "GenerateStream", code.name).inc()
-            self.metrics.latency.labels(self.agent, "GenerateStream").observe(time.perf_counter() - start)
+                completion = 0
+                async for delta in stream:
+                    completion += len(delta.token_ids)
+                    yield pb.GenerateStreamResponse(
+                        request_id=engine_request.request_id, index=delta.index, text=delta.text,
+                        token_ids=delta.token_ids, logprobs=delta.logprobs,
+                        finish_reason=FINISH.get(delta.finish_reason, 0) if delta.finish_reason else 0,
+                    )
+                yield pb.GenerateStreamResponse(
+                    request_id=engine_request.request_id,
+                    usage=pb.Usage(prompt_tokens=len(engine_request.prompt_token_ids), completion_tokens=completion),
+                )
+            finally:
+                await stream.aclose()
 
     @_rpc("GetAgentInfo")
     async def GetAgentInfo(self, request, context):
