@@ -7,7 +7,8 @@ Invariants (tests/serve/test_hot_swap.py proves them on both engines):
   request sees the old or the new version, never a mix, and keeps its version to the end.
 - Load/activate/unload/rollback are serialised by one lock; generation never takes it.
 - A version stays loaded while any request holds it; beyond `keep_versions` the oldest idle,
-  inactive versions are evicted from the engine (and the engine's own list is checked).
+  inactive versions are evicted from the engine (and the engine's own list is checked). A load
+  that finds every slot busy waits (bounded) for an in-flight request to end, then evicts.
 - The active version is persisted in the state dir and restored at start-up.
 """
 
@@ -76,6 +77,7 @@ class AdapterRegistry:
         state_dir: Path,
         keep_versions: int,
         max_lora_rank: int,
+        slot_wait_s: float = 30.0,
         on_change=None,
     ):
         self.engine = engine
@@ -85,6 +87,8 @@ class AdapterRegistry:
         self.state_dir = state_dir
         self.keep_versions = keep_versions
         self.max_lora_rank = max_lora_rank
+        self.slot_wait_s = slot_wait_s
+        self._released = asyncio.Event()  # an inactive version's last in-flight request ended
         self._base_shapes = base_model_shapes(base_model_dir)
         self._ids = itertools.count(1)
         self._versions: dict[int, LoadedVersion] = {}
@@ -117,6 +121,8 @@ class AdapterRegistry:
         finally:
             if loaded is not None:
                 loaded.in_flight -= 1
+                if not loaded.in_flight and loaded is not self._active:
+                    self._released.set()
 
     def versions(self) -> list[LoadedVersion]:
         return [self._versions[v] for v in sorted(self._versions)]
@@ -212,17 +218,39 @@ class AdapterRegistry:
             raise FailedPrecondition(f"engine still lists v{loaded.version} after unloading it")
 
     async def _make_room(self, keep: LoadedVersion | None) -> None:
-        """Evict oldest idle inactive versions so that one more fits in keep_versions."""
-        for loaded in sorted(self._versions.values(), key=lambda lv: lv.loaded_at):
+        """Evict oldest idle inactive versions so that one more fits in keep_versions.
+
+        When every slot holds the active version or versions still serving requests, wait up
+        to `slot_wait_s` for one of those requests to end: unpinned requests go to the active
+        version, so an old version drains within one request's time. Pushing new versions faster
+        than requests finish (a trainer publishing every second) then slows the pushes down
+        instead of failing them.
+        """
+        deadline = time.monotonic() + self.slot_wait_s
+        while True:
+            for loaded in sorted(self._versions.values(), key=lambda lv: lv.loaded_at):
+                if len(self._versions) < self.keep_versions:
+                    return
+                if loaded is keep or loaded is self._active or loaded.in_flight:
+                    continue
+                await self._evict(loaded)
             if len(self._versions) < self.keep_versions:
                 return
-            if loaded is keep or loaded is self._active or loaded.in_flight:
-                continue
-            await self._evict(loaded)
-        if len(self._versions) >= self.keep_versions:
-            raise FailedPrecondition(
-                f"all {self.keep_versions} adapter slots hold active or in-flight versions; retry shortly"
-            )
+            remaining = deadline - time.monotonic()
+            draining = any(lv.in_flight for lv in self._versions.values() if lv is not keep and lv is not self._active)
+            if remaining <= 0 or not draining:
+                busy = ", ".join(f"v{lv.version} ({lv.in_flight} in flight)" for lv in self.versions()
+                                 if lv is not self._active)
+                raise FailedPrecondition(
+                    f"all {self.keep_versions} adapter slots hold the active version or versions still "
+                    f"serving requests ({busy}) after waiting {self.slot_wait_s:g} s; retry, or raise "
+                    "keep_versions / adapter_slot_wait_s"
+                )
+            self._released.clear()  # no await since the last in_flight check: no release is missed
+            try:
+                await asyncio.wait_for(self._released.wait(), remaining)
+            except TimeoutError:
+                pass
 
     def _switch(self, loaded: LoadedVersion | None, record: bool = True) -> None:
         self._active = loaded  # the atomic pointer switch

@@ -1,0 +1,105 @@
+"""When every adapter slot is busy, LoadAdapter waits (bounded) for a version to drain.
+
+Found by bench/hot_swap.py: a trainer publishing a new version every second while four
+clients generate filled all `keep_versions` slots with versions that still had requests in
+flight, and the push failed at once. The registry now waits for one of them to drain.
+Real transformers engine (tiny model) in-process, so a request's life is held open exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from collm_serve.adapters.factory import make_adapter
+from collm_serve.adapters.manifest import write_manifest
+from collm_serve.adapters.registry import AdapterRegistry
+from collm_serve.engines.transformers_engine import TransformersEngine
+from collm_serve.errors import FailedPrecondition
+from collm_serve.models import model_id_for, tiny_model_dir
+
+TINY_ID = model_id_for("embedded:tiny-llama")
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory) -> tuple[Path, dict[int, Path]]:
+    root = tmp_path_factory.mktemp("slot-root")
+    first = make_adapter(tiny_model_dir(), root / "helper" / "v1", name="helper", version=1,
+                         base_model_id=TINY_ID, prompt_ids=[1], target="", steps=0)
+    out = {1: first}
+    for v in (2, 3):
+        out[v] = Path(shutil.copytree(first, root / "helper" / f"v{v}"))
+        write_manifest(out[v], name="helper", version=v, base_model=TINY_ID, algorithm="test")
+    return root, out
+
+
+async def _registry(root: Path, tmp: Path, keep: int, wait_s: float) -> AdapterRegistry:
+    engine = TransformersEngine(tiny_model_dir(), TINY_ID, max_model_len=256, max_loras=keep, cpu_threads=1)
+    await engine.start()
+    return AdapterRegistry(engine, agent="helper", base_model_id=TINY_ID, base_model_dir=tiny_model_dir(),
+                           adapter_root=root, state_dir=tmp / "state", keep_versions=keep,
+                           max_lora_rank=16, slot_wait_s=wait_s)
+
+
+def test_load_waits_for_an_in_flight_version_then_evicts_it(versions, tmp_path):
+    root, paths = versions
+
+    async def run():
+        reg = await _registry(root, tmp_path, keep=2, wait_s=30)
+        await reg.load(str(paths[1]), activate=True)
+        with reg.acquire() as held:  # a request that started on v1 and is still running
+            assert held.loaded.version == 1
+            await reg.load(str(paths[2]), activate=True)  # slots: v1 (in flight), v2 (active)
+            load3 = asyncio.create_task(reg.load(str(paths[3]), activate=True))
+            await asyncio.sleep(0.5)
+            assert not load3.done(), "the load must wait while v1 still serves a request"
+            assert reg.active.version == 2
+            released = time.monotonic()
+        await asyncio.wait_for(load3, 10)  # the request ended: v1 is evicted, v3 loads
+        assert time.monotonic() >= released
+        assert reg.active.version == 3
+        assert [lv.version for lv in reg.versions()] == [2, 3]
+        engine_ids = await reg.engine.loaded_adapter_ids()
+        assert engine_ids == {lv.engine_adapter.engine_id for lv in reg.versions()}
+        await reg.engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_load_gives_up_after_the_wait_and_changes_nothing(versions, tmp_path):
+    root, paths = versions
+
+    async def run():
+        reg = await _registry(root, tmp_path, keep=2, wait_s=0.3)
+        await reg.load(str(paths[1]), activate=True)
+        with reg.acquire():
+            await reg.load(str(paths[2]), activate=True)
+            start = time.monotonic()
+            with pytest.raises(FailedPrecondition, match=r"v1 \(1 in flight\).*0\.3 s"):
+                await reg.load(str(paths[3]), activate=True)
+            assert time.monotonic() - start >= 0.3
+            assert reg.active.version == 2 and [lv.version for lv in reg.versions()] == [1, 2]
+        await reg.engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_load_fails_at_once_when_nothing_can_drain(versions, tmp_path):
+    """keep_versions=1 with an active version: waiting could never free a slot."""
+    root, paths = versions
+
+    async def run():
+        reg = await _registry(root, tmp_path, keep=1, wait_s=30)
+        await reg.load(str(paths[1]), activate=True)
+        start = time.monotonic()
+        with pytest.raises(FailedPrecondition, match="adapter slots"):
+            await reg.load(str(paths[2]), activate=True)
+        assert time.monotonic() - start < 5
+        assert reg.active.version == 1
+        await reg.engine.shutdown()
+
+    asyncio.run(run())
