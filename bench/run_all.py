@@ -33,7 +33,7 @@ EXPECTED = ["serve_overhead", "hot_swap", "parallel_turn", "train_throughput"]
 # --quick for benchmarks without a --quick flag of their own
 QUICK_ARGS = {
     "serve_overhead": ["--rounds", "1"],
-    "hot_swap": ["--swaps", "5", "--seconds", "5"],
+    "hot_swap": ["--swaps", "4", "--seconds", "5", "--phases", "1"],
     "parallel_turn": ["--reps", "2"],
     "train_throughput": ["--actions", "2", "--prompt-len", "32", "--response-len", "16", "--modes", "lora-cc,full-cc"],
 }
