@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from collm_serve.team import TeamConfig
     from collm_serve.traces import TraceStore
     from collm_train.config import TrainConfig
-    from collm_train.plot import plot_runs
+    from collm_train.plot import CURVES, plot_runs
     from collm_train.push import publish
     from collm_train.run import RunLog
     from collm_train.trainer import Trainer
@@ -111,23 +111,25 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(algo="cc", lr=1e-4, critic_lr=1e-4, epochs=1, minibatch_size=8, seed=0,
                              micro_batch_size=1)  # peak memory: 2 agents + trainer on 24 GB
         run = RunLog(workdir / "runs", args.task, "cc", 0, {**config.model_dump(), "model": args.model})
+        run.log(0, {"charts/collect_return": before.mean_return})  # the reward curve: before ...
         with phase("train CoLLM-CC"):
             trainer = Trainer(config, base_dir, agents, base_model_id=model_id_for(args.model))
             for it in range(1, args.iterations + 1):
                 metrics = trainer.update(episodes)
-                run.log(it, {**metrics, "charts/collect_return": before.mean_return})
+                run.log(it, metrics)
                 console.print(f"iteration {it}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in metrics.items() if k.startswith(("losses/", "charts/return", "charts/ess"))))
+                    f"{k}={v:.4g}" for k, v in metrics.items()
+                    if k.startswith(("losses/", "charts/return", "charts/ess")) and v == v))  # v == v: not NaN
         with phase("hot-swap into live services"):
             version, _, pushed = publish(trainer, workdir / "adapters", agents, metrics,
                                          addresses={p.agent: p.address for p in procs})
         with phase("collect (after)"):
             after = asyncio.run(collect(team, args.episodes, "train", traces=store,
                                         concurrency=2, progress=True, start=args.episodes))
-        run.log(args.iterations + 1, {"charts/collect_return": after.mean_return or 0.0})
+        run.log(args.iterations + 1, {"charts/collect_return": after.mean_return or 0.0})  # ... and after
         run.close()
         store.close()
-        curve = plot_runs(workdir / "runs", workdir / "learning_curve.png")
+        curve = plot_runs(workdir / "runs", workdir / "learning_curve.png", curves=("charts/collect_return", *CURVES))
 
         from collm_serve.client import AgentClient
 

