@@ -29,11 +29,12 @@ from bench.common import machine, print_table  # noqa: E402
 BENCH = REPO / "bench"
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # The benchmarks the issue lists (a missing one is reported, not an error), then any other.
-EXPECTED = ["serve_overhead", "hot_swap", "parallel_turn", "train_throughput"]
+EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput"]
 # --quick for benchmarks without a --quick flag of their own
 QUICK_ARGS = {
     "serve_overhead": ["--rounds", "1"],
     "hot_swap": ["--swaps", "4", "--seconds", "5", "--phases", "1"],
+    "lora_serving": ["--rounds", "1", "--max-tokens", "16"],
     "parallel_turn": ["--reps", "2"],
     "train_throughput": ["--actions", "2", "--prompt-len", "32", "--response-len", "16", "--modes", "lora-cc,full-cc"],
 }

