@@ -37,20 +37,21 @@ def versions(tmp_path_factory) -> tuple[Path, dict[int, Path]]:
     return root, out
 
 
-async def _registry(root: Path, tmp: Path, keep: int, wait_s: float) -> AdapterRegistry:
+async def _serving_v1(versions, tmp: Path, keep: int, wait_s: float) -> tuple[AdapterRegistry, dict[int, Path]]:
+    """A registry on a real engine with v1 loaded and active."""
+    root, paths = versions
     engine = TransformersEngine(tiny_model_dir(), TINY_ID, max_model_len=256, max_loras=keep, cpu_threads=1)
     await engine.start()
-    return AdapterRegistry(engine, agent="helper", base_model_id=TINY_ID, base_model_dir=tiny_model_dir(),
-                           adapter_root=root, state_dir=tmp / "state", keep_versions=keep,
-                           max_lora_rank=16, slot_wait_s=wait_s)
+    reg = AdapterRegistry(engine, agent="helper", base_model_id=TINY_ID, base_model_dir=tiny_model_dir(),
+                          adapter_root=root, state_dir=tmp / "state", keep_versions=keep,
+                          max_lora_rank=16, slot_wait_s=wait_s)
+    await reg.load(str(paths[1]), activate=True)
+    return reg, paths
 
 
 def test_load_waits_for_an_in_flight_version_then_evicts_it(versions, tmp_path):
-    root, paths = versions
-
     async def run():
-        reg = await _registry(root, tmp_path, keep=2, wait_s=30)
-        await reg.load(str(paths[1]), activate=True)
+        reg, paths = await _serving_v1(versions, tmp_path, keep=2, wait_s=30)
         with reg.acquire() as held:  # a request that started on v1 and is still running
             assert held.loaded.version == 1
             await reg.load(str(paths[2]), activate=True)  # slots: v1 (in flight), v2 (active)
@@ -71,11 +72,8 @@ def test_load_waits_for_an_in_flight_version_then_evicts_it(versions, tmp_path):
 
 
 def test_load_gives_up_after_the_wait_and_changes_nothing(versions, tmp_path):
-    root, paths = versions
-
     async def run():
-        reg = await _registry(root, tmp_path, keep=2, wait_s=0.3)
-        await reg.load(str(paths[1]), activate=True)
+        reg, paths = await _serving_v1(versions, tmp_path, keep=2, wait_s=0.3)
         with reg.acquire():
             await reg.load(str(paths[2]), activate=True)
             start = time.monotonic()
@@ -90,11 +88,8 @@ def test_load_gives_up_after_the_wait_and_changes_nothing(versions, tmp_path):
 
 def test_load_fails_at_once_when_nothing_can_drain(versions, tmp_path):
     """keep_versions=1 with an active version: waiting could never free a slot."""
-    root, paths = versions
-
     async def run():
-        reg = await _registry(root, tmp_path, keep=1, wait_s=30)
-        await reg.load(str(paths[1]), activate=True)
+        reg, paths = await _serving_v1(versions, tmp_path, keep=1, wait_s=30)
         start = time.monotonic()
         with pytest.raises(FailedPrecondition, match="adapter slots"):
             await reg.load(str(paths[2]), activate=True)
