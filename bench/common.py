@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
+
+# Long answers: every request runs to max_tokens, so each round of a throughput benchmark is the
+# same fixed work on every side (with short answers a round's time is decided by whichever
+# sequence happens to run longest: ±10% noise).
+LONG_PROMPTS = [f"Write a long story, at least 300 words, about the number {i}." for i in range(8)]
+
+
+async def timed_round(one, n: int) -> tuple[float, list[list[int]]]:
+    """Run `one(i)` for i < n concurrently; (seconds, each request's sampled token ids)."""
+    start = time.perf_counter()
+    outs = await asyncio.gather(*[one(i) for i in range(n)])
+    return time.perf_counter() - start, list(outs)
 
 
 def machine() -> str:

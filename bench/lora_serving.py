@@ -17,17 +17,13 @@ import asyncio
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".collm"))
 
-from bench.common import print_table  # noqa: E402
-
-# Long answers: nearly every request runs to max_tokens on every side, so all do the same work
-# (short answers end at different lengths, and the slowest tail then decides a round's time).
-PROMPTS = [f"Write a long story, at least 300 words, about the number {i}." for i in range(8)]
+from bench.common import LONG_PROMPTS as PROMPTS  # noqa: E402
+from bench.common import print_table, timed_round  # noqa: E402
 
 
 async def start_engine(path, model_id, plugins: bool):
@@ -53,14 +49,11 @@ async def measure(rounds: int, max_tokens: int) -> dict[str, float]:
 
     from collm_serve.adapters.factory import make_adapter
     from collm_serve.engines.base import EngineAdapter, EngineRequest, SamplingParams
-    from collm_serve.models import EMBEDDED_MODEL_ID, embedded_model_dir
+    from collm_serve.models import EMBEDDED_MODEL_ID, chat_prompt_ids, embedded_model_dir
 
     path = embedded_model_dir()
     tok = AutoTokenizer.from_pretrained(path)
-    prompts = []
-    for text in PROMPTS:
-        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        prompts.append(ids if isinstance(ids, list) else list(ids["input_ids"]))
+    prompts = [chat_prompt_ids(tok, [{"role": "user", "content": text}]) for text in PROMPTS]
     with tempfile.TemporaryDirectory() as tmp:
         # One step at lr 1e-6: real non-zero rank-16 weights whose effect on the text is nil, so
         # every side samples (nearly) the same tokens and does the same work; the LoRA ops run all
@@ -80,11 +73,10 @@ async def measure(rounds: int, max_tokens: int) -> dict[str, float]:
             async def one(i):
                 req = EngineRequest(f"{tag}-{name}-{i}", prompts[i], SamplingParams(
                     max_tokens=max_tokens, temperature=0.7, top_p=0.9, seed=100 + i), adapter=lora)
-                return sum([len(d.token_ids) async for d in engine.generate(req)])
+                return [t async for d in engine.generate(req) for t in d.token_ids]
 
-            start = time.perf_counter()
-            tokens = sum(await asyncio.gather(*[one(i) for i in range(len(prompts))]))
-            return tokens, time.perf_counter() - start
+            seconds, outs = await timed_round(one, len(prompts))
+            return sum(map(len, outs)), seconds
 
         for name in sides:
             await one_round(name, "warm")

@@ -18,23 +18,15 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".collm"))
 
-from bench.common import print_table  # noqa: E402
+from bench.common import LONG_PROMPTS as PROMPTS  # noqa: E402
+from bench.common import print_table, timed_round  # noqa: E402
 
-# Long answers: every request runs to max_tokens, so each round is the same fixed work (with short
-# answers the round time is decided by whichever sequence happens to run longest: ±10% noise).
-PROMPTS = [f"Write a long story, at least 300 words, about the number {i}." for i in range(8)]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
-
-
-def prompt_ids(tok, text):
-    ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return ids if isinstance(ids, list) else list(ids["input_ids"])
 
 
 class InProcess:
@@ -47,10 +39,11 @@ class InProcess:
         from transformers import AutoTokenizer
 
         from collm_serve.engines import create_engine
-        from collm_serve.models import model_id_for, resolve_model
+        from collm_serve.models import chat_prompt_ids, model_id_for, resolve_model
 
         path = resolve_model(self.model)
-        self.tok = AutoTokenizer.from_pretrained(path)
+        tok = AutoTokenizer.from_pretrained(path)
+        self.prompts = [chat_prompt_ids(tok, [{"role": "user", "content": text}]) for text in PROMPTS]
         extra = {"kv_cache_bytes": 256 << 20} if self.engine_name == "vllm" else {}
         self.engine = create_engine(self.engine_name, path, model_id_for(self.model), max_model_len=1024,
                                     max_loras=2, **extra)
@@ -60,7 +53,7 @@ class InProcess:
     async def one(self, i: int, tag: str, max_tokens: int) -> list[int]:
         from collm_serve.engines.base import EngineRequest, SamplingParams
 
-        req = EngineRequest(f"{tag}-{i}", prompt_ids(self.tok, PROMPTS[i]),
+        req = EngineRequest(f"{tag}-{i}", self.prompts[i],
                             SamplingParams(max_tokens=max_tokens, seed=100 + i, **SAMPLING))
         return [t async for d in self.engine.generate(req) for t in d.token_ids]
 
@@ -81,9 +74,8 @@ class ThroughGrpc:
 
 
 async def one_round(side, tag: str, max_tokens: int) -> tuple[float, int, list[list[int]]]:
-    start = time.perf_counter()
-    outs = await asyncio.gather(*[side.one(i, tag, max_tokens) for i in range(len(PROMPTS))])
-    return time.perf_counter() - start, sum(map(len, outs)), outs
+    seconds, outs = await timed_round(lambda i: side.one(i, tag, max_tokens), len(PROMPTS))
+    return seconds, sum(map(len, outs)), outs
 
 
 async def measure(model: str, max_tokens: int, rounds: int) -> dict:

@@ -35,6 +35,15 @@ class ModelUnavailableError(RuntimeError):
     """The requested model folder does not exist and cannot be built offline."""
 
 
+def chat_prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt token ids of a chat, generation prompt included. transformers returns a list or,
+    in newer releases, a BatchEncoding; every caller wants plain ints."""
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if not isinstance(ids, list):
+        ids = list(ids["input_ids"])
+    return [int(t) for t in ids]
+
+
 def collm_home() -> Path:
     return Path(os.environ.get("COLLM_HOME", Path.home() / ".cache" / "collm")).expanduser()
 

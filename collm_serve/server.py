@@ -148,7 +148,8 @@ async def serve(config: AgentConfig) -> int:
         engine, agent=config.name, base_model_id=model_id, base_model_dir=model_dir,
         adapter_root=config.resolved_adapter_root, state_dir=config.resolved_state_dir,
         keep_versions=config.keep_versions, max_lora_rank=config.max_lora_rank,
-        slot_wait_s=config.adapter_slot_wait_s, on_change=lambda lv: metrics.active_adapter.labels(config.name).set(lv.version if lv else 0),
+        slot_wait_s=config.adapter_slot_wait_s,
+        on_change=lambda lv: metrics.active_adapter.labels(config.name).set(lv.version if lv else 0),
     )
     admission = Admission(
         config.max_concurrent_requests, config.max_queued_requests,

@@ -25,6 +25,7 @@ from collm_serve.config import AgentConfig
 from collm_serve.engines.base import Engine, EngineRequest, SamplingParams
 from collm_serve.errors import CollmError, EngineDead, InvalidArgument, Unavailable
 from collm_serve.metrics import ServiceMetrics
+from collm_serve.models import chat_prompt_ids
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
 
@@ -166,9 +167,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 messages.append({"role": m.role, "content": m.content})
             if total > limit_chars:
                 raise InvalidArgument("messages", f"{total} characters cannot fit in max_prompt_tokens={self.config.max_prompt_tokens}")
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-            if not isinstance(ids, list):
-                ids = list(ids["input_ids"])
+            ids = chat_prompt_ids(self.tokenizer, messages)
             field_name = "messages"
         if len(ids) > self.config.max_prompt_tokens:
             raise InvalidArgument(field_name, f"prompt has {len(ids)} tokens; max_prompt_tokens is {self.config.max_prompt_tokens}")

@@ -23,8 +23,8 @@ def _per_token_lora(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.
     """out[t] = weights[indices[t]] @ inputs[t], and 0 where indices[t] == -1 (base model).
 
     One matmul per adapter present in the batch instead of vLLM's gather of a (T, out, in)
-    weight copy per token + batched mat-vec: measured 20-30x faster per op on this CPU
-    (bench/lora_serving.py measures the effect on serving). Usually every token of a batch
+    weight copy per token + batched mat-vec: per op 5x faster at 8 tokens, 30x at 320 on this
+    CPU (bench/lora_serving.py measures the effect on serving). Usually every token of a batch
     uses the same adapter (the active version), which is a single matmul.
     """
     if weights.dim() == 4:  # (slots, 1, out, in)

@@ -25,7 +25,7 @@ from collm_serve.client import (
     NotFoundError,
     PermissionDeniedError,
 )
-from collm_serve.models import embedded_model_dir, tiny_model_dir
+from collm_serve.models import chat_prompt_ids, embedded_model_dir, tiny_model_dir
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from tests.conftest import start_agent
 
@@ -45,8 +45,7 @@ def adapters(root) -> dict[int, Path]:
 
     base = tiny_model_dir()
     tok = AutoTokenizer.from_pretrained(base)
-    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=True)
-    ids = ids if isinstance(ids, list) else list(ids["input_ids"])
+    ids = chat_prompt_ids(tok, PROMPT)
     return {
         v: make_adapter(base, root / "helper" / f"v{v}", name="helper", version=v, base_model_id="tiny-llama-s0",
                         prompt_ids=ids, target=text, steps=30, lr=2e-2, seed=v)
