@@ -6,7 +6,10 @@ kernel caches survive between runs (CI keeps nothing else)."""
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,6 +56,40 @@ def start_agent(tmp: Path, name: str = "helper", **settings) -> AgentProcess:
     base.update(settings)
     cfg = write_agents_yaml(tmp / f"agents-{name}.yaml", {name: base})
     return AgentProcess(name, config=cfg, log_path=tmp / f"{name}.log").start(timeout=600)
+
+
+def metrics_text(agent: AgentProcess) -> str:
+    """The agent's Prometheus exposition, as text."""
+    return urllib.request.urlopen(f"http://localhost:{agent.metrics_port}/metrics", timeout=10).read().decode()
+
+
+def gauge(agent: AgentProcess, name: str) -> float:
+    line = next((ln for ln in metrics_text(agent).splitlines() if ln.startswith(name + "{")), None)
+    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])  # no sample before the first set
+
+
+def wait_in_engine(agent: AgentProcess, at_least: int = 1, timeout: float = 60.0) -> None:
+    """Block until `at_least` requests hold an engine slot: a fixed sleep races on a slow CI box.
+
+    The gauge rises when the admission slot is taken, and the adapter is chosen in the same
+    event-loop step, so a swap sent after this returns cannot change the request's version.
+    """
+    deadline = time.monotonic() + timeout
+    while gauge(agent, "collm_requests_in_flight") < at_least:
+        assert time.monotonic() < deadline, f"fewer than {at_least} request(s) in the engine after {timeout:.0f}s"
+        time.sleep(0.02)
+
+
+def wait_event(agent: AgentProcess, name: str, timeout: float = 60.0) -> dict:
+    """The agent's next stdout event called `name` (earlier events are consumed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            event = agent.events.get(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"agent {agent.agent} announced no {name!r} within {timeout:.0f}s") from None
+        if event.get("event") == name:
+            return event
 
 
 @pytest.fixture(scope="session")

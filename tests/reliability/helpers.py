@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import grpc
 
 from collm_serve.adapters.manifest import MANIFEST_FILE, WEIGHTS_FILE, write_manifest
 from collm_serve.client import AgentClient, AgentError, GenerateOutput, UnavailableError
-from collm_serve.launcher import AgentProcess
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
 
@@ -137,19 +135,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def gauge(agent: AgentProcess, name: str) -> float:
-    body = urllib.request.urlopen(f"http://localhost:{agent.metrics_port}/metrics", timeout=10).read().decode()
-    line = next((ln for ln in body.splitlines() if ln.startswith(name + "{")), None)
-    return 0.0 if line is None else float(line.rsplit(" ", 1)[1])  # no sample before the first set
-
-
-def drained_events(agent: AgentProcess) -> list[dict]:
-    events = []
-    while not agent.events.empty():
-        events.append(agent.events.get())
-    return events
 
 
 # -- failover --------------------------------------------------------------------------------

@@ -19,13 +19,11 @@ import pytest
 
 from collm_serve.adapters.manifest import MANIFEST_FILE, WEIGHTS_FILE
 from collm_serve.client import AgentClient, AgentError, FailedPreconditionError, UnavailableError
-from tests.conftest import start_agent
+from tests.conftest import gauge, start_agent, wait_event
 from tests.reliability.helpers import (
     PROMPT,
     assert_served_by,
-    drained_events,
     flip_byte,
-    gauge,
     generate_anywhere,
     greedy,
     manifest_sha,
@@ -62,7 +60,7 @@ def test_sigterm_under_load_drains_and_clients_go_elsewhere(tmp_path, fast_agent
             assert time.monotonic() < deadline, "the long requests never all got in"
             time.sleep(0.05)
         a.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
+        draining = wait_event(a, "draining")  # from here on new requests are refused
 
         with AgentClient(a.address, retries=0, timeout=10) as c:  # refused at once, not queued
             with pytest.raises(UnavailableError) as refused:
@@ -83,7 +81,6 @@ def test_sigterm_under_load_drains_and_clients_go_elsewhere(tmp_path, fast_agent
         for out in results.values():  # finished in full, not cut short by the shutdown
             assert out.finish_reason == "length" and len(out.token_ids) == LONG_TOKENS
         assert a.proc.wait(60) == 0
-        draining = next(e for e in drained_events(a) if e["event"] == "draining")
         assert draining["in_flight"] >= 1, "nothing was in flight at SIGTERM: the test proves nothing"
 
         # A is gone (connection refused): still UNAVAILABLE, still served elsewhere

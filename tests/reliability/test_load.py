@@ -11,7 +11,8 @@ import time
 from collections import Counter
 
 from collm_serve.client import AsyncAgentClient, ResourceExhaustedError
-from tests.reliability.helpers import FAST_AGENT, PROMPT, assert_serves, gauge, rss_bytes
+from tests.conftest import gauge
+from tests.reliability.helpers import FAST_AGENT, PROMPT, assert_serves, rss_bytes
 
 REQUESTS, CONCURRENCY, MAX_TOKENS = 2000, 64, 2
 WARM_UP = 200  # requests before the memory baseline: first calls allocate caches and pools

@@ -9,10 +9,8 @@ import json
 import shutil
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-import grpc
 import pytest
 
 from collm_serve.adapters.factory import make_adapter
@@ -25,9 +23,8 @@ from collm_serve.client import (
     NotFoundError,
     PermissionDeniedError,
 )
-from collm_serve.models import chat_prompt_ids, embedded_model_dir, tiny_model_dir
-from collm_serve.proto.collm.v1 import agent_pb2 as pb
-from tests.conftest import start_agent
+from collm_serve.models import chat_prompt_ids, tiny_model_dir
+from tests.conftest import metrics_text, start_agent, wait_in_engine
 
 PROMPT = [{"role": "user", "content": "Say it."}]
 TARGETS = {1: "alpha beta gamma", 2: "delta epsilon zeta", 3: "eta theta iota"}
@@ -104,7 +101,7 @@ def test_in_flight_request_finishes_on_its_version(agent, adapters):
 
         t = threading.Thread(target=long_request)
         t.start()
-        time.sleep(0.3)
+        wait_in_engine(agent)
         c.load_adapter(adapters[3], activate=True)  # swap while the request runs
         t.join(120)
         assert result["out"].adapter.version == 1
@@ -257,7 +254,7 @@ def test_unload_frees_the_engine_slot_and_guards_active(agent, adapters):
 def test_metrics_report_swaps(agent, adapters):
     with AgentClient(agent.address) as c:
         c.load_adapter(adapters[3], activate=True)
-    body = urllib.request.urlopen(f"http://localhost:{agent.metrics_port}/metrics").read().decode()
+    body = metrics_text(agent)
     assert 'collm_active_adapter_version{agent="helper"} 3.0' in body
     assert 'collm_adapter_swaps_total{agent="helper",op="load",outcome="ok"}' in body
     assert 'outcome="invalid_argument"' in body  # the rejected loads above were counted

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 
-import grpc
 import pytest
 
 from collm_serve.client import (
@@ -18,7 +16,7 @@ from collm_serve.client import (
     UnavailableError,
 )
 from tests.certs import make_pki
-from tests.conftest import start_agent
+from tests.conftest import start_agent, wait_event, wait_in_engine
 
 USER = [{"role": "user", "content": "Say something."}]
 TOKEN = "s3cret-token"
@@ -108,18 +106,14 @@ def test_sigterm_drains_in_flight_and_refuses_new(tmp_path):
 
     t = threading.Thread(target=long_request)
     t.start()
-    time.sleep(0.5)  # the request is in the engine
+    wait_in_engine(agent)
     agent.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    draining = wait_event(agent, "draining")  # from here on new requests are refused
     with AgentClient(agent.address, retries=0, timeout=10) as c:
         with pytest.raises(UnavailableError):
             c.generate(messages=USER, max_tokens=2)
     t.join(120)
     assert "out" in result and len(result["out"].token_ids) > 0
     assert agent.proc.wait(60) == 0
-    events = []
-    while not agent.events.empty():
-        events.append(agent.events.get())
-    draining = next(e for e in events if e["event"] == "draining")
     assert draining["in_flight"] >= 1, "the long request had finished before SIGTERM: test proves nothing"
     assert result["out"].finish_reason == "length" and len(result["out"].token_ids) == 150
