@@ -44,7 +44,8 @@ async def start_engine(path, model_id, plugins: bool):
     return engine
 
 
-async def measure(rounds: int, max_tokens: int) -> dict[str, float]:
+async def measure(rounds: int, max_tokens: int) -> tuple[dict[str, float], dict[str, int]]:
+    """(tokens/s, tokens sampled) per side."""
     from transformers import AutoTokenizer
 
     from collm_serve.adapters.factory import make_adapter

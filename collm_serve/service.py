@@ -63,25 +63,32 @@ def adapter_info(loaded: LoadedVersion, active: LoadedVersion | None) -> pb.Adap
 
 @asynccontextmanager
 async def _outcome(servicer: "AgentServicer", method: str, context: grpc.aio.ServicerContext):
-    """The one error ladder of every RPC: count, time, map domain errors to status codes."""
+    """The one error ladder of every RPC: count, time, map domain errors to status codes.
+
+    The outcome is counted before the status goes out (`context.abort` sends it at once), so a
+    client that has its answer can already see it in /metrics.
+    """
     start = time.perf_counter()
-    code = grpc.StatusCode.OK
+
+    def count(code: grpc.StatusCode) -> None:
+        servicer.metrics.requests.labels(servicer.agent, method, code.name).inc()
+        servicer.metrics.latency.labels(servicer.agent, method).observe(time.perf_counter() - start)
+
     try:
         yield
     except CollmError as e:
-        code = e.code
         servicer._engine_dead_check(e)
+        count(e.code)
         await context.abort(e.code, str(e))
-    except asyncio.CancelledError:  # client cancel or deadline: the engine aborts in finally
-        code = grpc.StatusCode.CANCELLED
+    except (asyncio.CancelledError, GeneratorExit):  # client cancel, deadline, stream closed early
+        count(grpc.StatusCode.CANCELLED)
         raise
     except Exception as e:  # unexpected → INTERNAL with the reason, logged
-        code = grpc.StatusCode.INTERNAL
         log.exception("%s failed", method)
+        count(grpc.StatusCode.INTERNAL)
         await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-    finally:
-        servicer.metrics.requests.labels(servicer.agent, method, code.name).inc()
-        servicer.metrics.latency.labels(servicer.agent, method).observe(time.perf_counter() - start)
+    else:
+        count(grpc.StatusCode.OK)
 
 
 def _rpc(method: str):

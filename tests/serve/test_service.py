@@ -16,7 +16,7 @@ from collm_serve.client import (
     InvalidArgumentError,
     NotFoundError,
 )
-from tests.conftest import grpcurl_path, metrics_text, start_agent
+from tests.conftest import gauge, grpcurl_path, metrics_text, start_agent
 
 USER = [{"role": "user", "content": "Write one word."}]
 
@@ -126,14 +126,13 @@ def test_deadline_aborts_the_engine_request(agent):
     # moment before the RPC's outcome is counted, so both are polled together.
     deadline = time.time() + 10
     while time.time() < deadline:
-        body = metrics_text(agent)
-        line = next(ln for ln in body.splitlines() if ln.startswith("collm_requests_in_flight{"))
-        if line.endswith(" 0.0") and 'code="CANCELLED",method="Generate"' in body:
+        in_flight, body = gauge(agent, "collm_requests_in_flight"), metrics_text(agent)
+        if in_flight == 0 and 'code="CANCELLED",method="Generate"' in body:
             break
         time.sleep(0.2)
     else:
         counted = [ln for ln in body.splitlines() if ln.startswith("collm_requests_total{")]
-        raise AssertionError(f"no aborted engine request after the deadline: {line}; {counted}")
+        raise AssertionError(f"no aborted engine request after the deadline: in flight {in_flight}; {counted}")
 
 
 def test_metrics_endpoint(agent):
