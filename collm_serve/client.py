@@ -152,13 +152,14 @@ def build_request(
     seed: int | None = None,
     n: int | None = None,
     stop: list[str] | None = None,
+    min_tokens: int | None = None,
     adapter_version: int = 0,
     use_base_model: bool = False,
     request_id: str | None = None,
 ) -> pb.GenerateRequest:
     sampling = pb.SamplingParams(stop=stop or [])
     for name, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
-                        ("top_k", top_k), ("seed", seed), ("n", n)):
+                        ("top_k", top_k), ("seed", seed), ("n", n), ("min_tokens", min_tokens)):
         if value is not None:
             setattr(sampling, name, value)
     return pb.GenerateRequest(

@@ -148,6 +148,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             seed=s.seed if s.HasField("seed") else None,
             n=n,
             stop=tuple(s.stop),
+            min_tokens=s.min_tokens if s.HasField("min_tokens") else 0,
         )
 
     def _prompt_ids(self, request: pb.GenerateRequest) -> list[int]:

@@ -29,6 +29,7 @@ class SamplingParams:
     seed: int | None = None
     n: int = 1
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0  # EOS is not sampled before this many tokens (0 = off)
 
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
@@ -48,6 +49,9 @@ class SamplingParams:
             raise InvalidArgument("sampling.n", "must be 1 with temperature 0 (greedy choices are identical)")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             raise InvalidArgument("sampling.seed", f"must be in [0, 2^63), got {self.seed}")
+        if not 0 <= self.min_tokens <= self.max_tokens:
+            raise InvalidArgument("sampling.min_tokens",
+                                  f"must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens}")
         if any(not s for s in self.stop):
             raise InvalidArgument("sampling.stop", "stop strings must be non-empty")
 

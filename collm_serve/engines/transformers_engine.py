@@ -129,8 +129,9 @@ class TransformersEngine(Engine):
         texts = [""] * n
         done = [False] * n
         past = None
+        eos_ids = torch.tensor(sorted(t for t in self._eos if t < self.model.config.vocab_size), dtype=torch.long)
         with ctx, torch.inference_mode():
-            for _ in range(sp.max_tokens):
+            for step in range(sp.max_tokens):
                 if cancel.is_set():
                     for i in range(n):
                         if not done[i]:
@@ -139,6 +140,8 @@ class TransformersEngine(Engine):
                 out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
                 past = out.past_key_values
                 logits = out.logits[:, -1, :].float()  # (n, V)
+                if step < sp.min_tokens:  # as vLLM's min_tokens: EOS cannot be sampled yet
+                    logits[:, eos_ids] = float("-inf")
                 if sp.greedy:
                     logp = torch.log_softmax(logits, dim=-1)
                     next_ids = logits.argmax(dim=-1)

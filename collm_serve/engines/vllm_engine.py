@@ -129,6 +129,7 @@ class VLLMEngine(Engine):
             top_k=sp.top_k if sp.top_k > 0 else 0,
             seed=sp.seed,
             stop=list(sp.stop) or None,
+            min_tokens=sp.min_tokens,
             logprobs=0,  # the sampled token's own log-prob
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,

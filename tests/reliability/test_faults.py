@@ -46,8 +46,8 @@ def test_sigterm_under_load_drains_and_clients_go_elsewhere(tmp_path, fast_agent
     def long_request(i: int) -> None:
         with AgentClient(a.address, retries=0, timeout=180) as c:
             try:
-                results[i] = c.generate(messages=PROMPT, max_tokens=LONG_TOKENS, temperature=1.0, seed=i,
-                                        stop=["\x00never"])
+                results[i] = c.generate(messages=PROMPT, max_tokens=LONG_TOKENS, min_tokens=LONG_TOKENS,
+                                        temperature=1.0, seed=i, stop=["\x00never"])
             except Exception as e:  # noqa: BLE001 - asserted empty below
                 errors.append(e)
 

@@ -92,12 +92,14 @@ def test_swap_changes_output_names_version_and_rollback_restores(agent, adapters
 def test_in_flight_request_finishes_on_its_version(agent, adapters):
     with AgentClient(agent.address) as c:
         c.load_adapter(adapters[1], activate=True)
-        reference = c.generate(messages=PROMPT, max_tokens=100, temperature=0, adapter_version=1)
+        # min_tokens: the request is still running when the swap is sent (an early EOS could end
+        # it before wait_in_engine sees it)
+        reference = c.generate(messages=PROMPT, max_tokens=100, min_tokens=100, temperature=0, adapter_version=1)
         result = {}
 
         def long_request():
             with AgentClient(agent.address) as c2:
-                result["out"] = c2.generate(messages=PROMPT, max_tokens=100, temperature=0)
+                result["out"] = c2.generate(messages=PROMPT, max_tokens=100, min_tokens=100, temperature=0)
 
         t = threading.Thread(target=long_request)
         t.start()

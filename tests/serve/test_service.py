@@ -118,9 +118,11 @@ def test_unknown_adapter_version_is_not_found(agent):
 
 
 def test_deadline_aborts_the_engine_request(agent):
+    # min_tokens = max_tokens: the answer cannot end at EOS before the deadline (it could, by
+    # chance, when only max_tokens was set), and 128 tokens take well over 0.3 s on either engine.
     with AgentClient(agent.address, retries=0) as c:
         with pytest.raises(DeadlineExceededError):
-            c.generate(messages=USER, max_tokens=120, temperature=1.0, timeout=0.3, stop=None)
+            c.generate(messages=USER, max_tokens=128, min_tokens=128, temperature=1.0, timeout=0.3, stop=None)
     # the engine slot is released promptly (the request was aborted, not left running) and the
     # server counted the cancellation. The gauge drops when the admission slot is released, a
     # moment before the RPC's outcome is counted, so both are polled together.
@@ -133,6 +135,14 @@ def test_deadline_aborts_the_engine_request(agent):
     else:
         counted = [ln for ln in body.splitlines() if ln.startswith("collm_requests_total{")]
         raise AssertionError(f"no aborted engine request after the deadline: in flight {in_flight}; {counted}")
+
+
+def test_min_tokens_holds_back_eos(agent):
+    with AgentClient(agent.address, retries=0) as c:
+        out = c.generate(messages=USER, max_tokens=24, min_tokens=24, temperature=1.0, seed=3)
+        assert len(out.token_ids) == 24 and out.finish_reason == "length"
+        with pytest.raises(InvalidArgumentError, match="sampling.min_tokens"):
+            c.generate(messages=USER, max_tokens=4, min_tokens=5)
 
 
 def test_metrics_endpoint(agent):
