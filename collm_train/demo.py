@@ -1,19 +1,26 @@
 """The main job, end to end on the embedded default (SmolLM2-135M-Instruct, vLLM CPU engine):
 
-serve (two agent services, separate processes) → collect cooperative-coding episodes through
-the orchestrator into SQLite → train CoLLM-CC → hot-swap the new adapters into the running
-services → collect again → print a table (reward before/after, the adapter version and sha256
-each service reports, time per phase) and write a PNG learning curve. Services are always shut
-down (SIGTERM, then their process groups are reaped), so nothing is left running.
+serve (two agent services, separate processes) → evaluate the base team on the task's EVAL
+split (problems never trained on) → the online loop on the TRAIN split (collect through the
+orchestrator into SQLite → CoLLM-CC update → hot-swap the new adapters into the live services),
+`--iterations` times → evaluate again on the same eval episodes (same problems, same seeds) →
+print before / after as mean ± 95% CI and the paired difference's CI, write `summary.json` and a
+PNG learning curve. Services are always shut down (SIGTERM, then their process groups are
+reaped), so nothing is left running.
 
-    python -m collm_train.demo [--task coding] [--episodes 6] [--iterations 2]
+    python -m collm_train.demo [--task writing] [--iterations 5] [--episodes 8] [--eval-episodes 32]
+
+Why writing (CoMLRL's TLDR reward) is the default task: see README "The main job".
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
+import json
 import os
+import platform
 import shutil
 import sys
 import time
@@ -23,7 +30,8 @@ from pathlib import Path
 import yaml
 
 
-def _agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_tokens: int) -> Path:
+def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_tokens: int) -> Path:
+    """An agents file for `agents` served from `model` on `engine`, adapters under workdir."""
     settings = {
         "engine": engine, "model": model, "port": 0, "max_model_len": 2048, "max_prompt_tokens": 1536,
         "max_tokens_limit": 512, "kv_cache_bytes": 256 << 20, "keep_versions": 3,
@@ -40,30 +48,66 @@ def _agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_
     return path
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def evaluate(team, store_path: Path, episodes: int, label: str) -> dict[tuple[str, int], float]:
+    """Return per eval episode, keyed by (problem_id, seed): the same plan on every call."""
+    from collm_serve.orchestrator.collector import collect
+    from collm_serve.traces import TraceStore
+
+    store = TraceStore(store_path)
+    try:
+        summary = asyncio.run(collect(team, episodes, "eval", traces=store, concurrency=4, progress=True))
+        if summary.failures:
+            print(f"{label}: {len(summary.failures)} eval episode(s) failed, first: {summary.failures[0].reason}",
+                  file=sys.stderr)
+        out = {}
+        for eid, ret in zip(summary.episode_ids, summary.returns):
+            ep = store.get_episode(eid)
+            out[(ep.problem_id, ep.seed)] = float(ret)
+        return out
+    finally:
+        store.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--task", default="coding", choices=["coding", "build", "writing", "toy"])
-    ap.add_argument("--episodes", type=int, default=4, help="episodes per collection")
-    ap.add_argument("--iterations", type=int, default=2, help="CoLLM-CC updates on the collected batch")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--task", default="writing", help="a registered task (collm_serve.tasks)")
+    ap.add_argument("--iterations", type=int, default=5, help="online iterations: collect → CoLLM-CC update → push")
+    ap.add_argument("--episodes", type=int, default=8, help="train episodes collected per iteration")
+    ap.add_argument("--eval-episodes", type=int, default=32, help="eval-split episodes, before and after")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-4, help="actor and critic learning rate (LoRA)")
     ap.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/demo")
     args = ap.parse_args(argv)
+    for name in ("iterations", "episodes", "eval_episodes", "max_tokens"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from rich.console import Console
     from rich.table import Table
 
+    from collm_serve.client import AgentClient
     from collm_serve.launcher import AgentProcess
     from collm_serve.models import model_id_for, resolve_model
-    from collm_serve.orchestrator.collector import collect
     from collm_serve.tasks import get_task
     from collm_serve.team import TeamConfig
-    from collm_serve.traces import TraceStore
     from collm_train.config import TrainConfig
-    from collm_train.plot import CURVES, plot_runs
-    from collm_train.push import publish
+    from collm_train.evaluate import paired_comparison
+    from collm_train.online import online_loop
+    from collm_train.plot import plot_runs
     from collm_train.run import RunLog
     from collm_train.trainer import Trainer
 
@@ -81,12 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 self.t = time.monotonic()
 
             def __exit__(self, *exc):
-                times[name] = time.monotonic() - self.t
+                times[name] = round(time.monotonic() - self.t, 1)
         return _Timer()
 
     with phase("prepare model"):
         base_dir = resolve_model(args.model)  # converts the packaged GGUF once
-    cfg_path = _agents_yaml(workdir, agents, args.engine, args.model, args.max_tokens)
+    cfg_path = agents_yaml(workdir, agents, args.engine, args.model, args.max_tokens)
     procs = [AgentProcess(a, config=cfg_path, log_path=workdir / f"{a}.log") for a in agents]
     try:
         with phase("start agent services"):
@@ -95,58 +139,71 @@ def main(argv: list[str] | None = None) -> int:
             for p in procs:
                 console.print(f"{p.agent}: serving on {p.address} ({p.serving_event['engine']})")
         team = TeamConfig(
-            task=args.task, traces=str(workdir / "traces.db"), seed=0,
+            task=args.task, traces=str(workdir / "traces.db"), seed=args.seed,
             agents={p.agent: {"address": p.address, "timeout_s": 600,
                               "sampling": {"max_tokens": args.max_tokens, "temperature": 0.7, "top_p": 0.9}}
                     for p in procs},
         )
         (workdir / "team.yaml").write_text(yaml.safe_dump(team.model_dump(mode="json")))
-        store = TraceStore(team.traces)
-        with phase("collect (before)"):
-            before = asyncio.run(collect(team, args.episodes, "train", traces=store, concurrency=2, progress=True))
-        if not before.episode_ids:
-            console.print(f"[red]no episode completed: {[f.reason for f in before.failures][:3]}")
+        with phase("evaluate before (eval split)"):
+            before = evaluate(team, workdir / "eval.db", args.eval_episodes, "before")
+        if not before:
+            console.print("[red]no eval episode completed before training; see the agents' logs in " + str(workdir))
             return 1
-        episodes = [store.get_episode(e) for e in before.episode_ids]
-        config = TrainConfig(algo="cc", lr=1e-4, critic_lr=1e-4, epochs=1, minibatch_size=8, seed=0,
+        config = TrainConfig(algo="cc", lr=args.lr, critic_lr=args.lr, seed=args.seed,
                              micro_batch_size=1)  # peak memory: 2 agents + trainer on 24 GB
-        run = RunLog(workdir / "runs", args.task, "cc", 0, {**config.model_dump(), "model": args.model})
-        run.log(0, {"charts/collect_return": before.mean_return})  # the reward curve: before ...
-        with phase("train CoLLM-CC"):
+        run = RunLog(workdir / "runs", args.task, "cc", args.seed,
+                     {**config.model_dump(), "model": args.model, "episodes_per_iteration": args.episodes})
+        run.log(0, {"charts/eval_return": sum(before.values()) / len(before)})
+        with phase("train: collect → CoLLM-CC → hot-swap"):
             trainer = Trainer(config, base_dir, agents, base_model_id=model_id_for(args.model))
-            for it in range(1, args.iterations + 1):
-                metrics = trainer.update(episodes)
-                run.log(it, metrics)
-                console.print(f"iteration {it}: " + ", ".join(
-                    f"{k}={v:.4g}" for k, v in metrics.items()
-                    if k.startswith(("losses/", "charts/return", "charts/ess")) and v == v))  # v == v: not NaN
-        with phase("hot-swap into live services"):
-            version, _, pushed = publish(trainer, workdir / "adapters", agents, metrics,
-                                         addresses={p.agent: p.address for p in procs})
-        with phase("collect (after)"):
-            after = asyncio.run(collect(team, args.episodes, "train", traces=store,
-                                        concurrency=2, progress=True, start=args.episodes))
-        run.log(args.iterations + 1, {"charts/collect_return": after.mean_return or 0.0})  # ... and after
+            history = online_loop(team, trainer, run, out_dir=workdir / "adapters", iterations=args.iterations,
+                                  episodes_per_iteration=args.episodes, traces=team.traces,
+                                  concurrency=4, echo=console.print)
+        if not history:
+            console.print("[red]no training iteration completed; see the agents' logs in " + str(workdir))
+            return 1
+        with phase("evaluate after (eval split)"):
+            after = evaluate(team, workdir / "eval.db", args.eval_episodes, "after")
+        cmp = paired_comparison(before, after, seed=args.seed)
+        run.log(args.iterations, {"charts/eval_return": cmp.after.mean})
         run.close()
-        store.close()
-        curve = plot_runs(workdir / "runs", workdir / "learning_curve.png", curves=("charts/collect_return", *CURVES))
+        curve = plot_runs(workdir / "runs", workdir / "learning_curve.png",
+                          curves=("charts/eval_return", "charts/collect_return", "losses/actor", "losses/critic"))
 
-        from collm_serve.client import AgentClient
+        served = {}
+        for p in procs:
+            with AgentClient(p.address) as c:
+                active = c.info().active_adapter
+            served[p.agent] = {"version": active.version, "sha256": active.sha256}
+        summary = {
+            "task": args.task, "algo": "cc", "model": args.model, "engine": args.engine,
+            "iterations": len(history), "episodes_per_iteration": args.episodes, "lr": args.lr,
+            "eval_split": "eval", "n": cmp.delta.n, "unmatched": cmp.unmatched,
+            "before": cmp.before.to_dict(), "after": cmp.after.to_dict(),
+            "before_mean": cmp.before.mean, "after_mean": cmp.after.mean,
+            "delta_mean": cmp.delta.mean, "delta_ci95": [cmp.delta.low, cmp.delta.high],
+            "train_return_per_iteration": [row["charts/collect_return"] for row in history],
+            "adapters": served, "time_s": times,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
+        }
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
 
         table = Table(title=f"CoLLM demo: {args.task}, CoLLM-CC, {args.model}, {args.engine}")
         table.add_column("")
         table.add_column("value", justify="right")
-        table.add_row("mean return before (base model)", f"{before.mean_return:.3f}  ({before.ok} ok, {before.failed} failed)")
-        table.add_row("mean return after (v%d)" % version,
-                      f"{(after.mean_return or 0):.3f}  ({after.ok} ok, {after.failed} failed)")
-        for p, r in zip(procs, pushed):
-            with AgentClient(p.address) as c:
-                active = c.info().active_adapter
-            table.add_row(f"{p.agent} serves", f"v{active.version} sha256={active.sha256[:16]}… (push load {r.load_ms:.0f} ms)")
+        table.add_row("eval return before (base model)", f"{cmp.before}")
+        table.add_row(f"eval return after (v{max(v['version'] for v in served.values())})", f"{cmp.after}")
+        verdict = "improved" if cmp.delta.low > 0 else "worse" if cmp.delta.high < 0 else "no significant change"
+        table.add_row("after − before (paired, 95% CI)", f"{cmp.delta}  → {verdict}")
+        table.add_row("train return per iteration", " ".join(f"{r:.3f}" for r in summary["train_return_per_iteration"]))
+        for agent, a in served.items():
+            table.add_row(f"{agent} serves", f"v{a['version']} sha256={a['sha256'][:16]}…")
         for name, seconds in times.items():
             table.add_row(f"time: {name}", f"{seconds:.1f} s")
         table.add_row("learning curve", str(curve))
-        table.add_row("traces", f"{team.traces}  (collm-traces stats {team.traces})")
+        table.add_row("summary", str(workdir / "summary.json"))
         console.print(table)
         return 0
     finally:

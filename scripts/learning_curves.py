@@ -55,7 +55,7 @@ def run_task(task: str, args, base_dir, model_id: str, log) -> dict:
     from collm_serve.tasks import get_task
     from collm_serve.team import TeamConfig
     from collm_train.config import TrainConfig
-    from collm_train.demo import _agents_yaml
+    from collm_train.demo import agents_yaml
     from collm_train.online import online_loop
     from collm_train.plot import plot_runs
     from collm_train.run import RunLog
@@ -67,7 +67,7 @@ def run_task(task: str, args, base_dir, model_id: str, log) -> dict:
     agents = list(get_task(task).agents)
     max_tokens = args.writing_max_tokens if task == "writing" else args.build_max_tokens
     turns = args.writing_turns if task == "writing" else args.build_turns
-    cfg_path = _agents_yaml(workdir, agents, "vllm", args.model, max_tokens)
+    cfg_path = agents_yaml(workdir, agents, "vllm", args.model, max_tokens)
     procs = [AgentProcess(a, config=cfg_path, log_path=workdir / f"{a}.log") for a in agents]
     result = {"task": task, "turns": turns, "max_tokens": max_tokens, "algos": {}}
     t0 = time.monotonic()
