@@ -12,8 +12,8 @@ reports them). The caller's role is the higher of what its token and its certifi
 A token that is presented and wrong is refused even when the certificate would do (a bad
 credential is never ignored). Outcomes:
 
-    no credential that grants a role   -> UNAUTHENTICATED  (missing / invalid token)
-    a verified certificate not mapped  -> PERMISSION_DENIED (known, but no role), when no token came
+    no credential that grants a role   -> UNAUTHENTICATED  (missing or invalid token; a verified
+                                          certificate that no identities list names grants nothing)
     a role too low for the method      -> PERMISSION_DENIED (e.g. an inference token on LoadAdapter)
 
 The standard health and reflection services stay open so probes (k8s, grpc_health_probe) and
@@ -55,7 +55,7 @@ class AuthPolicy:
     then any caller the transport admits (plaintext, TLS, or a CA-verified mTLS certificate)
     may call everything, as before roles existed."""
 
-    tokens: dict[str, Role] = field(default_factory=dict)
+    tokens: dict[str, Role] = field(default_factory=dict, repr=False)  # secrets: never in a log line
     identities: dict[str, Role] = field(default_factory=dict)
 
     @property
@@ -111,10 +111,9 @@ class AuthPolicy:
         if cert_role is not None:
             role = max(role or cert_role, cert_role)
         if role is None:
-            if names and self.identities:
-                return (grpc.StatusCode.PERMISSION_DENIED,
-                        f"client certificate {names[0]!r} has no role (add it to an identities list, or send a token)")
-            return grpc.StatusCode.UNAUTHENTICATED, "missing authorization metadata (expected 'Bearer <token>')"
+            unmapped = f"; client certificate {names[0]!r} has no role" if names and self.identities else ""
+            return (grpc.StatusCode.UNAUTHENTICATED,
+                    f"missing authorization metadata (expected 'Bearer <token>'){unmapped}")
         if role < need:
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"{method.rsplit('/', 1)[-1]} needs the {need.name} role; this caller has {role.name} "
