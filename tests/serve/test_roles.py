@@ -187,3 +187,25 @@ def test_roles_config_errors():
     with pytest.raises(ValueError, match="admin_token must not be blank"):
         AgentConfig(name="a", admin_token=" ")
     assert "do-not-log-me" not in repr(auth.AuthPolicy.build("do-not-log-me"))
+
+
+def test_cli_adapter_commands_read_the_admin_token(monkeypatch):
+    """swap / rollback / unload take COLLM_ADMIN_TOKEN first; read-only commands never do."""
+    from click.testing import CliRunner
+
+    from collm_serve import cli
+
+    seen = {}
+
+    def record(address, token, *rest, **kw):
+        seen[address] = token
+        raise cli.CliError("recorded")
+
+    monkeypatch.setattr(cli, "_client", record)
+    env = {"COLLM_AUTH_TOKEN": INFERENCE, "COLLM_ADMIN_TOKEN": ADMIN}
+    for args in (["rollback"], ["unload", "--version", "1"], ["swap", "--adapter", "x"], ["adapters"], ["info"]):
+        CliRunner().invoke(cli.main, [*args, "--address", args[0]], env=env)
+    assert seen == {"rollback": ADMIN, "unload": ADMIN, "swap": ADMIN, "adapters": INFERENCE, "info": INFERENCE}
+    CliRunner().invoke(cli.main, ["rollback", "--address", "single"], env={"COLLM_AUTH_TOKEN": INFERENCE,
+                                                                           "COLLM_ADMIN_TOKEN": None})
+    assert seen["single"] == INFERENCE  # one token for everything still works
