@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -147,7 +148,7 @@ async def test_orchestrate_cli_token_from_env_and_tls_flags(tmp_path, pki):
     """`collm-serve orchestrate --tls-cert/--tls-key/--tls-client-ca` + COLLM_ORCHESTRATOR_TOKEN."""
     team_file = tmp_path / "team.yaml"
     team_file.write_text(yaml.safe_dump(team(tmp_path).model_dump(mode="json", exclude_none=True)))
-    env = {**__import__("os").environ, "COLLM_ORCHESTRATOR_TOKEN": TOKEN}
+    env = {**os.environ, "COLLM_ORCHESTRATOR_TOKEN": TOKEN}
     proc = subprocess.Popen(
         [sys.executable, "-m", "collm_serve", "orchestrate", "--config", str(team_file), "--port", "0",
          "--tls-cert", str(pki["server_cert"]), "--tls-key", str(pki["server_key"]),

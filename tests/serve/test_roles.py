@@ -209,3 +209,27 @@ def test_cli_adapter_commands_read_the_admin_token(monkeypatch):
     CliRunner().invoke(cli.main, ["rollback", "--address", "single"], env={"COLLM_AUTH_TOKEN": INFERENCE,
                                                                            "COLLM_ADMIN_TOKEN": None})
     assert seen["single"] == INFERENCE  # one token for everything still works
+
+
+async def test_orchestrator_presents_the_inference_token_to_agents(setup, tmp_path):
+    """Both doors at once: a caller with the orchestrator's token runs an episode; the
+    orchestrator reaches the agent over mTLS with the inference token only (no admin needed)."""
+    import grpc
+
+    from collm_serve.orchestrator.service import OrchestratorServer
+    from collm_serve.proto.collm.v1 import orchestrator_pb2 as opb
+    from collm_serve.proto.collm.v1 import orchestrator_pb2_grpc
+
+    agent, pki, _ = setup
+    address = "localhost:" + agent.address.rsplit(":", 1)[1]
+    member = {"address": address, "timeout_s": 60, "sampling": {"max_tokens": 4}}
+    team = TeamConfig(task="toy", agents={"helper": member, "main": member}, traces=str(tmp_path / "t.db"),
+                      auth_token=INFERENCE, orchestrator_token="door", ca_file=pki["ca"],
+                      client_cert_file=pki["stranger_cert"], client_key_file=pki["stranger_key"],
+                      retry={"attempts": 1, "backoff_s": 0})
+    async with OrchestratorServer(team, port=0) as server:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            r = await stub.RunEpisode(opb.RunEpisodeRequest(episode=opb.EpisodeSpec(problem_index=0)),
+                                      metadata=(("authorization", "Bearer door"),), timeout=120)
+    assert r.status == opb.EPISODE_STATUS_OK, r.failure_reason
