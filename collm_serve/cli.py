@@ -28,10 +28,15 @@ def _client(address: str, token: str | None, ca: str | None, cert: str | None, k
                        client_key=key, server_name=server_name, timeout=timeout)
 
 
-def _remote(fn):
-    """Shared options of commands that call a running agent."""
+def _remote(fn=None, *, admin: bool = False):
+    """Shared options of commands that call a running agent. `admin`: the command changes
+    adapters, so its token defaults to env COLLM_ADMIN_TOKEN, then COLLM_AUTH_TOKEN."""
+    if fn is None:
+        return lambda f: _remote(f, admin=admin)
+    env = ["COLLM_ADMIN_TOKEN", "COLLM_AUTH_TOKEN"] if admin else ["COLLM_AUTH_TOKEN"]
     fn = click.option("--address", required=True, help="host:port of the agent")(fn)
-    fn = click.option("--token", envvar="COLLM_AUTH_TOKEN", default=None, help="bearer token (env COLLM_AUTH_TOKEN)")(fn)
+    fn = click.option("--token", envvar=env, default=None,
+                      help=f"bearer token (env {' or '.join(env)})" + ("; needs the admin role" if admin else ""))(fn)
     fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate: use TLS")(fn)
     fn = click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="client certificate (mTLS)")(fn)
     fn = click.option("--key", type=click.Path(exists=True, dir_okay=False), help="client key (mTLS)")(fn)
@@ -112,7 +117,7 @@ def info(address, token, ca, cert, key, server_name, as_json) -> None:
 
 
 @main.command()
-@_remote
+@_remote(admin=True)
 @click.option("--adapter", "path", required=True, help="adapter folder (inside the agent's adapter root)")
 @click.option("--version", "version", type=int, default=0, help="expected version (default: manifest's)")
 @click.option("--no-activate", is_flag=True, help="load only; activate later")
@@ -142,7 +147,7 @@ def adapters(address, token, ca, cert, key, server_name) -> None:
 
 
 @main.command()
-@_remote
+@_remote(admin=True)
 def rollback(address, token, ca, cert, key, server_name) -> None:
     """Make the previously active version active again."""
     with _client(address, token, ca, cert, key, server_name) as c:
@@ -151,7 +156,7 @@ def rollback(address, token, ca, cert, key, server_name) -> None:
 
 
 @main.command()
-@_remote
+@_remote(admin=True)
 @click.option("--version", "version", type=int, required=True)
 @click.option("--force", is_flag=True, help="allow unloading the active version (falls back to base)")
 def unload(address, token, ca, cert, key, server_name, version, force) -> None:
@@ -262,13 +267,23 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
 @click.option("--host", default=None, help="override orchestrator_host")
 @click.option("--traces", default=None, help="trace store path or sqlite:/// URL (default: the team's)")
 @click.option("--max-concurrent-episodes", type=click.IntRange(min=1), default=8, show_default=True)
-def orchestrate(config_path, port, host, traces, max_concurrent_episodes) -> None:
+@click.option("--token", envvar="COLLM_ORCHESTRATOR_TOKEN", default=None,
+              help="bearer token callers must send (env COLLM_ORCHESTRATOR_TOKEN, preferred: flags show in ps; "
+                   "default: the team's orchestrator_token, else the agents' auth_token)")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="server certificate (PEM): serve TLS (with --tls-key)")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="server private key (PEM)")
+@click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA of client certificates: require mTLS")
+def orchestrate(config_path, port, host, traces, max_concurrent_episodes, token, tls_cert, tls_key,
+                tls_client_ca) -> None:
     """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
     from collm_serve.config import ConfigError
     from collm_serve.orchestrator.service import run
     from collm_serve.traces.store import TraceStoreError
 
-    team = _team(config_path, None)
+    tls = {k: v for k, v in (("cert_file", tls_cert), ("key_file", tls_key), ("client_ca_file", tls_client_ca)) if v}
+    team = _team(config_path, None, orchestrator_token=token, orchestrator_tls=tls or None)
     try:
         code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes)
     except (ConfigError, TraceStoreError) as e:

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from collm_serve.models import EMBEDDED_MODEL, collm_home
 
@@ -30,21 +38,53 @@ class SamplingDefaults(BaseModel):
     top_k: int = Field(0, ge=0, description="0 disables top-k.")
 
 
+ROLE_NAMES = ("inference", "admin")  # collm_serve.auth.Role; admin implies inference
+
+
 class TLSConfig(BaseModel):
+    """Server TLS of an agent or of the orchestrator (the same keys for both)."""
+
     model_config = ConfigDict(extra="forbid")
     cert_file: Path = Field(description="Server certificate chain (PEM).")
     key_file: Path = Field(description="Server private key (PEM).")
     client_ca_file: Path | None = Field(
         None, description="CA that signs client certificates: set it to require mTLS."
     )
+    identities: dict[Literal["inference", "admin"], list[str]] = Field(
+        default_factory=dict,
+        description="mTLS only: role -> client certificate identities (subject CN or a SAN) that hold it "
+                    "without a token, e.g. {admin: [trainer.collm.internal], inference: [orchestrator]}.")
 
     @model_validator(mode="after")
-    def _files_exist(self) -> "TLSConfig":
+    def _files_exist(self, info: ValidationInfo) -> "TLSConfig":
+        if self.identities and self.client_ca_file is None:
+            raise ValueError("identities need mTLS: set client_ca_file (the CA that signs the client certificates)")
+        if (info.context or {}).get("check_files") is False:  # the deploy generator: container paths
+            return self
         for name in ("cert_file", "key_file", "client_ca_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name} {path} does not exist")
         return self
+
+
+def auth_policy(token: str | None, admin_token: str | None, tls: TLSConfig | None):
+    """The server's `collm_serve.auth.AuthPolicy` from config values (agents and orchestrator)."""
+    from collm_serve.auth import AuthPolicy
+
+    return AuthPolicy.build(token, admin_token, tls.identities if tls is not None else None)
+
+
+def not_blank(name: str, value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError(f"{name} must not be blank (omit it to disable it)")
+    return value
+
+
+def env_default(data: dict[str, Any], key: str, env: str) -> None:
+    """`data[key]` from environment variable `env` when the file and the flags leave it unset."""
+    if data.get(key) is None and os.environ.get(env):
+        data[key] = os.environ[env]
 
 
 class AgentConfig(BaseModel):
@@ -83,9 +123,14 @@ class AgentConfig(BaseModel):
                     "keep_versions slots are busy, before FAILED_PRECONDITION.")
     max_lora_rank: int = Field(16, gt=0, description="Largest LoRA rank the engine accepts.")
     auth_token: str | None = Field(
-        None, description="Bearer token required on every AgentService RPC. Env: COLLM_AUTH_TOKEN."
-    )
-    tls: TLSConfig | None = Field(None, description="TLS (and mTLS with client_ca_file).")
+        None, description="Bearer token required on every AgentService RPC. Env: COLLM_AUTH_TOKEN. "
+                          "With admin_token set it is the inference token (no adapter RPCs); alone it "
+                          "grants everything, as before roles existed.")
+    admin_token: str | None = Field(
+        None, description="Bearer token of the admin role: LoadAdapter, ActivateAdapter, RollbackAdapter, "
+                          "UnloadAdapter (and every inference RPC). Env: COLLM_ADMIN_TOKEN.")
+    tls: TLSConfig | None = Field(
+        None, description="TLS (and mTLS with client_ca_file; tls.identities maps client certificates to roles).")
     dtype: str = Field("auto", description="auto = float32 on CPU, the model's dtype on GPU.")
     kv_cache_bytes: int | None = Field(None, gt=0, description="vLLM KV cache size; CPU default 256 MiB.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
@@ -106,12 +151,21 @@ class AgentConfig(BaseModel):
             raise ValueError("sampling.max_tokens must be <= max_tokens_limit")
         return self
 
-    @field_validator("auth_token")
+    @field_validator("auth_token", "admin_token")
     @classmethod
-    def _token_not_blank(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("auth_token must not be blank (omit it to disable auth)")
-        return v
+    def _token_not_blank(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return not_blank(info.field_name, v)
+
+    @model_validator(mode="after")
+    def _roles(self) -> "AgentConfig":
+        if self.admin_token is not None and self.admin_token == self.auth_token:
+            raise ValueError("admin_token must differ from auth_token (one token cannot hold two roles)")
+        return self
+
+    @property
+    def auth(self):
+        """Who may call what (collm_serve.auth.AuthPolicy); disabled when nothing is configured."""
+        return auth_policy(self.auth_token, self.admin_token, self.tls)
 
     @property
     def resolved_adapter_root(self) -> Path:
@@ -178,8 +232,8 @@ def load_agent_config(
     if agent not in agents:
         raise ConfigError(f"{source}: agents.{agent}: no such agent (have: {', '.join(sorted(agents))})")
     data = _merge(agents[agent], {k: v for k, v in overrides.items() if v is not None})
-    if data.get("auth_token") is None and os.environ.get("COLLM_AUTH_TOKEN"):
-        data["auth_token"] = os.environ["COLLM_AUTH_TOKEN"]
+    env_default(data, "auth_token", "COLLM_AUTH_TOKEN")
+    env_default(data, "admin_token", "COLLM_ADMIN_TOKEN")
     try:
         return AgentConfig(**data)
     except ValidationError as e:

@@ -13,8 +13,13 @@ no two agents share one; names give valid, distinct DNS-1123 names (Compose serv
 Service = the host in the rewritten team file).
 
 Inside the containers: COLLM_HOME=/data (models, adapters, state, runs are volumes below it),
-configs at /config, TLS files at /tls, the bearer token from env COLLM_AUTH_TOKEN only — a token
-found in a config file is never copied into generated files.
+configs at /config, TLS files at /tls, tokens from the environment only (`TOKEN_ENV`) — a token
+found in a config file is never copied into generated files. Every service has a door: the
+agents' inference token COLLM_AUTH_TOKEN is required (Compose refuses to start without it, the
+Kubernetes Secret key `token` is not optional); the admin token (COLLM_ADMIN_TOKEN: agents and
+trainer) and the orchestrator's own token (COLLM_ORCHESTRATOR_TOKEN, else the inference token)
+are optional. Each container gets only the tokens its role needs: the orchestrator never sees
+the admin token. Roles: collm_serve/auth.py.
 References: Compose GPU access (https://docs.docker.com/compose/how-tos/gpu-support/), Kubernetes
 gRPC probes (https://kubernetes.io/docs/tasks/configure-pod-container/configure-liveness-readiness-startup-probes/).
 """
@@ -44,6 +49,14 @@ VOLUMES = {"models": f"{DATA}/models", "adapters": f"{DATA}/adapters", "state": 
            "runs": f"{DATA}/runs"}
 SHM_SIZE = "2gb"  # vLLM worker processes exchange tensors through /dev/shm (Docker's default is 64 MB)
 TLS_DIR = "/tls"
+# Env var -> (Secret key, required): the tokens; which container gets which: `_TOKENS_OF`.
+TOKEN_ENV = {"COLLM_AUTH_TOKEN": ("token", True), "COLLM_ADMIN_TOKEN": ("admin-token", False),
+             "COLLM_ORCHESTRATOR_TOKEN": ("orchestrator-token", False)}
+_TOKENS_OF = {"agent": ("COLLM_AUTH_TOKEN", "COLLM_ADMIN_TOKEN"),
+              "orchestrator": ("COLLM_AUTH_TOKEN", "COLLM_ORCHESTRATOR_TOKEN"),
+              "trainer": ("COLLM_AUTH_TOKEN", "COLLM_ADMIN_TOKEN")}
+_TOKEN_KEYS = {"auth_token": "COLLM_AUTH_TOKEN", "admin_token": "COLLM_ADMIN_TOKEN",
+               "orchestrator_token": "COLLM_ORCHESTRATOR_TOKEN"}
 _DNS = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -72,10 +85,13 @@ class DeployPlan:
     team_label: str
     agents_label: str | None  # None = the built-in agents
     warnings: tuple[str, ...] = field(default=())
+    orchestrator_tls: bool = False
+    orchestrator_mtls: bool = False
 
     @property
     def tls(self) -> bool:
-        return any(a.tls for a in self.agents) or self.team_doc.get("ca_file") is not None
+        return (any(a.tls for a in self.agents) or self.team_doc.get("ca_file") is not None
+                or self.orchestrator_tls)
 
     @property
     def trainer_gpu(self) -> int:
@@ -119,16 +135,17 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
                *, backend: Backend = "all") -> DeployPlan:
     """Load and cross-check the team and agents configs; raise ConfigError with one line."""
     team_path = Path(team_path)
-    team = load_team_config(team_path)
+    team = load_team_config(team_path, check_files=False)  # TLS files: container paths, checked there
     raw_team = yaml.safe_load(team_path.read_text())
     agents_file = _resolve_agents_path(team_path, team, agents_path)
     agents_raw, agents_source = load_agents_file(agents_file)
     warnings: list[str] = []
 
     team_doc = copy.deepcopy(raw_team)
-    if team_doc.pop("auth_token", None) is not None:
-        warnings.append(f"{team_path}: auth_token not copied into generated files; "
-                        "set COLLM_AUTH_TOKEN (compose) or the collm-auth Secret (Kubernetes)")
+    for key, env in _TOKEN_KEYS.items():
+        if team_doc.pop(key, None) is not None:
+            warnings.append(f"{team_path}: {key} not copied into generated files; set {env} (compose) "
+                            f"or key {TOKEN_ENV[env][0]!r} of the collm-auth Secret (Kubernetes)")
     agents_doc: dict[str, Any] = {"agents": {}}
     plans: list[AgentPlan] = []
     used_ports: dict[int, str] = {}
@@ -160,8 +177,9 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         for key in ("engine", "model"):  # team-level deployment overrides win, as `start --engine` would
             if key in raw_member and raw_member[key] is not None:
                 settings[key] = raw_member[key]
-        if settings.pop("auth_token", None) is not None:
-            warnings.append(f"{agents_source}: agents.{name}.auth_token not copied; use COLLM_AUTH_TOKEN")
+        for key in ("auth_token", "admin_token"):
+            if settings.pop(key, None) is not None:
+                warnings.append(f"{agents_source}: agents.{name}.{key} not copied; use {_TOKEN_KEYS[key]}")
         try:  # TLS files are container paths (/tls/...), checked where they exist, not here
             cfg = AgentConfig(name=name, **{k: v for k, v in settings.items() if k != "tls"})
         except ValidationError as e:
@@ -180,8 +198,7 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         tls = settings.get("tls")
         mtls = bool(tls and tls.get("client_ca_file"))
         if tls:
-            settings["tls"] = {"cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key",
-                               **({"client_ca_file": f"{TLS_DIR}/ca.crt"} if mtls else {})}
+            settings["tls"] = _tls_paths(tls, mtls)
         settings.update(host="0.0.0.0", adapter_root=VOLUMES["adapters"], state_dir=f"{VOLUMES['state']}/{name}")
         agents_doc["agents"][name] = settings
         team_doc["agents"][name]["address"] = f"{dns}:{cfg.port}"
@@ -205,12 +222,26 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
     for key, target in (("ca_file", "ca.crt"), ("client_cert_file", "client.crt"), ("client_key_file", "client.key")):
         if team_doc.get(key) is not None:
             team_doc[key] = f"{TLS_DIR}/{target}"
+    orch_tls = team_doc.get("orchestrator_tls")
+    orch_mtls = bool(orch_tls and orch_tls.get("client_ca_file"))
+    if orch_tls:
+        team_doc["orchestrator_tls"] = _tls_paths(orch_tls, orch_mtls)
     return DeployPlan(
         agents=tuple(plans), orchestrator_port=team.orchestrator_port, team_doc=team_doc,
         agents_doc=agents_doc, team_label=team_path.as_posix(),
         agents_label=None if agents_file is None else Path(agents_file).as_posix(),
-        warnings=tuple(warnings),
+        warnings=tuple(warnings), orchestrator_tls=bool(orch_tls), orchestrator_mtls=orch_mtls,
     )
+
+
+def _tls_paths(tls: dict[str, Any], mtls: bool) -> dict[str, Any]:
+    """A server's tls section with the files at the /tls mount (Secret collm-tls); identities kept."""
+    out: dict[str, Any] = {"cert_file": f"{TLS_DIR}/tls.crt", "key_file": f"{TLS_DIR}/tls.key"}
+    if mtls:
+        out["client_ca_file"] = f"{TLS_DIR}/ca.crt"
+    if tls.get("identities"):
+        out["identities"] = tls["identities"]
+    return out
 
 
 # ---------------------------------------------------------------- YAML out
@@ -290,6 +321,13 @@ def _gpu_reservation(device_id: str) -> dict[str, Any]:
         {"driver": "nvidia", "device_ids": [device_id], "capabilities": ["gpu"]}]}}}
 
 
+def _compose_token(env: str) -> str:
+    """Compose interpolation: a required token stops `docker compose up` with this message."""
+    if TOKEN_ENV[env][1]:
+        return f"${{{env}:?set {env} (e.g. openssl rand -hex 32): every service requires a token; deploy/README.md}}"
+    return f"${{{env}:-}}"
+
+
 _COMPOSE_KEYS = ("image", "build", "profiles", "entrypoint", "command", "environment", "ports", "volumes",
                  "shm_size", "restart", "depends_on", "healthcheck", "deploy")
 
@@ -298,11 +336,11 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
     image = opts.image_gpu if gpu else opts.image_cpu
     dockerfile = "deploy/docker/Dockerfile.gpu" if gpu else "deploy/docker/Dockerfile.cpu"
 
-    def service(volumes: tuple[str, ...], **keys: Any) -> dict[str, Any]:
+    def service(role: str, volumes: tuple[str, ...], **keys: Any) -> dict[str, Any]:
         keys["image"] = image
         if opts.build_context is not None:  # every service builds the same image; BuildKit caches it
             keys["build"] = {"context": opts.build_context, "dockerfile": dockerfile}
-        keys["environment"] = {"COLLM_AUTH_TOKEN": "${COLLM_AUTH_TOKEN:-}"}
+        keys["environment"] = {env: _compose_token(env) for env in _TOKENS_OF[role]}
         keys["volumes"] = ["./config:/config:ro", *(f"{v}:{VOLUMES[v]}" for v in volumes)]
         if plan.tls:
             keys["volumes"].append(f"./tls:{TLS_DIR}:ro")
@@ -312,7 +350,7 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
     for a in plan.agents:
         ports = [a.port] + ([a.metrics_port] if a.metrics_port is not None else [])
         services[a.dns] = service(
-            ("models", "adapters", "state"),
+            "agent", ("models", "adapters", "state"),
             command=["start", "--agent", a.name, "--config", "/config/agents.yaml"],
             ports=[f"127.0.0.1:{p}:{p}" for p in ports],  # loopback only; publish wider on purpose
             shm_size=SHM_SIZE, restart="unless-stopped",
@@ -325,15 +363,16 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
         )
     port = plan.orchestrator_port
     services["orchestrator"] = service(
-        ("runs",),
+        "orchestrator", ("runs",),
         command=["orchestrate", "--config", "/config/team.yaml", "--port", str(port)],
         ports=[f"127.0.0.1:{port}:{port}"], restart="unless-stopped",
         depends_on={a.dns: {"condition": "service_healthy"} for a in plan.agents},
-        healthcheck={"test": ["CMD", *_healthcheck_cmd(port, "")],
+        healthcheck={"test": ["CMD", *_healthcheck_cmd(port, "", plan.orchestrator_tls, plan.orchestrator_mtls,
+                                                       "orchestrator")],
                      "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "60s"},
     )
     services["trainer"] = service(
-        ("models", "adapters", "runs"),
+        "trainer", ("models", "adapters", "runs"),
         profiles=["train"], entrypoint=["collm-train"],
         # TODO(lead): final `collm-train online` flags once the trainer CLI lands (deploy/README.md).
         command=["online", "--team", "/config/team.yaml"],
@@ -380,8 +419,13 @@ def _mounts(*names: str) -> list[dict[str, Any]]:
     return m
 
 
-_TOKEN_ENV = [{"name": "COLLM_AUTH_TOKEN",
-               "valueFrom": {"secretKeyRef": {"name": "collm-auth", "key": "token", "optional": True}}}]
+def _token_env(role: str) -> list[dict[str, Any]]:
+    """The tokens a container of `role` reads, from the collm-auth Secret (`TOKEN_ENV`)."""
+    return [{"name": env, "valueFrom": {"secretKeyRef": {"name": "collm-auth", "key": TOKEN_ENV[env][0],
+                                                          **({} if TOKEN_ENV[env][1] else {"optional": True})}}}
+            for env in _TOKENS_OF[role]]
+
+
 _POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                  "seccompProfile": {"type": "RuntimeDefault"}}
 _CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -400,7 +444,7 @@ def k8s_agent(a: AgentPlan) -> list[dict[str, Any]]:
         "name": "agent", "image": "collm",
         "args": ["start", "--agent", a.name, "--config", "/config/agents.yaml"],
         "ports": [{"name": n, "containerPort": p} for n, p in ports],
-        "env": _TOKEN_ENV,
+        "env": _token_env("agent"),
         # loading (model conversion, engine start) reports NOT_SERVING: give it 15 minutes
         "startupProbe": _probe(a.port, AGENT_SERVICE, a.tls, a.mtls, a.dns, periodSeconds=10, failureThreshold=90),
         "readinessProbe": _probe(a.port, AGENT_SERVICE, a.tls, a.mtls, a.dns, periodSeconds=10, failureThreshold=2),
@@ -436,9 +480,11 @@ def k8s_orchestrator(plan: DeployPlan) -> list[dict[str, Any]]:
         "name": "orchestrator", "image": "collm",
         "args": ["orchestrate", "--config", "/config/team.yaml", "--port", str(port)],
         "ports": [{"name": "grpc", "containerPort": port}],
-        "env": _TOKEN_ENV,
-        "readinessProbe": {"grpc": {"port": port}, "periodSeconds": 10},
-        "livenessProbe": {"grpc": {"port": port}, "periodSeconds": 20, "failureThreshold": 3, "timeoutSeconds": 5},
+        "env": _token_env("orchestrator"),
+        "readinessProbe": _probe(port, "", plan.orchestrator_tls, plan.orchestrator_mtls, "orchestrator",
+                                 periodSeconds=10),
+        "livenessProbe": _probe(port, "", plan.orchestrator_tls, plan.orchestrator_mtls, "orchestrator",
+                                periodSeconds=20, failureThreshold=3, timeoutSeconds=5),
         "volumeMounts": _mounts("runs"),
         "securityContext": _CONTAINER_SECURITY,
     }
@@ -472,7 +518,7 @@ def k8s_trainer() -> dict[str, Any]:
                     "name": "trainer", "image": "collm", "command": ["collm-train"],
                     # TODO(lead): final `collm-train online` flags once the trainer CLI lands.
                     "args": ["online", "--team", "/config/team.yaml"],
-                    "env": _TOKEN_ENV,
+                    "env": _token_env("trainer"),
                     "volumeMounts": _mounts("models", "adapters", "runs"),
                     "securityContext": _CONTAINER_SECURITY,
                 }],
@@ -496,7 +542,9 @@ def k8s_secret_example() -> list[dict[str, Any]]:
     meta = {"namespace": "collm", "annotations": {"collm.example/placeholder": "EXAMPLE ONLY - replace every value"}}
     return [
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "collm-auth", **meta}, "type": "Opaque",
-         "stringData": {"token": "REPLACE-ME-with-a-long-random-token"}},
+         "stringData": {"token": "REPLACE-ME: the agents' inference token (required)",
+                        "admin-token": "REPLACE-ME: the agents' admin token, for adapter swaps (optional)",
+                        "orchestrator-token": "REPLACE-ME: token of OrchestratorService callers (optional)"}},
         {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "collm-tls", **meta}, "type": "Opaque",
          "stringData": {"tls.crt": "REPLACE-ME: server certificate chain (PEM)",
                         "tls.key": "REPLACE-ME: server private key (PEM)",
@@ -581,7 +629,9 @@ def render(plan: DeployPlan, opts: RenderOptions | None = None) -> dict[str, str
     secret_head = ("# EXAMPLE ONLY: placeholder values, never apply as is and never commit real secrets.\n"
                    "# Create the real ones instead (deploy/README.md):\n"
                    "#   kubectl -n collm create secret generic collm-auth \\\n"
-                   "#     --from-literal=token=\"$(openssl rand -hex 32)\"\n"
+                   "#     --from-literal=token=\"$(openssl rand -hex 32)\" \\\n"
+                   "#     --from-literal=admin-token=\"$(openssl rand -hex 32)\" \\\n"
+                   "#     --from-literal=orchestrator-token=\"$(openssl rand -hex 32)\"\n"
                    "#   kubectl -n collm create secret generic collm-tls --from-file=tls.crt --from-file=tls.key "
                    "--from-file=ca.crt\n")
     files["k8s/secret.example.yaml"] = dump(*k8s_secret_example(), header=head + secret_head)

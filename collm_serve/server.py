@@ -22,8 +22,8 @@ from grpc_reflection.v1alpha import reflection
 
 from collm_serve.adapters.registry import AdapterRegistry
 from collm_serve.admission import Admission
-from collm_serve.auth import TokenAuthInterceptor
-from collm_serve.config import AgentConfig
+from collm_serve.auth import AuthInterceptor, AuthPolicy
+from collm_serve.config import AgentConfig, TLSConfig
 from collm_serve.metrics import ServiceMetrics
 from collm_serve.models import model_id_for, resolve_model
 from collm_serve.proto.collm.v1 import agent_pb2, agent_pb2_grpc
@@ -34,10 +34,10 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 MAX_MESSAGE_BYTES = 16 << 20
 
 
-def server_credentials(config: AgentConfig) -> grpc.ServerCredentials | None:
-    if config.tls is None:
+def server_credentials(tls: TLSConfig | None) -> grpc.ServerCredentials | None:
+    """TLS of any collm server (agent or orchestrator); a client CA makes it mTLS."""
+    if tls is None:
         return None
-    tls = config.tls
     client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
     return grpc.ssl_server_credentials(
         [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
@@ -103,9 +103,13 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_stream_rpc_method_handler(stream, tolerant_parse, handler.response_serializer)
 
 
-def build_grpc_server(servicers, service_names, token: str | None, credentials, address: str):
-    """A grpc.aio server with the given servicers + health + reflection; returns (server, port, health)."""
-    interceptors = [*([TokenAuthInterceptor(token)] if token else []), DecodeErrorInterceptor()]
+def build_grpc_server(servicers, service_names, auth: AuthPolicy | None, credentials, address: str):
+    """A grpc.aio server with the given servicers + health + reflection; returns (server, port, health).
+
+    `auth` (collm_serve.auth) guards every RPC but health and reflection; None or an empty
+    policy leaves the door open (the callers log a warning when that is on a public address)."""
+    interceptors = [*([AuthInterceptor(auth)] if auth is not None and auth.enabled else []),
+                    DecodeErrorInterceptor()]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -159,7 +163,7 @@ async def serve(config: AgentConfig) -> int:
     servicer = AgentServicer(config, engine, None, registry, admission, metrics, state)
     server, port, health_servicer = build_grpc_server(
         [(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer)], [SERVICE_NAME],
-        config.auth_token, server_credentials(config), f"{config.host}:{config.port}",
+        config.auth, server_credentials(config.tls), f"{config.host}:{config.port}",
     )
     stop = asyncio.Event()
     exit_code = 0

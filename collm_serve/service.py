@@ -295,7 +295,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 max_lora_rank=c.max_lora_rank, keep_versions=c.keep_versions,
             ),
             version=__version__, state=self.state.phase,
-            auth_enabled=c.auth_token is not None, tls_enabled=c.tls is not None,
+            auth_enabled=c.auth.enabled, tls_enabled=c.tls is not None,
         )
 
     @_rpc("Abort")

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from collm_serve.config import ConfigError
+from collm_serve.config import ConfigError, TLSConfig, auth_policy, env_default, not_blank
 
 
 class AgentSampling(BaseModel):
@@ -52,12 +52,28 @@ class TeamConfig(BaseModel):
     traces: str = Field("runs/traces.db", description="Trace store path or sqlite:/// URL.")
     orchestrator_host: str = Field("127.0.0.1")
     orchestrator_port: int = Field(50070, ge=0, le=65535)
-    auth_token: str | None = Field(None, description="Bearer token for the agents (env COLLM_AUTH_TOKEN).")
+    auth_token: str | None = Field(
+        None, description="The agents' inference token: what the orchestrator and collectors present "
+                          "(env COLLM_AUTH_TOKEN).")
+    admin_token: str | None = Field(
+        None, description="The agents' admin token: what the trainer's push presents to load and activate "
+                          "adapters (env COLLM_ADMIN_TOKEN; unset = auth_token, for single-token agents).")
     ca_file: Path | None = Field(None, description="CA of the agents' TLS certificates.")
-    client_cert_file: Path | None = None
+    client_cert_file: Path | None = Field(None, description="Client certificate for the agents' mTLS.")
     client_key_file: Path | None = None
+    orchestrator_token: str | None = Field(
+        None, description="Bearer token OrchestratorService callers must send (env COLLM_ORCHESTRATOR_TOKEN); "
+                          "unset = auth_token, so a team with agent auth never serves episodes openly.")
+    orchestrator_tls: TLSConfig | None = Field(
+        None, description="The orchestrator's own server TLS/mTLS: cert_file, key_file, client_ca_file, "
+                          "identities (same keys as an agent's tls).")
     agents_config: Path | None = Field(None, description="Agents YAML the services run with (deployment).")
     seed: int = Field(0, ge=0, description="Base seed; episode i uses seed + i.")
+
+    @field_validator("auth_token", "admin_token", "orchestrator_token")
+    @classmethod
+    def _token_not_blank(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return not_blank(info.field_name, v)
 
     @model_validator(mode="after")
     def _check(self) -> "TeamConfig":
@@ -65,8 +81,30 @@ class TeamConfig(BaseModel):
             raise ValueError("agents: at least one agent is required")
         return self
 
+    @property
+    def push_token(self) -> str | None:
+        """What the trainer's push presents: the admin token, else the single agent token."""
+        return self.admin_token or self.auth_token
 
-def load_team_config(path: str | os.PathLike[str], **overrides) -> TeamConfig:
+    @property
+    def orchestrator_auth(self):
+        """Who may call OrchestratorService (collm_serve.auth.AuthPolicy)."""
+        return auth_policy(self.orchestrator_token or self.auth_token, None, self.orchestrator_tls)
+
+
+TOKEN_ENV = {"auth_token": "COLLM_AUTH_TOKEN", "admin_token": "COLLM_ADMIN_TOKEN",
+             "orchestrator_token": "COLLM_ORCHESTRATOR_TOKEN"}
+
+
+def team_env_defaults(raw: dict) -> None:
+    """Tokens the file and the flags leave unset come from the environment (`TOKEN_ENV`)."""
+    for key, env in TOKEN_ENV.items():
+        env_default(raw, key, env)
+
+
+def load_team_config(path: str | os.PathLike[str], *, check_files: bool = True, **overrides) -> TeamConfig:
+    """Validate a team file; `overrides` (CLI flags) win over it, then env vars fill what is unset.
+    `check_files=False` skips the existence of TLS files (the deploy generator: container paths)."""
     source = str(path)
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -76,11 +114,14 @@ def load_team_config(path: str | os.PathLike[str], **overrides) -> TeamConfig:
         raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    if raw.get("auth_token") is None and os.environ.get("COLLM_AUTH_TOKEN"):
-        raw["auth_token"] = os.environ["COLLM_AUTH_TOKEN"]
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        # a section (orchestrator_tls) from flags completes the file's instead of replacing it
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
+    team_env_defaults(raw)
     try:
-        return TeamConfig(**raw)
+        return TeamConfig.model_validate(raw, context={"check_files": check_files})
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(top level)"

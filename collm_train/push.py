@@ -30,9 +30,12 @@ class PushResult:
 
 
 def _client(address: str, team=None) -> AgentClient:
+    """Loading and activating adapters needs the agents' admin role: the team's `admin_token`
+    (env COLLM_ADMIN_TOKEN), else its single `auth_token` (agents that have no admin token
+    treat theirs as admin). See collm_serve/auth.py."""
     kw = {}
     if team is not None:
-        kw = dict(token=team.auth_token, root_certificates=team.ca_file,
+        kw = dict(token=team.push_token, root_certificates=team.ca_file,
                   client_cert=team.client_cert_file, client_key=team.client_key_file)
     return AgentClient(address, timeout=300, **kw)
 

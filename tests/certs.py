@@ -23,7 +23,10 @@ def _write(path: Path, key, cert) -> tuple[Path, Path]:
     return key_path, cert_path
 
 
-def make_pki(folder: Path, ca_name: str = "collm-test-ca") -> dict[str, Path]:
+def make_pki(folder: Path, ca_name: str = "collm-test-ca",
+             clients: dict[str, tuple[str, list[str]]] | None = None) -> dict[str, Path]:
+    """CA, `server` and `client` pairs, plus one pair per `clients` entry: key -> (subject CN,
+    DNS SANs), written as `<key>_cert` / `<key>_key` (identities for role mapping tests)."""
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name(ca_name)).issuer_name(_name(ca_name))
@@ -43,4 +46,14 @@ def make_pki(folder: Path, ca_name: str = "collm-test-ca") -> dict[str, Path]:
                 x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName("server.collm.test")]), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         out[f"{role}_key"], out[f"{role}_cert"] = _write(folder / f"{ca_name}-{role}", key, cert)
+    for label, (cn, sans) in (clients or {}).items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1)))
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]),
+                                            critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        out[f"{label}_key"], out[f"{label}_cert"] = _write(folder / f"{ca_name}-{label}", key, cert)
     return out

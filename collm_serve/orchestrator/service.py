@@ -8,6 +8,12 @@ reason); only bad requests are RPC errors, mapped in ONE place (`_rpc`). A clien
 (or whose deadline passes) cancels the episode: it is stored as failed/"interrupted".
 The server carries grpc.health.v1 (NOT_SERVING while draining) and reflection, and drains on
 SIGTERM/SIGINT: new episodes get UNAVAILABLE, running ones get `drain_s` to finish.
+
+Its door is the agents' (collm_serve/auth.py): `orchestrator_token` (else the agents'
+`auth_token`, so a team with agent auth never runs episodes for anonymous callers),
+`orchestrator_tls` for TLS/mTLS with certificate identities; health and reflection stay open.
+An episode costs compute and writes traces, so listening on a non-loopback address with no
+door is logged as a warning and announced (`"auth": false`).
 """
 
 from __future__ import annotations
@@ -218,6 +224,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
 # -- server -------------------------------------------------------------------------------------
 
 
+def _loopback(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 class OrchestratorServer:
     """The gRPC server of one team (OrchestratorService + health + reflection)."""
 
@@ -232,16 +243,20 @@ class OrchestratorServer:
         self.store: TraceStore | None = None
 
     async def start(self) -> OrchestratorServer:
-        from collm_serve.server import build_grpc_server, set_health
+        from collm_serve.server import build_grpc_server, server_credentials, set_health
 
         self.store = open_store(self._traces)
         self.pool = AgentPool(self.team)
         self.servicer = OrchestratorServicer(self.team, self.pool, self.store,
                                              max_tree_turns=self._max_tree_turns,
                                              max_concurrent_episodes=self._max_episodes)
+        self.auth = self.team.orchestrator_auth
         self.server, self.port, self._health = build_grpc_server(
             [(orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server, self.servicer)],
-            [SERVICE_NAME], None, None, self.address)
+            [SERVICE_NAME], self.auth, server_credentials(self.team.orchestrator_tls), self.address)
+        if not self.auth.enabled and not _loopback(self.address):
+            log.warning("OrchestratorService on %s has no token: anyone who reaches it can run episodes "
+                        "(set COLLM_ORCHESTRATOR_TOKEN or COLLM_AUTH_TOKEN)", self.address)
         await self.server.start()
         await set_health(self._health, [SERVICE_NAME], serving=True)
         return self
@@ -270,7 +285,8 @@ async def serve(team: TeamConfig, *, drain_s: float = 30.0, **kw) -> int:
     from collm_serve.server import announce
 
     server = await OrchestratorServer(team, **kw).start()
-    announce("serving", service="orchestrator", task=team.task, port=server.port, traces=server.store.path)
+    announce("serving", service="orchestrator", task=team.task, port=server.port, traces=server.store.path,
+             auth=server.auth.enabled, tls=team.orchestrator_tls is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

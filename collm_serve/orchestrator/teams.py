@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from collm_serve.config import ConfigError, load_agents_file
 from collm_serve.tasks import get_task, task_class
 from collm_serve.tasks.base import Problem, Task, check_split
-from collm_serve.team import TeamConfig
+from collm_serve.team import TeamConfig, team_env_defaults
 
 
 def build_task(team: TeamConfig) -> Task:
@@ -55,7 +55,9 @@ def default_team(task: str, **overrides) -> TeamConfig:
         if name not in agents_cfg:
             raise ConfigError(f"--task {task}: no built-in agent {name!r}; pass --team")
         agents[name] = {"address": f"localhost:{agents_cfg[name].get('port', 50061)}"}
-    return TeamConfig(task=task, agents=agents, **{k: v for k, v in overrides.items() if v is not None})
+    settings = {k: v for k, v in overrides.items() if v is not None}
+    team_env_defaults(settings)
+    return TeamConfig(task=task, agents=agents, **settings)
 
 
 @dataclass(frozen=True)

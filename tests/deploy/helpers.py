@@ -92,7 +92,7 @@ def run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None) -
 def compose_config(compose_file: Path) -> dict[str, Any]:
     """`docker-compose config` (schema validation + normalisation) with no Docker engine reachable."""
     out = run(tool("docker-compose"), "-f", str(compose_file), "--profile", "train", "config", "--format", "json",
-              env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+              env={"DOCKER_HOST": "unix:///nonexistent/docker.sock", "COLLM_AUTH_TOKEN": "compose-test-token"})
     return json.loads(out)
 
 

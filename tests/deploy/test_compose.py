@@ -44,3 +44,17 @@ def test_compose_cli_rejects_an_invalid_file(tmp_path):
     bad.write_text("services:\n  a:\n    image: x\n    gpus_pinned: [0]\n")
     with pytest.raises(AssertionError, match="gpus_pinned"):
         compose_config(bad)
+
+
+def test_compose_refuses_to_start_without_a_token(deploy_root):
+    """No open door by omission: without COLLM_AUTH_TOKEN, Compose stops before any service runs."""
+    import os
+    import subprocess
+
+    from tests.deploy.helpers import tool
+
+    env = {k: v for k, v in os.environ.items() if k != "COLLM_AUTH_TOKEN"}
+    done = subprocess.run([tool("docker-compose"), "-f", str(deploy_root / "compose.yaml"), "config"],
+                          capture_output=True, text=True, env={**env, "DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+                          timeout=120)
+    assert done.returncode != 0 and "set COLLM_AUTH_TOKEN" in done.stderr, done.stderr

@@ -127,6 +127,55 @@ def test_tls_moves_files_to_the_tls_mount_and_switches_k8s_to_exec_probes(tmp_pa
     assert "--ca" in compose["services"]["main"]["healthcheck"]["test"]
 
 
+def test_every_service_has_a_door_and_each_role_gets_only_its_tokens(tmp_path):
+    """Compose requires the inference token; the orchestrator never gets the admin token, agents
+    never get the orchestrator's; Kubernetes reads the same names from the collm-auth Secret,
+    `token` required, the others optional; tokens of every kind stay out of generated files."""
+    team = TEAM + "admin_token: admin-in-team-file\norchestrator_token: door-in-team-file\n"
+    plan = build_plan(write_team(tmp_path, team))
+    files = render(plan)
+    text = "".join(files.values())
+    assert "admin-in-team-file" not in text and "door-in-team-file" not in text
+    assert {w.split(": ")[1].split()[0] for w in plan.warnings} >= {"auth_token", "admin_token", "orchestrator_token"}
+    services = yaml.safe_load(files["compose.yaml"])["services"]
+    want = {"helper": {"COLLM_AUTH_TOKEN", "COLLM_ADMIN_TOKEN"},
+            "orchestrator": {"COLLM_AUTH_TOKEN", "COLLM_ORCHESTRATOR_TOKEN"},
+            "trainer": {"COLLM_AUTH_TOKEN", "COLLM_ADMIN_TOKEN"}}
+    for name, envs in want.items():
+        env = services[name]["environment"]
+        assert set(env) == envs, name
+        assert env["COLLM_AUTH_TOKEN"].startswith("${COLLM_AUTH_TOKEN:?"), "the inference token must be required"
+    for path, envs in (("k8s/base/agents/helper.yaml", want["helper"]),
+                       ("k8s/base/orchestrator.yaml", want["orchestrator"]),
+                       ("k8s/base/trainer-job.yaml", want["trainer"])):
+        pod = list(yaml.safe_load_all(files[path]))[0]["spec"]["template"]["spec"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod["containers"][0]["env"]}
+        assert set(refs) == envs, path
+        assert refs["COLLM_AUTH_TOKEN"] == {"name": "collm-auth", "key": "token"}  # not optional
+        assert all(r.get("optional") is True for n, r in refs.items() if n != "COLLM_AUTH_TOKEN")
+    keys = set(yaml.safe_load_all(files["k8s/secret.example.yaml"]).__next__()["stringData"])
+    assert keys == {"token", "admin-token", "orchestrator-token"}
+
+
+def test_orchestrator_tls_and_identities_reach_the_containers(tmp_path):
+    agents = edit(AGENTS, "main: {port: 51002,", "main: {port: 51002, tls: {cert_file: /host/a.crt, "
+                  "key_file: /host/a.key, client_ca_file: /host/ca.crt, identities: {admin: [trainer]}},")
+    team = TEAM + ("orchestrator_tls: {cert_file: /host/o.crt, key_file: /host/o.key, client_ca_file: /host/ca.crt,"
+                   " identities: {inference: [episodes.example]}}\n")
+    plan = build_plan(write_team(tmp_path, team, agents))  # the /host files need not exist here
+    assert plan.agents_doc["agents"]["main"]["tls"]["identities"] == {"admin": ["trainer"]}
+    assert plan.team_doc["orchestrator_tls"] == {
+        "cert_file": "/tls/tls.crt", "key_file": "/tls/tls.key", "client_ca_file": "/tls/ca.crt",
+        "identities": {"inference": ["episodes.example"]}}
+    files = render(plan)
+    pod = list(yaml.safe_load_all(files["k8s/base/orchestrator.yaml"]))[0]["spec"]["template"]["spec"]
+    probe = pod["containers"][0]["readinessProbe"]["exec"]["command"]
+    assert probe[:3] == ["collm-healthcheck", "--address", "127.0.0.1:51070"]
+    assert "--server-name" in probe and "orchestrator" in probe and "--cert" in probe
+    compose = yaml.safe_load(files["compose.yaml"])["services"]["orchestrator"]
+    assert "--ca" in compose["healthcheck"]["test"] and "./tls:/tls:ro" in compose["volumes"]
+
+
 # ---------------------------------------------------------------- rendered files
 
 

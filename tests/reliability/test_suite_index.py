@@ -15,6 +15,14 @@ ELSEWHERE = {
         "test_every_rpc_refuses_missing_or_wrong_token", "test_mtls_with_token_works_end_to_end",
         "test_client_without_the_ca_or_without_a_cert_fails",
     ],
+    "serve/test_roles.py": [
+        "test_inference_token_generates_but_cannot_swap", "test_admin_token_swaps_adapters_and_generates",
+        "test_mtls_identities_map_to_roles", "test_trainer_push_presents_the_admin_token",
+        "test_role_check_fails_against_flat_roles",
+    ],
+    "orchestrator/test_door.py": [
+        "test_token_door", "test_tls_and_mtls_identities", "test_door_test_fails_against_an_open_door",
+    ],
     "orchestrator/test_faults.py": [
         "test_agent_killed_mid_run_then_restarted", "test_collector_killed_mid_episode_then_resumed",
     ],
