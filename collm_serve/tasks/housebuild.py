@@ -128,9 +128,13 @@ class House:
         a `bbox` when given, else x and z from 0 and y over the layers)."""
         task_id = str(obj.get("task_id") or f"house_build_{index:04d}")
         layers_obj = obj["target_spec"]["layers"]
-        items = layers_obj.items() if isinstance(layers_obj, dict) else ((e["y"], e["rows"]) for e in layers_obj)
+        if isinstance(layers_obj, dict):
+            items = layers_obj.items()
+        else:
+            items = ((e["y"], e["rows"]) for e in layers_obj)
         layers = {int(y): [str(r) for r in rows] for y, rows in items}
-        width, depth, ys = len(next(iter(layers.values()))[0]), len(next(iter(layers.values()))), sorted(layers)
+        ys = sorted(layers)
+        depth, width = len(layers[ys[0]]), len(layers[ys[0]][0])
         for y, rows in layers.items():
             if len(rows) != depth or any(len(r) != width for r in rows):
                 raise ValueError(f"{task_id}: layer y={y} is not {depth} rows of {width}")
