@@ -18,6 +18,11 @@ K=4 the 4-turn build game is 340 turns, with K=8 it would be 4680. `tree_turns()
 and the runner refuses trees above `max_tree_turns` (default MAX_TREE_TURNS) up front, rather
 than discover the cost halfway. Nodes of one depth are expanded concurrently.
 
+Early termination (a task's `early_stop_threshold`, tasks/base.py): a node's K joint actions are
+stepped without the per-episode test, then all K end together when the mean of their shifted
+rewards passes the threshold; their turns are stored with done=True and info.early_stop, and the
+branch has no children (its path is shorter than num_turns).
+
 The return of an episode is the mean over its root-to-leaf paths of the summed (undiscounted)
 turn rewards; for a chain (K=1) that is the plain sum of its rewards. Trainers recompute
 discounted returns from the stored per-turn rewards.
@@ -46,7 +51,7 @@ from collm_serve.orchestrator.events import (
     Event,
     TurnStored,
 )
-from collm_serve.tasks.base import Problem, Task, TaskEpisode
+from collm_serve.tasks.base import Problem, Task, TaskEpisode, early_stop_reached
 from collm_serve.traces.records import (
     EPISODE_FAILED,
     EPISODE_OK,
@@ -229,8 +234,14 @@ class EpisodeRunner:
         branches = [node.episode.clone() for _ in range(k - 1)] + [node.episode]
         joint = [{a: by_agent[a].output.choices[b].text for a in self.agents} for b in range(k)]
         results = await gather_or_cancel(
-            *(asyncio.to_thread(ep.step, ja) for ep, ja in zip(branches, joint))
+            *(asyncio.to_thread(ep.step, ja, early_stop=False) for ep, ja in zip(branches, joint))
         )
+        # Early termination on the node, as the paper's code does: all K joint actions of a node
+        # end when the mean of their (shifted) rewards passes the task's threshold
+        # (comlrl magrpo.py:853-860; with K = 1 it is the actor-critic rule, maac.py:713-717).
+        if not results[0].done and early_stop_reached([r.reward for r in results],
+                                                      self.task.early_stop_threshold):
+            results = [ep.end_early(r) for ep, r in zip(branches, results)]
         notes = {r.agent: {"attempts": r.attempts, "pin_fallback": r.pin_fallback}
                  for r in replies if r.attempts > 1 or r.pin_fallback}
         out = []

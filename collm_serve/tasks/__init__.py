@@ -2,7 +2,9 @@
 
     task = get_task("coding")             # cooperative HumanEval, 2 turns (coding.py)
     task = get_task("writing")            # two complementary texts, 1 turn (writing.py)
-    task = get_task("build", num_turns=4) # voxel build game after StrBuild (build.py, voxel.py)
+    task = get_task("strbuild")           # the paper's StrBuild, Minecraft strings (strbuild.py)
+    task = get_task("housebuild")         # the paper's HouseBuild, Minecraft houses (housebuild.py)
+    task = get_task("build", num_turns=4) # our own 3D voxel game after StrBuild (build.py, voxel.py)
     task = get_task("toy")                # trivially learnable, for trainer tests (toy.py)
 
 The interface is in base.py; model-written code runs only through sandbox.py. Importing this
@@ -21,11 +23,14 @@ from collm_serve.tasks.base import (
     StepResult,
     Task,
     TaskEpisode,
+    early_stop_reached,
 )
 
 _REGISTRY: dict[str, tuple[str, str]] = {
     "build": ("collm_serve.tasks.build", "BuildTask"),
     "coding": ("collm_serve.tasks.coding", "CodingTask"),
+    "housebuild": ("collm_serve.tasks.housebuild", "HouseBuildTask"),
+    "strbuild": ("collm_serve.tasks.strbuild", "StrBuildTask"),
     "toy": ("collm_serve.tasks.toy", "ToyTask"),
     "writing": ("collm_serve.tasks.writing", "WritingTask"),
 }
@@ -63,6 +68,7 @@ __all__ = [
     "StepResult",
     "Task",
     "TaskEpisode",
+    "early_stop_reached",
     "get_task",
     "task_class",
 ]

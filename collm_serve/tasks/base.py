@@ -10,8 +10,16 @@ Protocol shared by every task (each task documents its own prompts and reward le
   raw response never appears in it unless the task's docstring says so.
 - `TaskEpisode.step(joint_action)` takes every agent's response for the current turn, returns a
   `StepResult` (joint reward shared by all agents, feedback per agent, done, level diagnostics)
-  and advances `turn`. `done` is True after `num_turns` steps; stepping further raises
-  `EpisodeFinishedError`.
+  and advances `turn`. `done` is True after `num_turns` steps, or earlier on early termination
+  (below); stepping further raises `EpisodeFinishedError`.
+- Reward shift and early termination (the paper's code, per task): `Task.reward_shift` is added
+  to every turn's reward exactly once, in `step` (CoMLRL applies its `reward_processor` shift to
+  each turn's reward: comlrl/trainers/actor_critic/maac.py:650-651, reinforce/magrpo.py:1296;
+  `RewardProcessors.shift` in comlrl/utils/reward_processor.py:20-22). With
+  `Task.early_stop_threshold` set, the episode ends after a turn whose SHIFTED reward is strictly
+  above the threshold (maac.py:713-717, iac.py:698-702: `mean_reward > threshold`, then `break`).
+  A branching rollout decides on the mean of the K sibling rewards of a node instead
+  (magrpo.py:853-860): it steps with `early_stop=False` and calls `end_early` itself.
 - `TaskEpisode.clone()` deep-copies the episode state (not the task or its dataset) so a
   branching rollout can continue each joint action on its own copy.
 
@@ -62,10 +70,19 @@ def assistant(content: str) -> dict[str, str]:
     return {"role": "assistant", "content": content}
 
 
+def early_stop_reached(rewards: list[float], threshold: float | None) -> bool:
+    """The paper's early-termination test: the mean of the (shifted) rewards of a turn is strictly
+    above `threshold` (comlrl maac.py:713-717 on one joint action, magrpo.py:853-860 on the K
+    joint actions of a node). `threshold=None` never stops."""
+    return threshold is not None and bool(rewards) and sum(rewards) / len(rewards) > threshold
+
+
 class Task(ABC):
     name: ClassVar[str]
     agents: tuple[str, ...]
     num_turns: int
+    reward_shift: float = 0.0  # added to every turn's reward, once, in TaskEpisode.step
+    early_stop_threshold: float | None = None  # end the episode once the shifted reward exceeds it
 
     @abstractmethod
     def problems(self, split: str) -> list[Problem]:
@@ -120,22 +137,45 @@ class TaskEpisode(ABC):
             )
         return [dict(m) for m in self._history[agent]]
 
-    def step(self, joint_action: dict[str, str]) -> StepResult:
+    def step(self, joint_action: dict[str, str], *, early_stop: bool = True) -> StepResult:
+        """Plays the current turn. The reward is the task's reward plus `Task.reward_shift`; the
+        episode also ends when that reward is above `Task.early_stop_threshold` (unless
+        `early_stop=False`: a caller that decides on several siblings, then `end_early`)."""
         if self.done:
             raise EpisodeFinishedError(
                 f"episode on {self.problem.problem_id!r} already played its {self.num_turns} turns"
             )
         self._check_joint_action(joint_action)
-        reward, feedback, info = self._evaluate(dict(joint_action))
-        done = self.is_last_turn
+        raw_reward, feedback, info = self._evaluate(dict(joint_action))
+        shift, threshold = float(self.task.reward_shift), self.task.early_stop_threshold
+        reward = float(raw_reward) + shift
+        stopped = (early_stop and not self.is_last_turn
+                   and early_stop_reached([reward], threshold))
+        done = self.is_last_turn or stopped
         for agent in self.agents:
             self._history[agent].append(assistant(joint_action[agent]))
             if not done:
                 self._history[agent].append(user(feedback[agent]))
         info = {"turn": self.turn, **info}
+        if shift or threshold is not None:  # other tasks' infos stay as they were
+            info.update(raw_reward=float(raw_reward), reward_shift=shift,
+                        early_stop_threshold=threshold, early_stop=stopped)
         self.turn += 1
         self.done = done
-        return StepResult(reward=float(reward), feedback=feedback, done=done, info=info)
+        return StepResult(reward=reward, feedback=feedback, done=done, info=info)
+
+    def end_early(self, result: StepResult) -> StepResult:
+        """Ends the episode after the turn just played (early termination decided by the caller,
+        e.g. on the mean of a node's siblings): drops the feedback queued for a next turn and
+        returns `result` marked done."""
+        if self.turn == 0 or result.done:
+            raise ValueError("end_early needs a played, non-final turn")
+        for agent in self.agents:
+            if self._history[agent][-1]["role"] == "user":
+                self._history[agent].pop()
+        self.done = True
+        return StepResult(reward=result.reward, feedback=result.feedback, done=True,
+                          info={**result.info, "early_stop": True})
 
     def clone(self) -> TaskEpisode:
         # The task (and its dataset) and the read-only problem are shared, the rest is copied.
