@@ -53,7 +53,7 @@ def _ref(ref) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="collm")
+@click.version_option(package_name="collm", prog_name="collm-serve")
 def main() -> None:
     """CoLLM agent services: each agent one gRPC microservice backed by vLLM."""
 
@@ -253,6 +253,11 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
         click.echo(f"interrupted ({summary.interrupted}); {summary.not_started} episode(s) not started; "
                    "continue with --resume", err=True)
         sys.exit({"SIGINT": 130, "SIGTERM": 143}.get(summary.interrupted, 1))
+    if summary.all_failed:  # a Job whose every episode failed must not be marked Succeeded
+        click.echo(f"error: all {summary.failed} episode(s) failed; first reasons:", err=True)
+        for line in summary.failure_report():
+            click.echo(line, err=True)
+        sys.exit(1)
 
 
 @main.command()

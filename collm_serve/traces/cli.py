@@ -52,6 +52,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="collm", prog_name="collm-traces")
 def cli() -> None:
     """Inspect and export CoLLM trace databases (SQLite files or sqlite:/// URLs)."""
 
