@@ -28,9 +28,19 @@ def _client(address: str, token: str | None, ca: str | None, cert: str | None, k
                        client_key=key, server_name=server_name, timeout=timeout)
 
 
+def _address(ctx, param, value: str) -> str:
+    """`--address` must name a port: without one gRPC silently dials 443."""
+    from collm_serve.addresses import check_address
+
+    try:
+        return check_address(value, "--address")
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("--address "), ctx, param) from None
+
+
 def _remote(fn):
     """Shared options of commands that call a running agent."""
-    fn = click.option("--address", required=True, help="host:port of the agent")(fn)
+    fn = click.option("--address", required=True, callback=_address, help="host:port of the agent")(fn)
     fn = click.option("--token", envvar="COLLM_AUTH_TOKEN", default=None, help="bearer token (env COLLM_AUTH_TOKEN)")(fn)
     fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate: use TLS")(fn)
     fn = click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="client certificate (mTLS)")(fn)
@@ -86,9 +96,13 @@ def start(agent, config_path, port, host, engine, model, metrics_port, adapter_r
         resolve_model(config.model)
     except ModelUnavailableError as e:
         raise CliError(str(e)) from None
-    from collm_serve.server import run
+    from collm_serve.server import BindError, run
 
-    sys.exit(run(config))
+    try:
+        code = run(config)
+    except BindError as e:
+        raise CliError(str(e)) from None
+    sys.exit(code)
 
 
 @main.command()
@@ -271,12 +285,13 @@ def orchestrate(config_path, port, host, traces, max_concurrent_episodes) -> Non
     """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
     from collm_serve.config import ConfigError
     from collm_serve.orchestrator.service import run
+    from collm_serve.server import BindError
     from collm_serve.traces.store import TraceStoreError
 
     team = _team(config_path, None)
     try:
         code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes)
-    except (ConfigError, TraceStoreError) as e:
+    except (ConfigError, TraceStoreError, BindError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)
 
