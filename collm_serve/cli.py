@@ -40,7 +40,8 @@ def _address(ctx, param, value: str) -> str:
 
 def _remote(fn):
     """Shared options of commands that call a running agent."""
-    fn = click.option("--address", required=True, callback=_address, help="host:port of the agent")(fn)
+    fn = click.option("--address", required=True, callback=_address,
+                      help="host:port of the agent")(fn)
     fn = click.option("--token", envvar="COLLM_AUTH_TOKEN", default=None, help="bearer token (env COLLM_AUTH_TOKEN)")(fn)
     fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate: use TLS")(fn)
     fn = click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="client certificate (mTLS)")(fn)
