@@ -28,13 +28,23 @@ def _client(address: str, token: str | None, ca: str | None, cert: str | None, k
                        client_key=key, server_name=server_name, timeout=timeout)
 
 
+def _address(ctx, param, value: str) -> str:
+    """`--address` must name a port: without one gRPC silently dials 443."""
+    from collm_serve.addresses import check_address
+
+    try:
+        return check_address(value, "--address")
+    except ValueError as e:
+        raise click.BadParameter(str(e).removeprefix("--address "), ctx, param) from None
+
+
 def _remote(fn=None, *, admin: bool = False):
     """Shared options of commands that call a running agent. `admin`: the command changes
     adapters, so its token defaults to env COLLM_ADMIN_TOKEN, then COLLM_AUTH_TOKEN."""
     if fn is None:
         return lambda f: _remote(f, admin=admin)
     env = ["COLLM_ADMIN_TOKEN", "COLLM_AUTH_TOKEN"] if admin else ["COLLM_AUTH_TOKEN"]
-    fn = click.option("--address", required=True, help="host:port of the agent")(fn)
+    fn = click.option("--address", required=True, callback=_address, help="host:port of the agent")(fn)
     fn = click.option("--token", envvar=env, default=None,
                       help=f"bearer token (env {' or '.join(env)})" + ("; needs the admin role" if admin else ""))(fn)
     fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate: use TLS")(fn)
@@ -58,7 +68,7 @@ def _ref(ref) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="collm")
+@click.version_option(package_name="collm", prog_name="collm-serve")
 def main() -> None:
     """CoLLM agent services: each agent one gRPC microservice backed by vLLM."""
 
@@ -91,9 +101,13 @@ def start(agent, config_path, port, host, engine, model, metrics_port, adapter_r
         resolve_model(config.model)
     except ModelUnavailableError as e:
         raise CliError(str(e)) from None
-    from collm_serve.server import run
+    from collm_serve.server import BindError, run
 
-    sys.exit(run(config))
+    try:
+        code = run(config)
+    except BindError as e:
+        raise CliError(str(e)) from None
+    sys.exit(code)
 
 
 @main.command()
@@ -258,6 +272,11 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
         click.echo(f"interrupted ({summary.interrupted}); {summary.not_started} episode(s) not started; "
                    "continue with --resume", err=True)
         sys.exit({"SIGINT": 130, "SIGTERM": 143}.get(summary.interrupted, 1))
+    if summary.all_failed:  # a Job whose every episode failed must not be marked Succeeded
+        click.echo(f"error: all {summary.failed} episode(s) failed; first reasons:", err=True)
+        for line in summary.failure_report():
+            click.echo(line, err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -280,13 +299,14 @@ def orchestrate(config_path, port, host, traces, max_concurrent_episodes, token,
     """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
     from collm_serve.config import ConfigError
     from collm_serve.orchestrator.service import run
+    from collm_serve.server import BindError
     from collm_serve.traces.store import TraceStoreError
 
     tls = {k: v for k, v in (("cert_file", tls_cert), ("key_file", tls_key), ("client_ca_file", tls_client_ca)) if v}
     team = _team(config_path, None, orchestrator_token=token, orchestrator_tls=tls or None)
     try:
         code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes)
-    except (ConfigError, TraceStoreError) as e:
+    except (ConfigError, TraceStoreError, BindError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)
 

@@ -103,17 +103,54 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
         return grpc.unary_stream_rpc_method_handler(stream, tolerant_parse, handler.response_serializer)
 
 
+class BindError(RuntimeError):
+    """A server could not listen on its address (port in use, host not of this machine, ...)."""
+
+
+def _why_not_bindable(host: str, port: int) -> str:
+    """What stops a listener on host:port, found by trying it with a plain socket: gRPC's own
+    error only says "Failed to bind"."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"host {host!r} does not resolve ({e.strerror}); pick another --host"
+    reasons = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                reasons.append(e.errno)
+    if errno.EADDRINUSE in reasons:
+        return (f"port {port} is already in use (another agent or service on it?); pick a free "
+                "--port (0 = any free) or stop the other process")
+    if errno.EACCES in reasons:
+        return f"port {port} needs privileges; use a port above 1023"
+    if errno.EADDRNOTAVAIL in reasons:
+        return f"{host} is not an address of this machine; use --host 127.0.0.1 or 0.0.0.0"
+    return "gRPC refused the address (GRPC_VERBOSITY=debug shows why)"
+
+
 def build_grpc_server(servicers, service_names, auth: AuthPolicy | None, credentials, address: str):
     """A grpc.aio server with the given servicers + health + reflection; returns (server, port, health).
 
     `auth` (collm_serve.auth) guards every RPC but health and reflection; None or an empty
-    policy leaves the door open (the callers log a warning when that is on a public address)."""
+    policy leaves the door open (the callers log a warning when that is on a public address).
+    Raises BindError when the address cannot be listened on. SO_REUSEPORT is off: gRPC turns it
+    on by default, which lets a second server bind a port in use and the kernel then splits
+    connections (requests, hot-swaps) between the two processes without a word.
+    """
     interceptors = [*([AuthInterceptor(auth)] if auth is not None and auth.enabled else []),
                     DecodeErrorInterceptor()]
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)],
     )
     for add, servicer in servicers:
         add(servicer, server)
@@ -123,7 +160,12 @@ def build_grpc_server(servicers, service_names, auth: AuthPolicy | None, credent
         (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        host, _, port_text = address.rpartition(":")
+        why = _why_not_bindable(host, int(port_text)) if port_text.isdigit() else "gRPC refused the address"
+        raise BindError(f"cannot listen on {address}: {why}") from None
     return server, port, health_servicer
 
 
@@ -161,10 +203,21 @@ async def serve(config: AgentConfig) -> int:
                                 metrics.in_flight.labels(config.name).set(r)),
     )
     servicer = AgentServicer(config, engine, None, registry, admission, metrics, state)
-    server, port, health_servicer = build_grpc_server(
-        [(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer)], [SERVICE_NAME],
-        config.auth, server_credentials(config.tls), f"{config.host}:{config.port}",
-    )
+    try:
+        server, port, health_servicer = build_grpc_server(
+            [(agent_pb2_grpc.add_AgentServiceServicer_to_server, servicer)], [SERVICE_NAME],
+            config.auth, server_credentials(config.tls), f"{config.host}:{config.port}",
+        )
+        metrics_port = None
+        if config.metrics_port is not None:
+            try:
+                metrics_port = metrics.serve(config.metrics_port, config.host)
+            except OSError as e:
+                raise BindError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {e.strerror}; "
+                                "pick a free --metrics-port (0 = any free)") from None
+    except BindError as e:
+        announce("failed", agent=config.name, reason=str(e))
+        raise
     stop = asyncio.Event()
     exit_code = 0
 
@@ -181,7 +234,6 @@ async def serve(config: AgentConfig) -> int:
 
     await server.start()
     await set_health(health_servicer, [SERVICE_NAME], serving=False)
-    metrics_port = metrics.serve(config.metrics_port, config.host) if config.metrics_port is not None else None
     announce("listening", agent=config.name, port=port, metrics_port=metrics_port)
     try:
         await engine.start()

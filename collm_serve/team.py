@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from collm_serve.addresses import check_address
 from collm_serve.config import ConfigError, TLSConfig, auth_policy, env_default, not_blank
 
 
@@ -31,6 +32,8 @@ class TeamAgent(BaseModel):
     gpu: int | None = Field(None, ge=0, description="GPU id the agent runs on (deployment only).")
     engine: str = Field("vllm", description="Engine of the service (deployment only).")
     model: str | None = Field(None, description="Model of the service (deployment only; default: the agent config's).")
+
+    _address = field_validator("address")(lambda v: check_address(v, "address"))  # bare host -> 443
 
 
 class RetryPolicy(BaseModel):

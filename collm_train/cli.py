@@ -99,6 +99,7 @@ def _push(trainer, team, out_dir, agents, metrics):
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="collm", prog_name="collm-train")
 @click.pass_context
 @_common(team_required=False)
 @click.option("--traces", type=click.Path(exists=True, dir_okay=False), help="trace store (SQLite)")
@@ -154,13 +155,16 @@ def online(algo, team_path, out_dir, model, runs_dir, seed, lr, critic_lr, gamma
     from collm_train.push import PushError
 
     try:
-        online_loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
-                    episodes_per_iteration=episodes_per_iteration, traces=traces or team.traces,
-                    concurrency=concurrency, echo=click.echo)
+        history = online_loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
+                              episodes_per_iteration=episodes_per_iteration, traces=traces or team.traces,
+                              concurrency=concurrency, echo=click.echo)
     except PushError as e:
         raise CliError(f"push failed: {e}") from None
     finally:
         run.close()
+    if iterations > 0 and not history:
+        raise CliError(f"all {iterations} iteration(s) skipped: no episode completed, nothing was trained; "
+                       "fix the failures listed above (e.g. start the team's agents) and rerun")
 
 
 @main.command()

@@ -16,6 +16,9 @@ from collm_train.push import publish
 
 def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iteration, traces, concurrency=4,
                 echo=print, split="train") -> list[dict]:
+    """Returns one metrics row per iteration that updated; an iteration without a complete
+    episode is skipped (its first failure reasons echoed), so an empty list means nothing was
+    trained and the CLI exits non-zero."""
     from collm_serve.orchestrator.collector import collect
     from collm_serve.traces import TraceStore
 
@@ -32,6 +35,8 @@ def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iterati
             episodes = [store.get_episode(e) for e in summary.episode_ids]
             if not episodes:
                 echo(f"iteration {it}: no complete episodes ({summary.failed} failed); skipping update")
+                for line in summary.failure_report(limit=2):
+                    echo(line)
                 continue
             metrics = trainer.update(episodes)
             t2 = time.monotonic()

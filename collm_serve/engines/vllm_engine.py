@@ -7,7 +7,8 @@ Guards for this engine build (see docs/engine-notes.md):
   a bad path passed straight to `generate` kills the engine (bug 3);
 - no prompt log-probs with LoRA enabled (bug 2: crashes the engine with >= 2 requests);
 - base-model rows with every LoRA slot full are masked by the `vllm_cpu_lora_fix` plugin (bug 1);
-- behaviour log-probs use `logprobs_mode="processed_logprobs"` (after temperature/top-k/top-p).
+- behaviour log-probs use `logprobs_mode="processed_logprobs"` (after temperature/top-k/top-p);
+- the engine processes die with the agent, even on SIGKILL (die_with_agent.py).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ class VLLMEngine(Engine):
 
     async def start(self) -> None:
         _cpu_env_defaults()
+        from collm_serve.engines import die_with_agent
+
+        die_with_agent.protect_children()  # kill -9 of the agent must not orphan VLLM::EngineCore
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM

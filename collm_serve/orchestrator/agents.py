@@ -29,8 +29,13 @@ from collm_serve.client import (
     AgentError,
     AsyncAgentClient,
     DeadlineExceededError,
+    FailedPreconditionError,
     GenerateOutput,
+    InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from collm_serve.team import TeamConfig
@@ -40,11 +45,34 @@ ABORT_TIMEOUT_S = 5.0
 DEFAULT_MAX_IN_FLIGHT = 8  # requests per agent service at once (its admission queue is larger)
 
 
+def fix_for(error: AgentError, agent: str, address: str) -> str:
+    """What a user does about a failed agent call, by the error's type (one status, one fix)."""
+    if isinstance(error, UnavailableError):
+        return (f"start the agent (collm-serve start --agent {agent}) or correct its address "
+                f"{address} in the team file")
+    if isinstance(error, (UnauthenticatedError, PermissionDeniedError)):
+        return "give the team the agent's token (team file auth_token or env COLLM_AUTH_TOKEN)"
+    if isinstance(error, DeadlineExceededError):
+        return f"raise agents.{agent}.timeout_s in the team file or lower its sampling.max_tokens"
+    if isinstance(error, ResourceExhaustedError):
+        return "lower --concurrency, or raise the agent's max_queued_requests"
+    if isinstance(error, InvalidArgumentError):
+        return (f"fit the team's sampling for {agent} to the agent's limits "
+                "(collm-serve info --address ... shows them)")
+    if isinstance(error, (NotFoundError, FailedPreconditionError)):
+        return f"check the agent's adapters (collm-serve adapters --address {address})"
+    return f"see the agent's log ({agent} at {address})"
+
+
 class AgentCallError(RuntimeError):
-    """An agent call failed for good (retries exhausted, or a non-transient status)."""
+    """An agent call failed for good (retries exhausted, or a non-transient status).
+
+    `fix` names what the user can do about it (`fix_for`); `collect` prints it when every
+    episode fails."""
 
     def __init__(self, agent: str, address: str, attempts: int, error: AgentError):
         self.agent, self.address, self.attempts, self.error = agent, address, attempts, error
+        self.fix = fix_for(error, agent, address)
         tries = f" after {attempts} attempt{'s' * (attempts > 1)}" if isinstance(error, RETRYABLE) else ""
         super().__init__(f"agent {agent} ({address}): {error.code.name}{tries}: {error.details}")
 

@@ -43,6 +43,7 @@ class EpisodeFailure:
     problem_id: str
     seed: int
     reason: str
+    fix: str = ""
 
 
 @dataclass
@@ -85,7 +86,28 @@ class CollectSummary:
             self.returns.append(outcome.final_return)
         else:
             self.failures.append(EpisodeFailure(outcome.episode_id, outcome.problem_id, outcome.seed,
-                                                outcome.failure_reason))
+                                                outcome.failure_reason, outcome.fix))
+
+    def failure_report(self, limit: int = 3, width: int = 200) -> list[str]:
+        """The first `limit` distinct failure reasons, each cut to `width` characters and
+        followed by its fix when known: what `collect` and `online` print when nothing worked."""
+        lines: list[str] = []
+        seen: set[tuple[str, str]] = set()
+        for f in self.failures:
+            if (f.reason, f.fix) in seen:
+                continue
+            seen.add((f.reason, f.fix))
+            if len(seen) > limit:
+                break
+            reason = " ".join(f.reason.split())
+            reason = reason if len(reason) <= width else reason[: width - 1] + "…"
+            lines.append(f"  {reason}" + (f"\n    fix: {f.fix}" if f.fix else ""))
+        return lines
+
+    @property
+    def all_failed(self) -> bool:
+        """Episodes ran and not one completed (a reason to exit non-zero)."""
+        return self.failed > 0 and self.ok == 0
 
 
 def _with_overrides(team: TeamConfig, task: str | None, group_size: int | None) -> TeamConfig:

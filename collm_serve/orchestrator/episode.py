@@ -171,7 +171,7 @@ class EpisodeRunner:
             outcome.status = EPISODE_OK
             outcome.final_return = sum(leaf_returns) / len(leaf_returns)
         except AgentCallError as e:
-            outcome.failure_reason = str(e)
+            outcome.failure_reason, outcome.fix = str(e), e.fix
         except EpisodeInterrupted as e:
             outcome.failure_reason = str(e)
         except asyncio.CancelledError as e:

@@ -60,6 +60,7 @@ class EpisodeOutcome:
     status: str
     final_return: float | None  # mean over root-to-leaf paths of the summed turn rewards
     failure_reason: str = ""
+    fix: str = ""  # what the user can do about the failure (AgentCallError.fix), if known
     turns: list[TurnRecord] = field(default_factory=list)  # stored order, turn_id set
     elapsed_s: float = 0.0
 

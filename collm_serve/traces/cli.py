@@ -3,6 +3,7 @@
     collm-traces stats DB
     collm-traces show DB EPISODE_ID [--agent NAME]
     collm-traces export DB --format jsonl|parquet --out PATH [--task T] [--split S] [--status ok]
+    collm-traces --version
 
 Bad inputs (missing file, unknown episode, newer schema, ...) exit 1 with one line on stderr.
 Imports stay light: rich and pyarrow are loaded by the command that needs them.
@@ -52,6 +53,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="collm", prog_name="collm-traces")
 def cli() -> None:
     """Inspect and export CoLLM trace databases (SQLite files or sqlite:/// URLs)."""
 
@@ -174,14 +176,24 @@ def show(db: str, episode_id: str, agent: str | None) -> None:
 def export(
     db: str, fmt: str, out_path: str, task: str | None, split: str | None, status: str
 ) -> None:
-    """Flat rows, one per action, readable by datasets.load_dataset("json" | "parquet")."""
+    """Flat rows, one per action, readable by datasets.load_dataset("json" | "parquet").
+
+    Missing parent folders of --out are created. A filter that matches nothing still writes
+    the (empty) file and exits 0, with a warning on stderr listing what the store holds.
+    """
     from collm_serve.traces.export import export_jsonl, export_parquet
 
     write = export_jsonl if fmt == "jsonl" else export_parquet
     with _open(db) as store:
         wanted = None if status == "all" else status
         n = write(store, out_path, task=task, split=split, status=wanted)
+        held = store.stats()["by_task"] if n == 0 else []
     click.echo(f"wrote {n} rows to {out_path}")
+    if n == 0:
+        asked = ", ".join(f"{k}={v!r}" for k, v in (("task", task), ("split", split), ("status", status)) if v)
+        has = "; ".join(f"{r['task']}: {r['ok']} ok, {r['failed']} failed, {r['running']} running" for r in held)
+        click.echo(f"warning: no episode matches {asked}; the store holds {has or 'no episodes'} "
+                   "(change --task/--split/--status; `collm-traces stats DB` lists them)", err=True)
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from collm_serve.traces.records import ActionRecord, EpisodeRecord, TurnRecord
@@ -125,20 +127,35 @@ def episode_rows(ep: EpisodeRecord) -> Iterator[dict[str, Any]]:
             )
 
 
+@contextmanager
+def _atomic_output(out_path: str | os.PathLike[str]) -> Iterator[str]:
+    """Yields a temporary path beside `out_path` (its missing parent folders created), renamed
+    to `out_path` on success and removed on failure, so a reader never sees half a file."""
+    out = Path(out_path)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the output file's path, e.g. {out / 'traces.jsonl'}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{os.fspath(out)}.tmp"
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def export_jsonl(store: TraceStore, out_path: str | os.PathLike[str], **filters: Any) -> int:
     """Write the episodes `store.iter_episodes(**filters)` yields as JSON lines; returns rows.
 
-    Written to `out_path + ".tmp"` and renamed, so a reader never sees half a file.
+    Missing parent folders are created; written to `out_path + ".tmp"` and renamed.
     """
-    tmp = f"{os.fspath(out_path)}.tmp"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with _atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for ep in store.iter_episodes(**filters):
             for row in episode_rows(ep):
                 f.write(_json(row))
                 f.write("\n")
                 n += 1
-    os.replace(tmp, out_path)
     return n
 
 
@@ -186,10 +203,9 @@ def export_parquet(
             "export_parquet needs pyarrow (pip install pyarrow); export_jsonl does not"
         ) from e
     schema = arrow_schema()
-    tmp = f"{os.fspath(out_path)}.tmp"
     n = 0
     buf: list[dict[str, Any]] = []
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with _atomic_output(out_path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for ep in store.iter_episodes(**filters):
             buf.extend(episode_rows(ep))
             if len(buf) >= row_group_rows:
@@ -199,7 +215,6 @@ def export_parquet(
         if buf or n == 0:
             writer.write_table(pa.Table.from_pylist(buf, schema=schema))
             n += len(buf)
-    os.replace(tmp, out_path)
     return n
 
 

@@ -57,7 +57,7 @@ def test_tokens_are_never_copied_and_each_drop_is_reported(tmp_path):
     (("gpu: 0}", "gpu: 2}"), None, "GPU 2 is also agents.helper's; one agent per GPU"),
     (('"anything:51003", gpu: 1,', '"anything:51003",'), None, "agents.writer_a.gpu: not set"),
     (("127.0.0.1:51002", "127.0.0.1:51009"), None, "address port 51009 != port 51002"),
-    (("127.0.0.1:51002", "127.0.0.1"), None, "address '127.0.0.1' is not host:port"),
+    (("127.0.0.1:51002", "127.0.0.1"), None, "address '127.0.0.1' has no port (gRPC would dial 443); write host:port"),
     (("orchestrator_port: 51070", "orchestrator_port: 51001"), None,
      "orchestrator_port: port 51001 is also used by agents.helper"),
     (None, ("metrics_port: 59101", "metrics_port: 51002"),

@@ -7,6 +7,7 @@ a Python process patches the servicer at start-up (`sitecustomize` runs before `
   wedge         after the first request refused as INVALID_ARGUMENT, every Generate hangs
   leak          every Generate keeps 64 KiB alive for the life of the process
   no_drain      SIGTERM does not wait for in-flight requests (they are cut after 1 s)
+  orphan_engine the engine processes are not armed to die with the agent (kill -9 orphans them)
 
     COLLM_BREAK=wedge PYTHONPATH=tests/reliability/broken python -m pytest tests/reliability
 """
@@ -24,7 +25,7 @@ if BREAKS:
     from collm_serve.errors import InvalidArgument
     from collm_serve.proto.collm.v1 import agent_pb2 as pb
 
-    unknown = BREAKS - {"drop_version", "wedge", "leak", "no_drain"}
+    unknown = BREAKS - {"drop_version", "wedge", "leak", "no_drain", "orphan_engine"}
     if unknown:
         raise SystemExit(f"COLLM_BREAK: unknown fault(s) {sorted(unknown)}")
 
@@ -58,3 +59,9 @@ if BREAKS:
             return False
 
         admission.Admission.wait_idle = wait_idle
+
+    if "orphan_engine" in BREAKS:
+        from collm_serve.engines import die_with_agent
+
+        die_with_agent.protect_children = lambda: None
+        die_with_agent.register = lambda: None
