@@ -3,7 +3,7 @@
     collm-train --algo cc --traces runs/traces.db --team team.yaml --out adapters/ --push
     collm-train online --algo cc --team team.yaml --iterations 50 --episodes-per-iteration 16
     collm-train plot runs/ --out curves.png
-    collm-train config --algo cc --preset paper      # the effective TrainConfig as YAML
+    collm-train config --algo cc --preset paper   # the effective TrainConfig as YAML
 """
 
 from __future__ import annotations

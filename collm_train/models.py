@@ -5,8 +5,8 @@ LoRA adapters; agents placed on the same device share it (multi-adapter, switche
 `set_adapter`), and critic adapters join the actors' host when `critic_share_base` and the
 devices match. The reference policy for the KL term is the same host with adapters disabled.
 
-Critic = LoRA backbone + value head (Linear -> Tanh -> Linear, or CoMLRL's single Linear) on the final-norm hidden state of
-the LAST input token; critic inputs are histories (prompts only, left-padded so the last token
+Critic = LoRA backbone + value head (Linear -> Tanh -> Linear, or CoMLRL's single Linear) on the
+final-norm hidden state of the LAST input token; critic inputs are histories (prompts only, left-padded so the last token
 is the last column). CC: one critic "critic__joint" on the joint history h_t. DC: one critic
 "critic__<agent>" per agent on h_{i,t}, or (critic_on_actor) a value head on the actor's own
 adapter, so the value loss also shapes the actor's LoRA.
