@@ -219,7 +219,8 @@ def worker(mode: str, args) -> dict:
     model_dir = embedded_model_dir()
     episodes = synthetic_episodes(AutoTokenizer.from_pretrained(model_dir), args.actions, args.prompt_len,
                                   args.response_len)
-    cfg = TrainConfig(algo=algo, minibatch_size=args.minibatch or args.actions, lr=1e-5, critic_lr=1e-5)
+    # preset collm: this bench times the PPO-clipped loss on every action (its own update loop)
+    cfg = TrainConfig(algo=algo, preset="collm", minibatch_size=args.minibatch or args.actions, lr=1e-5, critic_lr=1e-5)
     rss0 = _rss_mb()
     if kind == "lora":
         learner = Trainer(cfg, model_dir, AGENTS, base_model_id="bench")

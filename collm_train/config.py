@@ -3,22 +3,49 @@
 The docstrings double as the field descriptions (pydantic `use_attribute_docstrings`), so a CLI
 can print them without a second copy that drifts. The config is frozen: derived values are
 computed in properties here, never by mutating the config at run time.
+
+Presets (`preset`): a preset fills every field it names that the caller did not set.
+  paper  (default) the update rules of the paper's code, CoMLRL 1.3.6 (docs/paper-fidelity.md):
+         on-policy -A*log pi (trainers/actor_critic/maac.py:875, iac.py:932,
+         reinforce/magrpo.py:1481), advantages standardised per (agent, turn) over the buffer
+         for CC/DC (actor_critic/ac_base.py:94-103 with the per-turn split at ac_base.py:205-218)
+         and within each Monte Carlo group (magrpo.py:1417-1420), no gradient clipping
+         (maac.py:887-893), value clipping 0.2 only for a value head on the actor
+         (iac.py:34, 938-950). Our one addition: stale actions (served by an older adapter than
+         the learner holds) get a truncated importance weight min(rho, 1).
+  collm  the extensions this project used before issue 12: PPO clipping (eps 0.2) on every
+         action, no advantage standardisation, gradient-norm clip 1.0, no value clipping.
+Explicitly given fields always win; `clip_eps` and `truncated_is` are alternatives, so giving
+one of them turns the preset's other one off.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 ALGO_NAMES = ("cc", "dc", "magrpo", "mareinforce", "marloo", "maremax")
 CRITIC_ALGOS = ("cc", "dc")  # kept equal to the registry's critic algorithms by a test; no torch import here
+GROUP_BASELINE_ALGOS = ("magrpo", "marloo", "maremax")  # a baseline over K siblings: K >= 2 (registry test)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(clip_eps=None, truncated_is=1.0, ratio_on="stale", normalize_adv="auto",
+                  max_grad_norm=None, value_clip=0.2),
+    "collm": dict(clip_eps=0.2, truncated_is=None, ratio_on="all", normalize_adv="off",
+                  max_grad_norm=1.0, value_clip=None),
+}
+_ALTERNATIVES = ("clip_eps", "truncated_is")
 
 
 class TrainConfig(BaseModel):
     """Hyper-parameters of CoLLM-CC / CoLLM-DC / the Monte Carlo baselines (LoRA actors)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, frozen=True, extra="forbid")
+
+    preset: Literal["paper", "collm"] = "paper"
+    """Defaults for the update rules: `paper` (CoMLRL 1.3.6's rules) or `collm` (PPO-style
+    extensions); see the module docstring. Fields given explicitly override the preset."""
 
     algo: Literal["cc", "dc", "magrpo", "mareinforce", "marloo", "maremax"] = "cc"
     """Algorithm: `cc` centralized critic V(h_t), `dc` one critic V_i(h_{i,t}) per agent, or a Monte
@@ -32,16 +59,27 @@ class TrainConfig(BaseModel):
     """None: TD(0) advantages (the paper). A value in [0, 1]: GAE(lambda) over the turn tree, where
     a node's advantage is delta + gamma*lambda*mean(children advantages). Critic algorithms only."""
 
-    normalize_adv: bool = False
-    """Normalise advantages to zero mean / unit std within each (agent, turn_index) group of the batch."""
+    normalize_adv: Literal["auto", "agent_turn", "group", "off"] = "auto"
+    """Advantage standardisation (A - mean) / max(std, adv_eps) within: `agent_turn` each (agent,
+    turn_index) over the batch (CoMLRL's CC/DC, ac_base.py:94-103), `group` each Monte Carlo
+    sibling group of K (CoMLRL's MC, magrpo.py:1417-1420), `auto` the paper's choice for the
+    algorithm (agent_turn for cc/dc, group for the Monte Carlo baselines), `off` none. A group of
+    one sample passes through unchanged (CoMLRL: `numel() > 1`). true/false mean agent_turn/off."""
 
-    clip_eps: float | None = Field(0.2, gt=0.0)
-    """PPO clip range on the macro-action ratio rho = exp(log pi_theta - log pi_old). None: plain
-    policy gradient -A * log pi (no ratio)."""
+    clip_eps: float | None = Field(None, gt=0.0)
+    """PPO clip range on the macro-action ratio rho = exp(log pi_theta - log pi_old) (preset
+    collm: 0.2). None: no clipping (see truncated_is)."""
 
-    truncated_is: float | None = Field(None, gt=0.0)
-    """Truncated importance sampling instead of PPO clipping: loss = -min(rho, c).detach() * A * log pi.
-    Requires clip_eps=None (the two are alternatives)."""
+    truncated_is: float | None = Field(1.0, gt=0.0)
+    """Truncated importance weight instead of PPO clipping: loss = -min(rho, c).detach() * A * log pi
+    on the actions `ratio_on` selects (preset paper: c = 1). None with clip_eps None: plain
+    -A * log pi on every action. The two are alternatives."""
+
+    ratio_on: Literal["stale", "all"] = "stale"
+    """Which actions the ratio (clip or truncated weight) applies to. `stale`: only actions served
+    by an adapter version other than the weights the learner holds (an older version, or the
+    learner updated since it published); fresh actions get the paper's on-policy -A * log pi.
+    `all`: every action (PPO-style)."""
 
     off_policy: Literal["auto", "behaviour", "none"] = "auto"
     """Which log-probs define pi_old in rho: `behaviour` the logged serving log-probs, `none` the
@@ -53,7 +91,12 @@ class TrainConfig(BaseModel):
     """Drop actions whose adapter version is more than this many versions behind the learner."""
 
     value_coef: float = Field(0.6, ge=0.0)
-    """c_v, weight of the critic loss c_v * (y - V)^2 (paper: 0.6)."""
+    """c_v, weight of the critic loss c_v * (y - V)^2 (paper: 0.6, maac.py:34, iac.py:35)."""
+
+    value_clip: float | None = Field(0.2, gt=0.0)
+    """DC with critic_on_actor only (CoMLRL's shared-model IAC, iac.py:938-950): the value loss is
+    max((y - V)^2, (y - V_clip)^2), V_clip = V_old + clip(V - V_old, +-value_clip). A separate
+    critic is never clipped, as in the paper. None disables it."""
 
     kl_coef: float = Field(0.0, ge=0.0)
     """Weight of the KL to the reference policy (the base model, adapters disabled); k3 estimator
@@ -77,8 +120,9 @@ class TrainConfig(BaseModel):
     micro_batch_size: int | None = Field(None, ge=1)
     """Samples per forward pass (gradient accumulation inside a minibatch); None = whole minibatch."""
 
-    max_grad_norm: float | None = Field(1.0, gt=0.0)
-    """Gradient-norm clip, per actor and per critic; None disables it."""
+    max_grad_norm: float | None = Field(None, gt=0.0)
+    """Gradient-norm clip, per actor and per critic (preset collm: 1.0); None disables it (the
+    paper's code clips nothing, maac.py:887-893)."""
 
     lora_r: int = Field(8, ge=1)
     """LoRA rank of actors and critics."""
@@ -93,10 +137,13 @@ class TrainConfig(BaseModel):
     """Module names LoRA wraps (must also be servable by the engine, e.g. vLLM's supported set)."""
 
     critic_max_len: int = Field(2048, ge=8)
-    """Max tokens of a critic input (history), truncated from the left."""
+    """Max tokens of a critic input (history). Longer histories are cut in the MIDDLE: each agent's
+    task statement (its turn-0 prompt) and newest turn stay, the oldest turns in between go
+    (collm_train.data.cut_middle)."""
 
-    value_head_hidden: int | None = Field(None, ge=1)
-    """Hidden width of the value head Linear -> Tanh -> Linear; None = the base's hidden size."""
+    value_head_hidden: int | None = Field(None, ge=0)
+    """Hidden width of the value head Linear -> Tanh -> Linear; None = the base's hidden size;
+    0 = a single Linear (CoMLRL's default head, models/actor_critic.py:27-37)."""
 
     critic_on_actor: bool = False
     """DC only: put agent i's value head on its actor adapter instead of a separate critic LoRA."""
@@ -119,15 +166,42 @@ class TrainConfig(BaseModel):
     None = the path / name the base was loaded from."""
 
     use_sampling_params: bool = True
-    """Teacher-forced log-probs use each action's logged temperature/top_k/top_p (the distribution
-    actually sampled from, so on-policy ratios are exactly 1). False: raw temperature-1 softmax
-    (then logged behaviour log-probs are not comparable: requires off_policy='none')."""
+    """log pi is the log-prob under the distribution actually sampled from (each action's logged
+    temperature, top_k, top_p), so it matches the logged behaviour log-probs and on-policy ratios
+    are exactly 1. False: the paper's choice, a temperature-1 log-softmax of the raw logits
+    (maac.py:818-830, magrpo.py:1473), which differs from the sampler's distribution whenever
+    temperature != 1 or top-k/top-p cut; behaviour log-probs are then not comparable, so it
+    requires off_policy='none'."""
 
     seed: int = 0
     """Seed for LoRA / value-head init and minibatch shuffling."""
 
-    adv_eps: float = Field(1e-8, gt=0.0)
-    """Epsilon in advantage normalisation."""
+    adv_eps: float = Field(1e-6, gt=0.0)
+    """Lower bound on the std in advantage standardisation (CoMLRL: std.clamp(min=1e-6))."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        preset = data.get("preset", "paper")
+        if preset not in PRESETS:
+            return data  # the Literal check names the choices
+        given = set(data)
+        for key, value in PRESETS[preset].items():
+            if key in given:
+                continue
+            if key in _ALTERNATIVES and given & set(_ALTERNATIVES):
+                data[key] = None  # the caller chose the other alternative
+                continue
+            data[key] = value
+        return data
+
+    @field_validator("normalize_adv", mode="before")
+    @classmethod
+    def _bool_normalize(cls, v: Any) -> Any:
+        return {True: "agent_turn", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("lora_target_modules")
     @classmethod
@@ -141,7 +215,7 @@ class TrainConfig(BaseModel):
         if self.truncated_is is not None and self.clip_eps is not None:
             raise ValueError(
                 f"truncated_is={self.truncated_is} and clip_eps={self.clip_eps} are alternatives; "
-                "set clip_eps=None to use truncated importance sampling"
+                "set clip_eps=None to use truncated importance sampling, or truncated_is=None for PPO clipping"
             )
         if self.gae_lambda is not None and not self.has_critic:
             raise ValueError(
@@ -168,6 +242,13 @@ class TrainConfig(BaseModel):
     @property
     def has_critic(self) -> bool:
         return self.algo in CRITIC_ALGOS
+
+    @property
+    def adv_norm(self) -> str:
+        """normalize_adv with `auto` resolved: agent_turn (cc/dc), group (Monte Carlo), or off."""
+        if self.normalize_adv != "auto":
+            return self.normalize_adv
+        return "agent_turn" if self.has_critic else "group"
 
     def device_of(self, agent: str) -> str:
         if isinstance(self.actor_device, str):

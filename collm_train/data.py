@@ -12,8 +12,18 @@ Joint history h_t (CC critic): the agents' logged prompt_token_ids at that turn 
 team order (`EpisodeRecord.agents`). Each prompt already carries that agent's own system
 prompt / role and its own history, so the segments are tagged by construction, and using the
 served ids avoids re-tokenisation drift. When it exceeds the critic's max length every agent
-keeps the most recent tokens of its own prompt within a fair share of the budget (short
-prompts are kept whole, the rest is split), so no agent's view disappears from the critic.
+gets a fair share of the budget (short prompts are kept whole, the rest is split), so no
+agent's view disappears from the critic, and each over-long prompt is cut in the MIDDLE
+(`cut_middle`): its task statement (the part shared with the agent's turn-0 prompt: system
+prompt + first user message) and its newest turn (what it has beyond its previous turn's
+prompt) stay; the oldest turns in between go. The own history h_{i,t} (DC critic) is cut the
+same way. Cutting from the left (as before issue 12) loses the task statement first on long
+build histories; CoMLRL tokenizes with `truncation=True` at the model's limit
+(actor_critic/ac_base.py:69-73), which cuts the END. Actor prompts are never cut here: they are
+the served ids, and the agent service refuses prompts over its max_prompt_tokens.
+
+Monte Carlo group size: `check_group_sizes` refuses traces whose sibling groups are smaller
+than the algorithm's baseline needs (config.GROUP_BASELINE_ALGOS), without torch or a model.
 """
 
 from __future__ import annotations
@@ -21,9 +31,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import torch
+from typing import TYPE_CHECKING
 
 from collm_serve.traces.records import EPISODE_OK, EpisodeRecord, TurnRecord
+from collm_train.config import GROUP_BASELINE_ALGOS
+
+if TYPE_CHECKING:  # torch is imported lazily: the group-size check must run before any heavy import
+    import torch
 
 
 @dataclass
@@ -42,16 +56,13 @@ class ActionSample:
     staleness: int  # learner version - adapter_version
     reward: float  # joint reward r_t of the turn row
     done: bool
-    joint_ids: list[int]  # h_t for the CC critic (see module docstring)
+    joint_ids: list[int]  # h_t for the CC critic (see module docstring), cut to critic_max_len
     next_joint_ids: list[int] | None  # h_{t+1} (None at a terminal turn)
-    next_own_ids: list[int] | None  # h_{i,t+1}
+    next_own_ids: list[int] | None  # h_{i,t+1} as served
+    own_ids: list[int] = field(default_factory=list)  # h_{i,t} for the DC critic, cut to critic_max_len
     children: list[int] = field(default_factory=list)  # sample indices at the next node
     group: int = -1  # index into Batch.groups
     trainable: bool = True  # False: too stale; still feeds returns of its ancestors
-
-    @property
-    def own_ids(self) -> list[int]:
-        return self.prompt_ids
 
 
 @dataclass
@@ -70,13 +81,84 @@ class Batch:
     def children(self) -> list[list[int]]:
         return [s.children for s in self.samples]
 
-    def tensor(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(N,) tensor of a scalar sample field, e.g. batch.tensor('reward')."""
-        return torch.tensor([getattr(s, name) for s in self.samples], dtype=dtype)
+    def tensor(self, name: str, dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+        """(N,) tensor of a scalar sample field, e.g. batch.tensor('reward') (float32 by default)."""
+        import torch
+
+        return torch.tensor([getattr(s, name) for s in self.samples], dtype=dtype or torch.float32)
 
 
-def joint_history_ids(prompts: Sequence[Sequence[int]], max_len: int | None = None) -> list[int]:
-    """Concatenate the agents' prompts (team order), each left-truncated to a fair share of max_len."""
+class GroupSizeError(ValueError):
+    """Traces (or a team set-up) whose Monte Carlo groups are too small for the algorithm."""
+
+
+def group_size_message(algo: str, found: str) -> str:
+    return (
+        f"--algo {algo} needs group_size >= 2 (K samples per agent per node): its baseline compares "
+        f"each return with its siblings', so a group of one sample gets advantage 0 and nothing is "
+        f"learned; {found}. Fix: collect with `group_size: 4` in the team YAML (or `collm-serve "
+        f"collect --group-size 4`), or train these traces with --algo mareinforce, cc or dc."
+    )
+
+
+def check_team_group_size(algo: str, group_size: int) -> None:
+    """Refuse a set-up that will collect K < 2 for a group baseline (CoMLRL: magrpo.py:62-65)."""
+    if algo in GROUP_BASELINE_ALGOS and group_size < 2:
+        raise GroupSizeError(group_size_message(algo, f"the team has group_size {group_size}"))
+
+
+def check_group_sizes(algo: str, groups: Sequence[Sequence[int]]) -> None:
+    """Refuse traces with a sibling group of one sample for a group baseline (CoMLRL refuses
+    num_generations < 2, reinforce/magrpo.py:62-65 and 228-230)."""
+    if algo not in GROUP_BASELINE_ALGOS:
+        return
+    small = [g for g in groups if len(g) < 2]
+    if small:
+        raise GroupSizeError(group_size_message(
+            algo, f"{len(small)} of {len(groups)} sibling groups in these traces have one sample"))
+
+
+def check_traces(algo: str, episodes: Sequence[EpisodeRecord], agents: Sequence[str]) -> None:
+    """check_group_sizes on the episodes' sibling groups: no model, no torch (runs in < 1 s)."""
+    check_group_sizes(algo, build_batch(episodes, agents).groups)
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def cut_middle(ids: Sequence[int], max_len: int | None, head: int = 0, newest: int | None = None) -> list[int]:
+    """At most max_len tokens of ids, cut in the middle.
+
+    head: length of the prefix to keep (the task statement); newest: length of the suffix that
+    must stay (the newest turn; default all of ids). The newest turn is reserved up to half the
+    budget, the head gets what is left of the rest, and the tail (newest turn + the most recent
+    older tokens) fills the remaining budget. head=0 is a plain left cut (keep the last max_len).
+    """
+    ids = list(ids)
+    if max_len is None or len(ids) <= max_len:
+        return ids
+    newest = len(ids) if newest is None else min(newest, len(ids))
+    keep_head = min(head, max_len - min(newest, max_len // 2))
+    keep_tail = max_len - keep_head
+    return ids[:keep_head] + ids[len(ids) - keep_tail :]
+
+
+def joint_history_ids(
+    prompts: Sequence[Sequence[int]],
+    max_len: int | None = None,
+    heads: Sequence[int] | None = None,
+    newest: Sequence[int | None] | None = None,
+) -> list[int]:
+    """Concatenate the agents' prompts (team order), each cut (`cut_middle`, with that agent's
+    heads[i] / newest[i]) to a fair share of max_len; without heads, a left cut."""
+    heads = list(heads) if heads is not None else [0] * len(prompts)
+    newest = list(newest) if newest is not None else [None] * len(prompts)
     if max_len is None or sum(len(p) for p in prompts) <= max_len:
         return [t for p in prompts for t in p]
     keep = [0] * len(prompts)
@@ -93,7 +175,7 @@ def joint_history_ids(prompts: Sequence[Sequence[int]], max_len: int | None = No
         for j, i in enumerate(open_):  # the last agents (most recent prompts) get the remainder
             keep[i] = share + (1 if j >= len(open_) - extra else 0)
         break
-    return [t for p, k in zip(prompts, keep) for t in (list(p)[len(p) - k :] if k else [])]
+    return [t for i, (p, k) in enumerate(zip(prompts, keep)) for t in cut_middle(p, k, heads[i], newest[i])]
 
 
 def _turn_ids(episode: EpisodeRecord) -> tuple[list[int], list[int | None]]:
@@ -160,18 +242,35 @@ def build_batch(
         for v in kids.values():
             v.sort(key=lambda pos: ep.turns[pos].branch_index)
 
-        def joint(turn: TurnRecord) -> list[int]:
+        pos_of = {tid: pos for pos, tid in enumerate(ids)}
+        roots = kids.get(None, [])
+
+        def prompt_of(pos: int, agent: str) -> list[int] | None:
+            acts = [x for x in ep.turns[pos].actions if x.agent == agent]
+            return list(acts[0].prompt_token_ids) if acts else None
+
+        def layout(pos: int, agent: str) -> tuple[int, int]:
+            """(task statement length, newest turn length) of agent's prompt at row pos."""
+            prompt = prompt_of(pos, agent) or []
+            root = prompt_of(roots[0], agent) if roots else None
+            head = common_prefix_len(prompt, root) if root is not None else 0
+            parent = parents[pos]
+            before = prompt_of(pos_of[parent], agent) if parent in pos_of else None
+            return head, len(prompt) - (common_prefix_len(prompt, before) if before is not None else 0)
+
+        def joint(pos: int) -> list[int]:
+            present = [a for a in ep.agents if prompt_of(pos, a) is not None]
+            lay = [layout(pos, a) for a in present]
             return joint_history_ids(
-                [turn.action(a).prompt_token_ids for a in ep.agents if any(x.agent == a for x in turn.actions)],
-                critic_max_len,
+                [prompt_of(pos, a) for a in present], critic_max_len, [h for h, _ in lay], [n for _, n in lay]
             )
 
         index: dict[tuple[int, str], int] = {}  # (turn id, agent) -> sample index
         for pos, turn in enumerate(ep.turns):
             child_rows = kids.get(ids[pos], [])
             first_child = ep.turns[child_rows[0]] if child_rows else None
-            joint_ids = joint(turn)
-            next_joint = joint(first_child) if first_child is not None else None
+            joint_ids = joint(pos)
+            next_joint = joint(child_rows[0]) if first_child is not None else None
             for agent in agents:
                 a = turn.action(agent)
                 temperature, top_k, top_p = _sampling(a)
@@ -200,6 +299,7 @@ def build_batch(
                         next_own_ids=(
                             list(first_child.action(agent).prompt_token_ids) if first_child else None
                         ),
+                        own_ids=cut_middle(a.prompt_token_ids, critic_max_len, *layout(pos, agent)),
                         trainable=max_staleness is None or staleness <= max_staleness,
                     )
                 )

@@ -2,11 +2,13 @@
 
 All functions return PER-SAMPLE losses (N,) so the trainer can sum a micro-batch and divide by
 the minibatch size (gradient accumulation stays exact). `adv` and `v_target` are constants.
-  on-policy      -A * log pi                                            (paper)
+  on-policy      -A * log pi                   (paper: maac.py:875, iac.py:932, magrpo.py:1481)
   PPO clipping   max(-A*rho, -A*clip(rho, 1-eps, 1+eps)), rho = exp(log pi - log pi_old)
                  (Schulman et al. 2017, eq. 7)
   truncated IS   -min(rho, c).detach() * A * log pi       (IMPALA / V-trace style truncation)
-  critic         c_v * (y - V)^2
+  critic         c_v * (y - V)^2                                       (maac.py:876, 883)
+  clipped critic max((y - V)^2, (y - V_clip)^2), V_clip = V_old + clip(V - V_old, +-eps)
+                 (CoMLRL's shared-model IAC, iac.py:938-950)
   KL (k3)        sum_tokens exp(ref - logp) - (ref - logp) - 1   (Schulman, "Approximating KL")
 
 A macro-action log-ratio sums over every response token, so it can be huge for stale data:
@@ -54,6 +56,31 @@ def truncated_is_loss(
     return -rho_bar * adv * logp, ratio, ratio > c
 
 
+def policy_loss(
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    adv: torch.Tensor,
+    use_ratio: torch.Tensor,
+    clip_eps: float | None = None,
+    truncated_is: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The actor loss per action: -A * log pi where use_ratio is False (the paper's on-policy
+    loss), the truncated-IS or PPO-clip loss where it is True (no ratio loss configured: -A log pi
+    everywhere). Returns (loss (N,), ratio (N,), clipped (N,) bool; clipped only where use_ratio)."""
+    plain = pg_loss(logp, adv)
+    ratio = _ratio(logp, logp_old).detach()
+    clipped = torch.zeros_like(ratio, dtype=torch.bool)
+    loss = plain
+    if truncated_is is not None:
+        tis, ratio, clipped = truncated_is_loss(logp, logp_old, adv, truncated_is)
+        loss = torch.where(use_ratio, tis, plain)
+    elif clip_eps is not None:
+        ppo, ratio, _ = clipped_surrogate(logp, logp_old, adv, clip_eps)
+        clipped = (ratio - 1.0).abs() > clip_eps  # CleanRL's clipfrac
+        loss = torch.where(use_ratio, ppo, plain)
+    return loss, ratio, clipped & use_ratio
+
+
 def effective_sample_size(ratio: torch.Tensor) -> float:
     """Normalised ESS = (sum rho)^2 / (N * sum rho^2) in (0, 1]; 1 when all weights are equal."""
     ratio = ratio.detach().double()
@@ -75,6 +102,16 @@ def effective_sample_size_log(log_ratio: torch.Tensor) -> float:
 def value_loss(values: torch.Tensor, v_target: torch.Tensor, value_coef: float) -> torch.Tensor:
     """c_v * (y - V)^2. values, v_target: (N,) -> (N,)."""
     return value_coef * (v_target - values) ** 2
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, v_target: torch.Tensor, clip: float
+) -> torch.Tensor:
+    """max((y - V)^2, (y - V_clip)^2), V_clip = V_old + clip(V - V_old, -clip, clip) (iac.py:942-950).
+
+    values, old_values, v_target: (N,) -> (N,), without the c_v factor."""
+    v_clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return torch.max((v_target - values) ** 2, (v_target - v_clipped) ** 2)
 
 
 def kl_k3(token_logp: torch.Tensor, ref_token_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

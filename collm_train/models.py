@@ -5,8 +5,8 @@ LoRA adapters; agents placed on the same device share it (multi-adapter, switche
 `set_adapter`), and critic adapters join the actors' host when `critic_share_base` and the
 devices match. The reference policy for the KL term is the same host with adapters disabled.
 
-Critic = LoRA backbone + value head (Linear -> Tanh -> Linear) on the final-norm hidden state of
-the LAST input token; critic inputs are histories (prompts only, left-padded so the last token
+Critic = LoRA backbone + value head (Linear -> Tanh -> Linear, or CoMLRL's single Linear) on the
+final-norm hidden state of the LAST input token; critic inputs are histories (prompts only, left-padded so the last token
 is the last column). CC: one critic "critic__joint" on the joint history h_t. DC: one critic
 "critic__<agent>" per agent on h_{i,t}, or (critic_on_actor) a value head on the actor's own
 adapter, so the value loss also shapes the actor's LoRA.
@@ -45,10 +45,19 @@ def lora_config(config: TrainConfig):
 
 
 class ValueHead(nn.Module):
-    """V(h) = W2 tanh(W1 x + b1) + b2 on the last token's hidden state x (H,)."""
+    """V(h) = W2 tanh(W1 x + b1) + b2 on the last token's hidden state x (H,).
+
+    head_hidden None: width H; 0: a single Linear W x + b, CoMLRL's default (its ValueHead with
+    hidden_dim None, models/actor_critic.py:22-49, weights N(0, 0.02), bias 0).
+    """
 
     def __init__(self, hidden_size: int, head_hidden: int | None = None):
         super().__init__()
+        if head_hidden == 0:
+            self.net = nn.Sequential(nn.Linear(hidden_size, 1))
+            nn.init.normal_(self.net[0].weight, std=0.02)
+            nn.init.zeros_(self.net[0].bias)
+            return
         head_hidden = head_hidden or hidden_size
         self.net = nn.Sequential(nn.Linear(hidden_size, head_hidden), nn.Tanh(), nn.Linear(head_hidden, 1))
         # small output layer: initial values near 0, yet every head weight gets a gradient at step 1
@@ -126,11 +135,20 @@ class Critic:
         self.owns_adapter = owns_adapter  # False: the adapter is an actor's (critic_on_actor)
 
     def values(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
-        """V(h) for a batch of token-id histories, left-truncated to max_len. -> (B,)."""
+        """V(h) for a batch of token-id histories of at most max_len tokens. -> (B,).
+
+        Histories come cut to max_len from data.build_batch (cut in the middle, data.cut_middle);
+        a longer one is an error rather than a silent cut that could drop the task statement.
+        """
         model = self.host.activate(self.adapter)
-        hs = [list(h)[-self.max_len :] for h in histories]
+        hs = [list(h) for h in histories]
         if any(len(h) == 0 for h in hs):
             raise ValueError("a critic history is empty; every prompt needs at least one token")
+        if any(len(h) > self.max_len for h in hs):
+            raise ValueError(
+                f"a critic history has {max(map(len, hs))} tokens, over critic_max_len={self.max_len}; "
+                "cut it with collm_train.data.cut_middle (build_batch does)"
+            )
         L = max(len(h) for h in hs)
         input_ids = torch.zeros(len(hs), L, dtype=torch.long)
         h_len = torch.tensor([len(h) for h in hs])

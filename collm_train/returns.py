@@ -13,8 +13,14 @@ Actor-critic (paper, CoLLM-CC/DC):
   delta(n) = y(n) - V(n), target = A + V  (lambda=0: TD(0); lambda=1: MC return - V).
   With K > 1 children V_old(h_{t+1}) is the mean over the children's values (they start at the
   same node, so their histories, and values, coincide).
-Monte Carlo (MAGRPO family): R(n) = r(n) + gamma * mean_c R(c), then a baseline per group:
-  MAGRPO R - mean(group), MAREINFORCE R, MARLOO R_i - mean_{j != i} R_j, MAReMax R - max(group).
+Monte Carlo (MAGRPO family): R(n) = r(n) + gamma * mean_c R(c) (CoMLRL magrpo.py:917-928), then
+a baseline per group: MAGRPO R - mean(group), MAREINFORCE R, MARLOO R_i - mean_{j != i} R_j,
+MAReMax R - max(group) (magrpo.py:1379-1393). Under the paper's default within-group
+standardisation (magrpo.py:1417-1420) every one of these is an affine map of R within the group,
+so all four end up as (R - mean) / std: the baselines differ only with normalize_adv='off'.
+An episode that ended early (the task's early termination) simply has a node without children:
+its return is its reward and its TD target y = r, as CoMLRL does (magrpo.py:871, 918-920;
+maac.py:713-728).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ def td0_targets(
     rewards: torch.Tensor, values: torch.Tensor, children: Children, gamma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TD(0): v_target = r + gamma * V_old(h_{t+1}) (r at terminal), adv = v_target - V_old(h_t).
+
+    CoMLRL: maac.py:719-729 / iac.py:704-714 (target) and ac_base.py:79-91 (A = target - V_old).
 
     rewards, values: (N,). Returns (v_target (N,), adv (N,)).
     """
@@ -93,17 +101,19 @@ def tree_returns(rewards: torch.Tensor, children: Children, gamma: float) -> tor
 
 # --- Monte Carlo baselines: one function per group vector R_g (K,) -> adv_g (K,) -------------
 def grpo_adv(ret_g: torch.Tensor) -> torch.Tensor:
-    """MAGRPO: R - mean of the group (Shao et al. 2024, without std scaling; see normalize_adv)."""
+    """MAGRPO: R - mean of the group (magrpo.py:1381-1382; std scaling is normalize_adv='group')."""
     return ret_g - ret_g.mean()
 
 
 def reinforce_adv(ret_g: torch.Tensor) -> torch.Tensor:
-    """MAREINFORCE: the return itself (no baseline)."""
+    """MAREINFORCE: the return itself, no baseline (magrpo.py:1383-1384, mareinforce.py:16)."""
     return ret_g.clone()
 
 
 def loo_adv(ret_g: torch.Tensor) -> torch.Tensor:
-    """MARLOO: R_i - mean of the OTHER K-1 returns (Kool et al. 2019). K = 1: no others, baseline 0."""
+    """MARLOO: R_i - mean of the OTHER K-1 returns = (K R_i - sum R) / (K - 1) (Kool et al. 2019;
+    magrpo.py:1387-1392, marloo.py:16). K = 1 is refused before training (Algorithm.check_groups);
+    here it returns R (no others)."""
     K = ret_g.numel()
     if K == 1:
         return ret_g.clone()
@@ -111,7 +121,7 @@ def loo_adv(ret_g: torch.Tensor) -> torch.Tensor:
 
 
 def remax_adv(ret_g: torch.Tensor) -> torch.Tensor:
-    """MAReMax: R - max of the group (a ReMax-style greedy-ish baseline; every advantage <= 0)."""
+    """MAReMax: R - max of the group (magrpo.py:1385-1386, maremax.py:16); every advantage <= 0."""
     return ret_g - ret_g.max()
 
 
@@ -128,18 +138,22 @@ def group_advantages(ret: torch.Tensor, groups: Sequence[Sequence[int]], baselin
     return adv
 
 
-def normalize_by_group(adv: torch.Tensor, keys: Sequence[Hashable], eps: float = 1e-8) -> torch.Tensor:
-    """(A - mean) / (std + eps) within each key, e.g. key = (agent, turn_index). (N,) -> (N,).
+def normalize_by_group(adv: torch.Tensor, keys: Sequence[Hashable], eps: float = 1e-6) -> torch.Tensor:
+    """(A - mean) / max(std, eps) within each key, e.g. key = (agent, turn_index). (N,) -> (N,).
 
-    std is the population std; a singleton group becomes 0 (it carries no relative signal).
+    As CoMLRL (actor_critic/ac_base.py:94-103, reinforce/magrpo.py:1417-1420): population std
+    clamped from below at eps, and a group of ONE sample passes through unchanged (`numel() > 1`),
+    so a singleton keeps its signal instead of becoming 0.
     """
-    out = torch.zeros_like(adv)
+    out = adv.clone()
     by_key: dict[Hashable, list[int]] = {}
     for i, k in enumerate(keys):
         by_key.setdefault(k, []).append(i)
     for idx in by_key.values():
+        if len(idx) < 2:
+            continue
         a = adv[idx]
-        out[idx] = (a - a.mean()) / (a.std(unbiased=False) + eps)
+        out[idx] = (a - a.mean()) / a.std(unbiased=False).clamp(min=eps)
     return out
 
 

@@ -8,9 +8,19 @@ One `update`:
   1. samples per (agent, turn) from the traces (data.build_batch)
   2. without grad: the learner's log pi of every logged action (rho vs behaviour -> ESS), the
      reference log-probs (if kl_coef), and V_old(h) of every history (critic algorithms)
-  3. adv / v_target from the algorithm class (TD(0), GAE, or Monte Carlo over the tree)
-  4. epochs x shuffled minibatches: per agent, actor loss (PPO-clip / truncated IS / on-policy
-     PG on the macro-action ratio) + kl; per critic, c_v (y - V)^2; clip grad norms; step.
+  3. adv / v_target from the algorithm class (TD(0), GAE, or Monte Carlo over the tree), then
+     standardised as config.adv_norm says
+  4. epochs x shuffled minibatches: per agent, actor loss + kl, that agent's MEAN over its
+     samples in the minibatch (CoMLRL steps each agent on the mean of its own batch,
+     maac.py:881, iac.py:957, magrpo.py:1369-1376); per critic, c_v * its mean (y - V)^2
+     (maac.py:882-883); clip grad norms if configured; step.
+
+Actor loss per action (config.ratio_on): a FRESH action (served by the weights the learner
+holds: same adapter version, no update since it was published) gets the paper's on-policy
+-A * log pi (maac.py:875, iac.py:932, magrpo.py:1481); a STALE one (another version, or the
+learner moved since publishing) gets the truncated weight -min(rho, c) * A * log pi
+(truncated_is) or PPO clipping (clip_eps), rho = pi_learner / pi_behaviour from the logged
+log-probs. With ratio_on='all' every action gets the ratio loss.
 """
 
 from __future__ import annotations
@@ -28,19 +38,17 @@ from collm_serve.adapters.manifest import write_manifest
 from collm_serve.traces.records import EpisodeRecord
 from collm_train.algorithms import get_algorithm
 from collm_train.config import TrainConfig
-from collm_train.data import ActionSample, Batch, build_batch
+from collm_train.data import ActionSample, Batch, build_batch, check_group_sizes
 from collm_train.distributed import init_distributed
 from collm_train.losses import (
-    LOG_RATIO_CLAMP,
-    clipped_surrogate,
+    clipped_value_loss,
     effective_sample_size_log,
     kl_k3,
-    pg_loss,
-    truncated_is_loss,
+    policy_loss,
     value_loss,
 )
 from collm_train.models import CRITIC_PREFIX, Critic, TeamModels
-from collm_train.returns import explained_variance, normalize_by_group
+from collm_train.returns import explained_variance
 
 CHECKPOINT_FORMAT = "collm-train-ckpt/1"
 
@@ -185,9 +193,12 @@ class Trainer:
                 f"no trainable samples: {batch.n_skipped} of {len(episodes)} episodes are not "
                 "finished ok (status != 'ok') or have no turns"
             )
+        check_group_sizes(cfg.algo, batch.groups)  # K >= 2 for group baselines, before any forward
         samples = batch.samples
         b_logp_behaviour = batch.tensor("logp_behaviour")  # (N,)
         b_staleness = batch.tensor("staleness")  # (N,)
+        # stale: served by weights other than the learner's (another version, or moved since)
+        b_stale = (b_staleness != 0) | torch.tensor(self.dirty)  # (N,) bool
         b_logp_learner, b_ref_tok = self._score_batch(batch)  # (N,), [(T_i,)]
         log_rho_behaviour = b_logp_learner - b_logp_behaviour  # (N,) current learner vs the data
         if cfg.off_policy == "behaviour":
@@ -195,13 +206,11 @@ class Trainer:
         elif cfg.off_policy == "none":
             b_logp_old = b_logp_learner
         else:  # auto: logged log-probs only where the learner moved since the data was sampled
-            stale = (b_staleness != 0) | torch.tensor(self.dirty)
-            b_logp_old = torch.where(stale, b_logp_behaviour, b_logp_learner)
+            b_logp_old = torch.where(b_stale, b_logp_behaviour, b_logp_learner)
+        b_use_ratio = b_stale if cfg.ratio_on == "stale" else torch.ones_like(b_stale)  # (N,) bool
 
         b_values = self._old_values(batch) if self.algo.critic else None  # (N,) V_old(h_t)
-        b_adv, b_v_target = self.algo.advantages(batch, b_values, cfg)  # (N,), (N,)
-        if cfg.normalize_adv:
-            b_adv = normalize_by_group(b_adv, [(s.agent, s.turn_index) for s in samples], cfg.adv_eps)
+        b_adv, b_v_target = self.algo.train_advantages(batch, b_values, cfg)  # (N,), (N,)
 
         train_idx = torch.tensor([i for i, s in enumerate(samples) if s.trainable], dtype=torch.long)
         if len(train_idx) == 0:
@@ -213,7 +222,8 @@ class Trainer:
         for _epoch in range(cfg.epochs):
             perm = train_idx[torch.randperm(len(train_idx), generator=self.rng)].tolist()
             for mb_idx in _chunks(perm, cfg.minibatch_size):
-                self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats)
+                self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
+                                     b_use_ratio, b_values)
         self.step += 1
         self.dirty = True
 
@@ -229,6 +239,7 @@ class Trainer:
             "charts/adv_mean": float(b_adv.mean()),
             "charts/adv_std": float(b_adv.std(unbiased=False)),
             "charts/staleness": float(b_staleness.mean()),
+            "charts/stale_frac": float(b_stale.float().mean()),
             "charts/staleness_max": float(b_staleness.max()),
             "charts/ess": effective_sample_size_log(log_rho_behaviour),
             "charts/logp_gap": float(log_rho_behaviour.abs().mean()),
@@ -246,16 +257,19 @@ class Trainer:
             metrics["charts/explained_variance"] = math.nan
         return metrics
 
-    def _minibatch_step(self, batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats) -> None:
+    def _minibatch_step(self, batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
+                        b_use_ratio, b_values) -> None:
         cfg = self.config
-        mb_n = len(mb_idx)  # losses are divided by the full minibatch size on every rank
         micro = cfg.micro_batch_size
         for opt in self._opts():
             opt.zero_grad(set_to_none=True)
 
-        # actors: forward + backward per agent before switching adapters (one graph per adapter)
+        # actors: forward + backward per agent before switching adapters (one graph per adapter);
+        # each agent's loss is its own mean: divided by ITS sample count in the whole minibatch
+        # (counted before sharding, so every rank divides by the same number)
         mb_pg, mb_kl, mb_clip, mb_akl = [], [], [], []
         for agent in self.agents:
+            n_agent = sum(1 for i in mb_idx if batch.samples[i].agent == agent)
             a_idx = self.dist.shard(i for i in mb_idx if batch.samples[i].agent == agent)
             for chunk in _chunks(a_idx, micro):
                 out = self._logprobs(agent, [batch.samples[i] for i in chunk])
@@ -263,15 +277,9 @@ class Trainer:
                 mb_logp = out.seq_logp  # (n,)
                 mb_logp_old = b_logp_old[chunk].to(dev)
                 mb_adv = b_adv[chunk].to(dev)
-                if cfg.truncated_is is not None:
-                    pg, ratio, clipped = truncated_is_loss(mb_logp, mb_logp_old, mb_adv, cfg.truncated_is)
-                elif cfg.clip_eps is not None:
-                    pg, ratio, _ = clipped_surrogate(mb_logp, mb_logp_old, mb_adv, cfg.clip_eps)
-                    clipped = (ratio - 1.0).abs() > cfg.clip_eps  # CleanRL's clipfrac
-                else:
-                    pg = pg_loss(mb_logp, mb_adv)
-                    ratio = torch.exp((mb_logp - mb_logp_old).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
-                    clipped = torch.zeros_like(ratio, dtype=torch.bool)
+                use_ratio = b_use_ratio[chunk].to(dev)  # (n,) bool: stale actions (ratio_on)
+                pg, ratio, clipped = policy_loss(mb_logp, mb_logp_old, mb_adv, use_ratio, cfg.clip_eps,
+                                                 cfg.truncated_is)
                 loss = pg
                 if cfg.kl_coef > 0:
                     ref = torch.zeros_like(out.token_logp)
@@ -280,22 +288,29 @@ class Trainer:
                     kl = kl_k3(out.token_logp, ref, out.mask)  # (n,)
                     loss = loss + cfg.kl_coef * kl
                     mb_kl += kl.detach().cpu().tolist()
-                (loss.sum() / mb_n).backward()
+                (loss.sum() / n_agent).backward()
                 log_ratio = torch.log(ratio)
                 mb_pg += pg.detach().cpu().tolist()
                 mb_clip += clipped.float().cpu().tolist()
                 mb_akl += ((ratio - 1) - log_ratio).cpu().tolist()  # k3 approx KL(old||new), CleanRL
 
-        # critics: c_v (y - V)^2 on V_phi(h_t), each distinct history once per minibatch
+        # critics: c_v * mean (y - V)^2 over the critic's samples in the minibatch; a value head on
+        # the actor (critic_on_actor) is clipped around V_old as CoMLRL's shared-model IAC
+        # (iac.py:938-950), a separate critic never is
+        clip_v = cfg.value_clip if cfg.critic_on_actor else None
         mb_vl = []
         for name, c_idx in self._by_critic(mb_idx, batch).items():
+            n_critic = len(c_idx)
             c_idx = self.dist.shard(c_idx, [tuple(self.algo.history(batch.samples[i])) for i in c_idx])
             critic = self.models.critics[name]
             for chunk in _chunks(c_idx, micro):
                 hist = [self.algo.history(batch.samples[i]) for i in chunk]
                 v = self._critic_values(critic, hist, None)  # (n,)
-                sq = value_loss(v, b_v_target[chunk].to(v.device), 1.0)  # (y - V)^2
-                (cfg.value_coef * sq.sum() / mb_n).backward()
+                y = b_v_target[chunk].to(v.device)
+                sq = value_loss(v, y, 1.0)  # (y - V)^2
+                if clip_v is not None and b_values is not None:
+                    sq = clipped_value_loss(v, b_values[chunk].to(v.device), y, clip_v)
+                (cfg.value_coef * sq.sum() / n_critic).backward()
                 mb_vl += sq.detach().cpu().tolist()
 
         self.dist.all_reduce_grads_([p for o in self._opts() for g in o.param_groups for p in g["params"]])

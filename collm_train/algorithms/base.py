@@ -1,4 +1,4 @@
-"""The algorithm interface: which critic (if any) and how advantages are computed."""
+"""The algorithm interface: which critic (if any), how advantages are computed, what data it needs."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ def get_algorithm(name: str) -> "Algorithm":
 class Algorithm:
     name: ClassVar[str]
     critic: ClassVar[str | None] = None  # "joint" (one critic on h_t), "own" (V_i on h_{i,t}), None
+
+    def train_advantages(
+        self, batch: "Batch", values: torch.Tensor | None, config: "TrainConfig"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`advantages`, then standardised as config.adv_norm says (paper: per (agent, turn) for
+        CC/DC, ac_base.py:94-103 + 205-218; within each sibling group for MC, magrpo.py:1417-1420)."""
+        from collm_train.returns import normalize_by_group
+
+        adv, target = self.advantages(batch, values, config)
+        mode = config.adv_norm
+        if mode == "agent_turn":
+            adv = normalize_by_group(adv, [(s.agent, s.turn_index) for s in batch.samples], config.adv_eps)
+        elif mode == "group":
+            adv = normalize_by_group(adv, [s.group for s in batch.samples], config.adv_eps)
+        return adv, target
 
     def history(self, sample: "ActionSample") -> list[int]:
         """The critic input h for this sample (only for algorithms with a critic)."""

@@ -1,7 +1,13 @@
 """Monte Carlo baselines over the branching tree (MAGRPO family): no critic.
 
 R(node) = r + gamma * mean(child returns); the K siblings (same parent node and turn, joint
-actions aligned by branch index) form the group a baseline is computed in.
+actions aligned by branch index) form the group a baseline is computed in (CoMLRL
+reinforce/magrpo.py:917-928 for R, 1379-1393 for the baselines, `joint_mode="aligned"` at
+magrpo.py:820-827). MAGRPO, MARLOO and MAReMax need K >= 2 (config.GROUP_BASELINE_ALGOS, checked by
+data.check_group_sizes before any model loads): their baseline over one sample is the sample
+itself (advantage 0), and CoMLRL refuses num_generations < 2 (magrpo.py:62-65). MAREINFORCE has
+no baseline, so K = 1 is meaningful for it and allowed here (CoMLRL's shared config refuses it
+too; docs/paper-fidelity.md).
 """
 
 from __future__ import annotations

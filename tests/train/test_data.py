@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collm_serve.traces.records import EPISODE_FAILED
-from collm_train.data import build_batch, joint_history_ids
+from collm_train.data import build_batch, cut_middle, joint_history_ids
 from tests.train.conftest import action, chain_episode
 
 AGENTS = ["helper", "main"]
@@ -76,3 +76,58 @@ def test_broken_tree_links_are_an_error():
     ep.turns[1].parent_turn_id = None  # a second root at turn 1: the chain would silently break
     with pytest.raises(ValueError, match="link each turn"):
         build_batch([ep], AGENTS)
+
+
+def test_cut_middle_by_hand():
+    ids = list(range(20))
+    assert cut_middle(ids, 30, head=5, newest=4) == ids  # fits: untouched
+    # budget 10, head 3, newest 4: head whole, tail = the last 7 (newest turn + 3 older)
+    assert cut_middle(ids, 10, head=3, newest=4) == [0, 1, 2] + list(range(13, 20))
+    # newest turn longer than half the budget: it keeps half, the head the rest
+    assert cut_middle(ids, 10, head=8, newest=12) == [0, 1, 2, 3, 4] + list(range(15, 20))
+    assert cut_middle(ids, 10) == list(range(10, 20))  # no structure given: a left cut
+    assert cut_middle(ids, 0, head=3) == []
+
+
+def _build_history(agents, turns=4):
+    """A 4-turn build-game history per agent, as chat-formatted ids: the turn-0 prompt holds the
+    system prompt and the task statement with the target (TARGET ids); each later prompt is the
+    previous one + the agent's response + the feedback + a new generation header."""
+    sys_ids, header = [1, 2, 3], [5, 6]
+    prompts, responses = [], []
+    for t in range(turns):
+        row_p, row_r = {}, {}
+        for i, a in enumerate(agents):
+            task = [10 + i] * 8 + TARGET[a] + [11 + i] * 8  # 20 tokens, the target in the middle
+            p = sys_ids + task + header if t == 0 else (
+                prompts[t - 1][a] + responses[t - 1][a] + [7] + [300 + 10 * t + i] * 15 + header)
+            row_p[a], row_r[a] = p, [200 + t] * 20
+        prompts.append(row_p)
+        responses.append(row_r)
+    return prompts, responses
+
+
+TARGET = {"helper": [77, 78, 79, 80], "main": [87, 88, 89, 90]}
+
+
+def test_long_history_keeps_task_statement_and_newest_turn():
+    prompts, responses = _build_history(AGENTS)
+    last = prompts[3]["helper"]
+    assert len(last) == 25 + 3 * 38  # 139 tokens, over the critic limit below
+    newest = last[len(prompts[2]["helper"]):]  # the newest turn: turn 2's response, end, feedback, header
+    assert len(newest) == 38
+    assert TARGET["helper"][0] not in last[-80:]  # what the old left cut kept: no target
+    ep = chain_episode(AGENTS, [0.0, 0.0, 0.0, 1.0], prompts, responses)
+    batch = build_batch([ep], AGENTS, critic_max_len=80)
+    h3 = [s for s in batch.samples if s.agent == "helper" and s.turn_index == 3][0]
+    # DC (own history): task statement (25 = common prefix with the turn-0 prompt) + the last 55
+    assert h3.own_ids == last[:25] + last[-55:] and h3.own_ids[-38:] == newest
+    assert set(TARGET["helper"]) <= set(h3.own_ids)
+    # CC (joint history, 2 x 139 > 160): each agent gets 80 and is cut the same way
+    batch = build_batch([ep], AGENTS, critic_max_len=160)
+    joint = [s for s in batch.samples if s.turn_index == 3][0].joint_ids
+    main_last = prompts[3]["main"]
+    assert joint == last[:25] + last[-55:] + main_last[:25] + main_last[-55:]
+    assert set(TARGET["helper"]) <= set(joint) and set(TARGET["main"]) <= set(joint)
+    # turn 0 prompts (25 tokens) fit: untouched
+    assert batch.samples[0].own_ids == prompts[0]["helper"]

@@ -58,7 +58,8 @@ def setup(tmp_path):
     # every code path that crosses ranks: critic, KL (ragged reference rows), normalised advantages,
     # micro-batches, several clipped optimizer steps, a second update (dirty learner, checkpoint)
     config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump({"kl_coef": 0.05, "normalize_adv": True, "micro_batch_size": 4,
+    # max_grad_norm: the paper preset clips nothing; set it so clipping crosses ranks too
+    config.write_text(yaml.safe_dump({"kl_coef": 0.05, "normalize_adv": True, "micro_batch_size": 4, "max_grad_norm": 1.0,
                                       "minibatch_size": 8, "epochs": 2, "lr": 1e-3, "critic_lr": 1e-3}))
     return tmp_path, traces, team, config
 

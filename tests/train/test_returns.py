@@ -107,8 +107,9 @@ def test_tree_structure():
     ],
 )
 def test_monte_carlo_advantages(algo, expected):
+    """The raw baselines (normalize_adv off); the paper's default standardisation: test_update_rules."""
     batch, n = _tree()
-    adv, ret = get_algorithm(algo).advantages(batch, None, TrainConfig(algo=algo, gamma=0.9))
+    adv, ret = get_algorithm(algo).train_advantages(batch, None, TrainConfig(algo=algo, gamma=0.9, normalize_adv="off"))
     assert {k: adv[i].item() for k, i in n.items()} == approx(expected)
     assert {k: ret[i].item() for k, i in n.items()} == approx(dict(a=1.9, b=1.8, a1=0, a2=2, b1=1, b2=3))
     # the other agent gets the same (joint reward, aligned joint actions)
@@ -134,7 +135,8 @@ def test_td_targets_on_tree_average_children():
 def test_normalize_by_group_and_explained_variance():
     adv = torch.tensor([1.0, 3.0, 10.0, 10.0, 5.0])
     out = normalize_by_group(adv, ["x", "x", "y", "y", "z"])
-    assert out.tolist() == approx([-1.0, 1.0, 0.0, 0.0, 0.0])
+    # the singleton z passes through (CoMLRL's `numel() > 1`); before issue 12 it became 0
+    assert out.tolist() == approx([-1.0, 1.0, 0.0, 0.0, 5.0])
     assert explained_variance(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == pytest.approx(1.0)
     # y - pred = (-2, 2): 1 - 4 / 1 = -3
     assert explained_variance(torch.tensor([3.0, 1.0]), torch.tensor([1.0, 3.0])) == pytest.approx(-3.0)

@@ -131,7 +131,8 @@ def test_checkpoint_resume_is_exact(tmp_path):
 
 
 def test_on_policy_ratio_is_one_and_stale_data_uses_behaviour():
-    trainer = Trainer(TrainConfig(algo="magrpo", off_policy="behaviour"), tiny_llama(), AGENTS)
+    # mareinforce: these are K = 1 chains, which magrpo refuses (it would learn nothing from them)
+    trainer = Trainer(TrainConfig(algo="mareinforce", off_policy="behaviour"), tiny_llama(), AGENTS)
     prompts = [[5, 9, 2, 11], [7, 8]]
     episodes = []
     g = torch.Generator().manual_seed(0)
@@ -152,9 +153,12 @@ def test_on_policy_ratio_is_one_and_stale_data_uses_behaviour():
 
 
 def test_off_policy_modes_pick_logp_old():
-    """Logged log-probs here are fake (-1 per token), far from the model's: rho vs them is ~e^-9."""
+    """Logged log-probs here are fake (-1 per token), far from the model's: rho vs them is ~e^-9.
+
+    PPO clipping on every action (preset collm): the paper preset applies a ratio to stale
+    actions only (test_truncated_is_only_on_stale_actions); mareinforce since these are K = 1."""
     eps = [chain_episode(AGENTS, [float(k)], episode_id=f"e{k}") for k in range(2)]
-    big = dict(algo="magrpo", minibatch_size=64)
+    big = dict(algo="mareinforce", minibatch_size=64, preset="collm")
     auto = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
     m = auto.update(eps)  # fresh data (version 0 == learner, learner unchanged): recomputed logp_old
     assert m["charts/clipfrac"] == 0.0 and m["charts/staleness"] == 0.0
