@@ -165,6 +165,17 @@ class CallCheck:
         if self.kind == "program" and not self.source:
             raise ValueError("a 'program' check needs its source")
 
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (task payloads are JSON): `expected` encoded as plain data."""
+        d = dataclasses.asdict(self)
+        d["calls"] = [list(c) for c in self.calls]
+        d["expected"] = encode(self.expected)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CallCheck:
+        return cls(**{**d, "calls": tuple(tuple(c) for c in d["calls"]), "expected": decode(d["expected"])})
+
     @classmethod
     def call(cls, *args: Any, expected: Any = None, kind: str = "eq", tol: float = 0.0,
              **kwargs: Any) -> CallCheck:
@@ -707,7 +718,9 @@ def run_tests(
             jt["expected"] = [encode(t.expected)]
         job_tests.append(jt)
     job = {"mode": "run", "code": code, "rebind": rebind, "entry": entry_point,
-           "tests": job_tests, "limits": _limit_dict(limits), "kill_strays": _LAYERS.kill_strays}
+           "tests": job_tests, "limits": _limit_dict(limits),
+           # never without its own PID namespace: the harness would signal host processes
+           "kill_strays": _LAYERS.kill_strays and _LAYERS.pid_ns}
     sbx = _POOL.take(limits)
     try:
         data, out, err, timed_out = sbx.run(job, deadline, (limits.result_bytes + 4096) * max(1, len(tests)) + 4096)

@@ -291,7 +291,7 @@ def _run_candidate(job, result_fd):
                 os._exit(0)
         os.close(wfd)
         data, status, why = _collect(rfd, pid, lim["per_test_timeout_s"], cap)
-        if job["kill_strays"]:
+        if job["kill_strays"] and os.getppid() == 1:  # only as pid 2 of our own namespace
             _kill_strays(keep)
         write_all(result_fd, pack_frame({"t": i, "why": why, "status": status}, data))
 
