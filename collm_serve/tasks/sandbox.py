@@ -52,6 +52,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import fcntl
+import glob
 import json
 import math
 import os
@@ -81,6 +82,7 @@ __all__ = [
 ]
 
 CHILD_PATH = Path(__file__).with_name("sandbox_child.py")
+_CHILD_SOURCE = CHILD_PATH.read_bytes()
 SANDBOX_UID = 65534
 EXCERPT_CHARS = 2000  # stdout / stderr excerpt kept in the result
 STREAM_CAP = 64 << 10  # bytes of stdout / stderr read before the rest is discarded
@@ -258,14 +260,47 @@ def _bwrap_path() -> str | None:
         return shutil.which("bwrap")
 
 
+def _world_executable(path: str) -> bool:
+    """Can an unprivileged uid run `path` (every directory above it searchable by others)?"""
+    real = os.path.realpath(path)
+    if not os.path.isfile(real) or not os.stat(real).st_mode & 0o005 == 0o005:
+        return False
+    d = os.path.dirname(real)
+    while d != "/":
+        if not os.stat(d).st_mode & 0o001:
+            return False
+        d = os.path.dirname(d)
+    return True
+
+
+def _launch_user() -> int | None:
+    """The host uid bwrap runs as. Under root: 65534, because the sandbox's uid maps to the uid
+    that starts bwrap, and the kernel exempts host uid 0 from RLIMIT_NPROC (and host-root-owned
+    files would look like the sandbox's own). Otherwise: ourselves."""
+    return SANDBOX_UID if os.geteuid() == 0 else None
+
+
 def _python() -> str:
-    return os.environ.get("COLLM_SANDBOX_PYTHON") or os.path.realpath(sys.executable)
+    """The interpreter in the sandbox: COLLM_SANDBOX_PYTHON, else ours when the launch uid can
+    run it, else a system python3 (ours may live under /root, closed to uid 65534)."""
+    override = os.environ.get("COLLM_SANDBOX_PYTHON")
+    if override:
+        return os.path.realpath(override)
+    cands = [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
+    if _launch_user() is None:
+        return os.path.realpath(sys.executable)
+    for c in cands:
+        if _world_executable(c):
+            return os.path.realpath(c)
+    raise SandboxUnavailable(
+        f"sandbox: no Python interpreter that uid {SANDBOX_UID} may run (tried {cands}). Fix: "
+        "install python3 (apt-get install python3), or set COLLM_SANDBOX_PYTHON to one.")
 
 
 def _ro_system_binds() -> list[str]:
     """The interpreter, its stdlib and the shared libraries, read-only (merged-/usr aware)."""
     py = _python()
-    prefix = os.path.realpath(sys.base_prefix)
+    prefix = os.path.dirname(os.path.dirname(py))
     args: list[str] = []
     for d in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
         if os.path.isdir(d) and not os.path.islink(d):
@@ -275,22 +310,19 @@ def _ro_system_binds() -> list[str]:
             args += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
-    if not prefix.startswith("/usr/lib"):
-        if prefix == "/usr":  # Debian's python: stdlib in /usr/lib (bound), the binary alone
-            args += ["--ro-bind", py, py]
-        else:  # a self-contained install (pyenv, /usr/local, /opt/...)
-            args += ["--ro-bind", prefix, prefix]
-            site = Path(prefix, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}",
-                        "site-packages")
-            if site.is_dir():
-                args += ["--size", str(1 << 16), "--tmpfs", str(site)]  # hidden
-            if not py.startswith(prefix + "/"):
-                args += ["--ro-bind", py, py]
+    if prefix == "/usr":  # a distribution's python: stdlib under /usr/lib (bound), the binary alone
+        args += ["--ro-bind", py, py]
+    else:  # a self-contained install (pyenv, /usr/local, /opt/...)
+        args += ["--ro-bind", prefix, prefix]
+    for site in sorted(glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages"))) + sorted(
+            glob.glob(os.path.join(prefix, "local", "lib", "python3*", "dist-packages"))):
+        if os.path.isdir(site):
+            args += ["--size", str(1 << 16), "--tmpfs", site]  # installed packages: hidden
     return args
 
 
 def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: SandboxLimits,
-                host_work: str | None, result_fd: int) -> list[str]:
+                host_work: str | None, result_fd: int, child_fd: int) -> list[str]:
     L = _LAYERS
     argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
@@ -304,8 +336,8 @@ def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: Sandbo
     if L.fs_isolation:
         argv += _ro_system_binds()
     else:
-        argv += ["--bind", "/", "/"]
-    argv += ["--ro-bind", str(CHILD_PATH), "/sbx/child.py"]
+        argv += ["--bind", "/", "/", "--tmpfs", "/sbx"]
+    argv += ["--perms", "0444", "--ro-bind-data", str(child_fd), "/sbx/child.py"]
     argv += ["--proc", "/proc"] if L.pid_ns else ["--bind", "/proc", "/proc"]
     argv += ["--dev", "/dev"]
     if host_work is not None:
@@ -348,7 +380,8 @@ class _Sandbox:
         r_res, w_res = os.pipe()
         info_r, info_w = os.pipe()
         pass_fds = [w_res, info_w]
-        seccomp_r = None
+        seccomp_r = child_r = None
+        user = None
         unsafe = _unsafe()
         try:
             if unsafe:
@@ -374,21 +407,27 @@ class _Sandbox:
                 if not _LAYERS.tmpfs_work:
                     self.host_work = tempfile.mkdtemp(prefix="collm_sbx_")
                     os.chmod(self.host_work, 0o777)
-                argv = _bwrap_argv(bwrap, seccomp_r, info_w, limits, self.host_work, w_res)
+                child_r, child_w = os.pipe()  # the harness's source, whatever the repo's path
+                os.write(child_w, _CHILD_SOURCE)  # < 64 KiB: fits the pipe buffer
+                os.close(child_w)
+                pass_fds.append(child_r)
+                argv = _bwrap_argv(bwrap, seccomp_r, info_w, limits, self.host_work, w_res, child_r)
+                user = _launch_user()
                 env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
                 cwd = "/"
                 self.isolation = ("bwrap: user+pid+net+ipc+uts+mount namespaces, seccomp, "
                                   f"tmpfs work dir, uid {SANDBOX_UID}")
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, pass_fds=pass_fds, cwd=cwd,
-                                         env=env, start_new_session=True)
+                                         env=env, start_new_session=True, user=user, group=user,
+                                         extra_groups=[] if user is not None else None)
         except BaseException:
             for fd in (r_res, info_r):
                 os.close(fd)
             self._remove_host_work()
             raise
         finally:
-            for fd in (w_res, info_w, seccomp_r):
+            for fd in (w_res, info_w, seccomp_r, child_r):
                 if fd is not None:
                     os.close(fd)
         self.result_r = r_res
@@ -467,19 +506,24 @@ class _Sandbox:
             self.child_pid = int(json.loads(info.decode()).get("child-pid", 0))
         except (OSError, ValueError, AttributeError):
             pass
+        rc = None
         if self.child_pid > 1:
             try:
                 os.kill(self.child_pid, signal.SIGKILL)
+                # bwrap reaps its init only once the kernel has killed every process of the
+                # namespace: when bwrap exits, nothing of the sandbox is left
+                rc = self.proc.wait(timeout=1.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if rc is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
                 pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            rc = self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            rc = -9
+            try:
+                rc = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                rc = -9
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 if f is not None:
@@ -497,7 +541,11 @@ class _Sandbox:
     def _remove_host_work(self) -> None:
         if self.host_work is not None:
             work, self.host_work = self.host_work, None
-            shutil.rmtree(work, ignore_errors=True)  # only used unsafe / weakened (tests)
+            if _LAYERS.tmpfs_work:  # unsafe mode: `rm` walks any depth without recursion
+                subprocess.run(["rm", "-rf", "--one-file-system", "--", work], capture_output=True,
+                               timeout=60, check=False)
+            else:  # the weakened layer (tests): the clean-up the old harness did
+                shutil.rmtree(work, ignore_errors=True)
 
 
 class _Pool:
@@ -760,7 +808,7 @@ def run_tests(
 
     programs = [i for i, o in enumerate(outcomes) if o is None]
     if programs:
-        _run_program_checks(code, tests, programs, per_test_results, outcomes, limits, deadline)
+        _run_program_checks(code, entry_point, tests, programs, per_test_results, outcomes, limits, deadline)
     return SandboxResult(
         outcomes=tuple(o if o is not None else TestOutcome(i, False, "no result") for i, o in enumerate(outcomes)),
         code_error=code_error,
@@ -775,7 +823,7 @@ def run_tests(
     )
 
 
-def _run_program_checks(code: str, tests: list[CallCheck], idx: list[int], per_test_results: list,
+def _run_program_checks(code: str, entry_point: str, tests: list[CallCheck], idx: list[int], per_test_results: list,
                         outcomes: list, limits: SandboxLimits, deadline: float) -> None:
     """Runs the 'program' checks in a fresh sandbox that never holds the model's code."""
     checks = []
@@ -788,7 +836,7 @@ def _run_program_checks(code: str, tests: list[CallCheck], idx: list[int], per_t
         chk = {"prelude": t.prelude, "source": t.source, "seed": t.seed,
                "calls": [list(c) for c in t.calls], "results": results}
         if not _LAYERS.trusted_check:
-            chk["code"] = code
+            chk["code"], chk["entry"] = code, entry_point
         checks.append(chk)
     # The checks are trusted code on plain data: give them at least a second after the deadline
     # the model's code may have used up (the "+ 1 s" of the contract).
