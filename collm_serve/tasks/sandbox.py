@@ -551,14 +551,17 @@ class _Sandbox:
 class _Pool:
     """Sandboxes started ahead, waiting for a job (the harness has already warmed the stdlib).
 
-    A sandbox is used once. Taking one starts its replacement at once (a Popen: milliseconds),
-    from the calling thread. bwrap's --die-with-parent ties a sandbox to the THREAD that
-    started it, so one started by a thread that has since exited is dead: `take` skips it."""
+    A sandbox is used once. Taking one wakes a refill thread that starts its replacement.
+    bwrap's --die-with-parent ties a sandbox to the THREAD that started it, so only that one
+    long-lived daemon thread starts pooled sandboxes (one started by a short-lived executor
+    thread would die with it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ready: list[_Sandbox] = []
         self._pid = os.getpid()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def size(self) -> int:
         try:
@@ -566,12 +569,31 @@ class _Pool:
         except ValueError:
             return 2
 
+    def _refill(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if len(self._ready) >= self.size():
+                        break
+                try:
+                    fresh = _Sandbox(SandboxLimits())
+                except Exception:
+                    break
+                with self._lock:
+                    self._ready.append(fresh)
+
     def take(self, limits: SandboxLimits) -> _Sandbox:
         if _LAYERS != Layers() or _unsafe() or limits.tmpfs_bytes != SandboxLimits.tmpfs_bytes:
             return _Sandbox(limits)  # the argv differs: no pooling
         with self._lock:
-            if self._pid != os.getpid():  # forked: the pool's processes are not ours
-                self._ready, self._pid = [], os.getpid()
+            if self._pid != os.getpid():  # forked: the pool's processes and thread are not ours
+                self._ready, self._pid, self._thread = [], os.getpid(), None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refill, name="collm-sandbox-pool",
+                                                 daemon=True)
+                self._thread.start()
             sbx = None
             while self._ready:
                 cand = self._ready.pop(0)
@@ -579,17 +601,8 @@ class _Pool:
                     sbx = cand
                     break
                 cand.kill()
-            want = self.size() - len(self._ready)
-        if sbx is None:
-            sbx = _Sandbox(limits)
-        for _ in range(max(0, want)):
-            try:
-                fresh = _Sandbox(limits)
-            except Exception:
-                break
-            with self._lock:
-                self._ready.append(fresh)
-        return sbx
+        self._wake.set()
+        return sbx if sbx is not None else _Sandbox(limits)
 
     def close(self) -> None:
         with self._lock:
@@ -715,7 +728,7 @@ def _judge(check: CallCheck, results: list) -> tuple[bool, str]:
             ok = bool(diff <= check.tol if check.inclusive else diff < check.tol)
     except (TypeError, ValueError, OverflowError, ArithmeticError, RecursionError, MemoryError) as e:
         return False, f"{type(e).__name__}: {e}"[:ERROR_CHARS]
-    return (True, "") if ok else (False, "AssertionError: wrong result")
+    return (True, "") if ok else (False, "AssertionError")
 
 
 def _encode_result(r: Any) -> Any:
@@ -769,11 +782,20 @@ def run_tests(
            "tests": job_tests, "limits": _limit_dict(limits),
            # never without its own PID namespace: the harness would signal host processes
            "kill_strays": _LAYERS.kill_strays and _LAYERS.pid_ns}
+    cap = (limits.result_bytes + 4096) * max(1, len(tests)) + 4096
     sbx = _POOL.take(limits)
     try:
-        data, out, err, timed_out = sbx.run(job, deadline, (limits.result_bytes + 4096) * max(1, len(tests)) + 4096)
+        data, out, err, timed_out = sbx.run(job, deadline, cap)
     finally:
         rc = sbx.kill()
+    if not data and not timed_out and deadline - time.monotonic() > 0.5:
+        # The harness said nothing at all: the sandbox died before the job (no model code ran
+        # to completion in it). Once more in a fresh one, within the same deadline.
+        sbx = _Sandbox(limits)
+        try:
+            data, out, err, timed_out = sbx.run(job, deadline, cap)
+        finally:
+            rc = sbx.kill()
     if data.endswith(pack_frame({"done": True})):
         rc = 0  # the harness finished; the SIGKILL only swept the namespace
     relays = {}
@@ -803,7 +825,8 @@ def run_tests(
         elif t.kind != "program":
             ok, msg = _judge(t, results)
             if not ok and results[0] is None and reason:
-                msg = f"no result ({reason})"
+                msg = (f"TestTimeout: test exceeded {limits.per_test_timeout_s:.1f}s"
+                       if reason == "per_test_timeout" else f"no result ({reason})")
             outcomes[i] = TestOutcome(i, ok, msg)
 
     programs = [i for i, o in enumerate(outcomes) if o is None]
@@ -841,12 +864,16 @@ def _run_program_checks(code: str, entry_point: str, tests: list[CallCheck], idx
     # The checks are trusted code on plain data: give them at least a second after the deadline
     # the model's code may have used up (the "+ 1 s" of the contract).
     check_deadline = max(deadline, time.monotonic() + 0.9)
-    sbx = _POOL.take(limits)
-    try:
-        data, _, _, _ = sbx.run({"mode": "check", "checks": checks, "limits": _limit_dict(limits)},
-                                check_deadline, 1 << 20)
-    finally:
-        sbx.kill()
+    job = {"mode": "check", "checks": checks, "limits": _limit_dict(limits)}
+    data = b""
+    for sbx in (_POOL.take(limits), None):
+        sbx = sbx or _Sandbox(limits)  # once more in a fresh one if the first died silently
+        try:
+            data, _, _, timed_out = sbx.run(job, check_deadline, 1 << 20)
+        finally:
+            sbx.kill()
+        if data or timed_out:
+            break
     for head, blob in unpack_frames(data):
         t = head.get("t")
         if type(t) is not int or not 0 <= t < len(idx) or outcomes[idx[t]] is not None:
