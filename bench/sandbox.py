@@ -42,7 +42,11 @@ def load_old_harness():
     spec = importlib.util.spec_from_file_location("old_sandbox", path)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["old_sandbox"] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        path.unlink()
+        path.parent.rmdir()
     return mod
 
 
