@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -132,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         base_dir = resolve_model(args.model)  # converts the packaged GGUF once
     cfg_path = agents_yaml(workdir, agents, args.engine, args.model, args.max_tokens)
     procs = [AgentProcess(a, config=cfg_path, log_path=workdir / f"{a}.log") for a in agents]
+    # SIGTERM (a job runner's stop, `kill`) unwinds like Ctrl-C, so `finally` stops the agents:
+    # by default Python dies on SIGTERM without running it and the agents would outlive us.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         with phase("start agent services"):
             with ThreadPoolExecutor(len(procs)) as pool:
