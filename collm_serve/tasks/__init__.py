@@ -1,7 +1,8 @@
 """Task environments (the paper's domains, all offline) behind one registry.
 
     task = get_task("coding")             # cooperative HumanEval, 2 turns (coding.py)
-    task = get_task("writing")            # two complementary texts, 1 turn (writing.py)
+    task = get_task("writing")            # the paper's TLDR task: two summaries, 1 turn (writing.py)
+    task = get_task("writing_arxiv")      # the paper's arXiv task: abstract -> introduction
     task = get_task("build", num_turns=4) # voxel build game after StrBuild (build.py, voxel.py)
     task = get_task("toy")                # trivially learnable, for trainer tests (toy.py)
 
@@ -28,6 +29,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "coding": ("collm_serve.tasks.coding", "CodingTask"),
     "toy": ("collm_serve.tasks.toy", "ToyTask"),
     "writing": ("collm_serve.tasks.writing", "WritingTask"),
+    "writing_arxiv": ("collm_serve.tasks.writing", "WritingArxivTask"),
 }
 TASKS: tuple[str, ...] = tuple(sorted(_REGISTRY))
 
