@@ -146,7 +146,7 @@ def clean_functions(response: str) -> str:
 def extract_function(response: str, name: str) -> str:
     """The function `name` of a response (code_utils.py:172-205 `extract_specific_function`):
     from the first `def name(` line of the cleaned code to the first line that is neither blank
-    nor indented deeper; "" when there is none."""
+    nor indented deeper (another `def name(` before that cut starts over); "" when none."""
     if not response or not name:
         return ""
     out: list[str] = []
@@ -186,7 +186,12 @@ def calls_aux(main_func: str) -> bool:
 
 def is_thin_wrapper(main_func: str) -> bool:
     """code_utils.py:350-428: after dropping blank lines, docstrings, comments and `def` lines,
-    the body is empty, or one `return ...aux...` line, or `v = aux(...)` then `return v`."""
+    the body is empty, or one `return ...aux...` line, or `v = aux(...)` then `return v`.
+
+    As in the paper's code, a line that starts with triple quotes and does not also end a
+    docstring on that line opens one - including a docstring's lone closing quotes - so after a
+    HumanEval-style docstring the whole rest of the body is skipped and the function counts as
+    a wrapper (no +1.0)."""
     if not main_func:
         return False
     body: list[str] = []
