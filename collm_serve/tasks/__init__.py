@@ -1,7 +1,8 @@
 """Task environments (the paper's domains, all offline) behind one registry.
 
     task = get_task("coding")             # cooperative HumanEval, 2 turns (coding.py)
-    task = get_task("writing")            # two complementary texts, 1 turn (writing.py)
+    task = get_task("writing")            # the paper's TLDR task: two summaries, 1 turn (writing.py)
+    task = get_task("writing_arxiv")      # the paper's arXiv task: abstract -> introduction
     task = get_task("strbuild")           # the paper's StrBuild, Minecraft strings (strbuild.py)
     task = get_task("housebuild")         # the paper's HouseBuild, Minecraft houses (housebuild.py)
     task = get_task("build", num_turns=4) # our own 3D voxel game after StrBuild (build.py, voxel.py)
@@ -33,6 +34,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "strbuild": ("collm_serve.tasks.strbuild", "StrBuildTask"),
     "toy": ("collm_serve.tasks.toy", "ToyTask"),
     "writing": ("collm_serve.tasks.writing", "WritingTask"),
+    "writing_arxiv": ("collm_serve.tasks.writing", "WritingArxivTask"),
 }
 TASKS: tuple[str, ...] = tuple(sorted(_REGISTRY))
 

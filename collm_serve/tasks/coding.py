@@ -1,34 +1,56 @@
-"""`coding`: cooperative HumanEval (the paper's CoopHumanEval/HumanEval setting), 2 turns.
+"""`coding`: cooperative HumanEval as the paper's code defines it (CoMLRL's code reward), 2 turns.
+
+Paper's code: OpenMLRL/LLM_Collab_Code_Generation. Line numbers below were counted in the stored
+text of these versions: `rewards/code_rewards.py` @0b914ca (`execution_reward_aux`),
+`rewards/code_utils.py` @11f24c3, `external/level_feedback.py` @3618829, `train_maac.py`,
+`configs/maac_he_config.yaml` @09408c8, `iac_he_config.yaml` / `magrpo_he_config.yaml` @07663c1.
 
 Data: `data/HumanEval.jsonl.gz` (OpenAI HumanEval, 164 problems, MIT licence in
 `data/HumanEval.LICENSE`; Chen et al. 2021, https://github.com/openai/human-eval).
-Split by position: HumanEval/0..131 -> "train" (132), HumanEval/132..163 -> "eval" (32).
+Split as the paper's configs (`train_split: "test[33:163]"`, `eval_split: "test[:32]"`,
+configs/maac_he_config.yaml:24-25, iac_he_config.yaml:23-24, magrpo_he_config.yaml:20-21): HumanEval/33..162 ->
+"train" (130), HumanEval/0..31 -> "eval" (32). HumanEval/32 and /163 are in neither split (as in
+the paper); `get_problem` still finds them, for replays and tests.
 
-Agents and protocol:
-- `helper` writes ONE auxiliary function named `aux` (AUX_NAME) and must not write the entry point.
-- `main` writes the entry-point function named by the problem (e.g. `has_close_elements`) and
-  may call `aux`; it must not define `aux` itself. Neither sees the other's code, ever: turn-2
-  feedback reports the JOINT outcome (structure, which part failed to parse - with line and
-  message only for the agent's own code -, which dataset asserts failed with a short
-  exception message, whether main used aux) plus the agent's own previous answer (its history).
-  Exception messages come from running the joint program and are cut to ERROR_SHOWN_CHARS.
-- Code is extracted from ```python fenced blocks (all of them, joined), else from an
-  unterminated fence, else the raw response.
-- The joint program = the problem prompt's preamble (its imports and any functions it gives,
-  everything before `def <entry_point>`) + helper code + main code. It runs ONLY in the sandbox
-  (`sandbox.run_tests`): each top-level statement of the dataset's `check(candidate)` that
-  contains an assert and uses `candidate` is one test (preceded by the check's plain setup
-  statements); `assert True` lines are dropped.
+Agents and protocol (train_maac.py `aux_function_formatter` / `main_function_formatter`):
+- `helper` (the paper's agent 1) writes a helper function named `aux`.
+- `main` (agent 2) writes the entry-point function and may call `aux(...)`.
+  Neither sees the other's code. Between turns each agent gets the paper's "level_feedback"
+  (external/level_feedback.py `format_followup_prompts`): definition status of both functions,
+  combined-syntax status, and the result of the problem's FIRST test only (`sandbox_slice: 1`,
+  configs/maac_he_config.yaml:35) with the failing assert and its error; main also gets the aux
+  usage notes. The paper restates the previous prompts and responses inside the feedback text;
+  here they are the agent's own chat history (same content, chat form).
+- Code extraction is the paper's (code_utils.py:49-205, re-implemented in `clean_functions` and
+  `extract_function`): markdown fences are dropped, only `def` blocks are kept (any other text,
+  imports included, is dropped), and of each response ONLY the first `aux` / entry-point
+  function survives. The joint program = `import math` (the paper runs the code with
+  `{"math": math}` as globals, code_rewards.py:192) + the problem prompt's preamble (everything
+  before `def <entry_point>`: its imports and any function the statement gives; the paper keeps
+  only the import lines, code_utils.py:17-46 - see docs/paper-fidelity.md) + aux + main.
+  It runs ONLY in the sandbox (`sandbox.run_tests`).
 
-Reward (joint, in [0, 4], gated levels - a level is only scored when the previous one passed):
-  1. structure  +STRUCTURE_REWARD (0.5): helper defines `aux` and main defines the entry point
-                 (top-level `def`, checked on the text).
-  2. syntax     +SYNTAX_REWARD (0.5): each part and the joint program compile.
-  3. tests      +TESTS_REWARD (2.5) x fraction of tests passing.
-  4. cooperation +COOPERATION_REWARD (0.5): at least one test passes, main does not redefine
-                 `aux`, and the entry-point function calls `aux(...)` and uses its value (the
-                 call is not a bare expression statement).
-Maximum 4.0. `info` records every level; `info["level"]` is the highest level passed (0..4).
+Reward: `code_reward` below, the paper's levels and numbers (max 4.0):
+  L1  +0.4 aux defined with a return (optional)              code_rewards.py:114-123
+      +0.6 main defined with a return (required: else stop)  code_rewards.py:126-143
+  L2  +0.5 combined code parses (required: else stop)        code_rewards.py:150-167
+  L3  +1.0 x fraction of tests passing (no tests: stop)      code_rewards.py:174-178, 278-280
+      bonuses only when >= 1 test passed and an `aux` function was extracted
+                                                             code_rewards.py:294-296
+      +0.5 main's text calls aux(...)                        code_rewards.py:297-301, code_utils.py:326-347
+      +1.0 ... and main is not a thin wrapper of aux         code_rewards.py:307-311, code_utils.py:350-428
+      -0.5 ... and an aux call's value is ignored            code_rewards.py:325-331, code_utils.py:431-473
+Both bonuses and the deduction sit under "main calls aux" (code_rewards.py:299), so the
+level-3 bonus part is one of 0, +0.5, +1.5, 0.0 (+0.5 -0.5) or +1.0.
+The "ignored value" rule: in the paper's code (code_utils.py:445-468) the line pattern is
+`aux\\s\\([^)]\\)` - exactly one whitespace and one argument character - so it fires only on a
+line that is just `aux (x)`; `aux(x)` alone on a line is NOT penalised there.
+`ignored_aux_rule="paper"` (default) reproduces that; `"ast"` penalises every call whose value is
+dropped (an expression statement, or assigned to a name never read afterwards).
+Task options (CoMLRL; configs/maac_he_config.yaml:53,58, iac_he_config.yaml:55,60,
+magrpo_he_config.yaml:48,59):
+`reward_shift = -4`, `early_stop_threshold = -0.2` (the episode ends once the shifted reward
+passes it, i.e. a raw reward of 3.8 or more).
 """
 
 from __future__ import annotations
@@ -38,8 +60,9 @@ import gzip
 import json
 import re
 import threading
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from collm_serve.tasks.base import Problem, Task, TaskEpisode, check_split
 from collm_serve.tasks.sandbox import CallCheck, SandboxLimits, run_tests
@@ -47,36 +70,267 @@ from collm_serve.tasks.sandbox_checks import prepare_checks
 
 DATA_PATH = Path(__file__).parent / "data" / "HumanEval.jsonl.gz"
 AUX_NAME = "aux"
-NUM_TRAIN = 132  # HumanEval/0..131 train, the remaining 32 eval
+TRAIN_RANGE = (33, 163)  # HumanEval/33..162: configs/maac_he_config.yaml:24 "test[33:163]"
+EVAL_RANGE = (0, 32)  # HumanEval/0..31: configs/maac_he_config.yaml:25 "test[:32]"
 
-STRUCTURE_REWARD = 0.5
+AUX_DEFINED_REWARD = 0.4
+MAIN_DEFINED_REWARD = 0.6
 SYNTAX_REWARD = 0.5
-TESTS_REWARD = 2.5
-COOPERATION_REWARD = 0.5
-MAX_REWARD = STRUCTURE_REWARD + SYNTAX_REWARD + TESTS_REWARD + COOPERATION_REWARD
+TESTS_REWARD = 1.0
+USES_AUX_REWARD = 0.5
+NOT_WRAPPER_REWARD = 1.0
+IGNORED_AUX_PENALTY = 0.5
+MAX_REWARD = (AUX_DEFINED_REWARD + MAIN_DEFINED_REWARD + SYNTAX_REWARD + TESTS_REWARD
+              + USES_AUX_REWARD + NOT_WRAPPER_REWARD)  # 4.0, code_rewards.py:49
 
-FAILING_SHOWN = 3  # failing tests listed in the feedback
-TEST_SHOWN_CHARS = 160  # per failing assert shown
-ERROR_SHOWN_CHARS = 120  # per exception message shown
+FEEDBACK_TESTS = 1  # the paper's feedback runs the first assert only (sandbox_slice: 1)
 
-_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.S | re.I)
-_OPEN_FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*)\Z", re.S | re.I)
-
-
-def extract_code(response: str) -> str:
-    """Code of a model response: fenced python blocks, else an unterminated fence, else raw."""
-    blocks = _FENCE.findall(response)
-    if blocks:
-        return "\n\n".join(b.strip("\n") for b in blocks).strip("\n") + "\n"
-    m = _OPEN_FENCE.search(response)
-    if m:
-        return m.group(1).strip("\n") + "\n"
-    return response.strip("\n") + "\n" if response.strip() else ""
+_DEF_LINE = re.compile(r"^(\s*)def\s+\w+\s*\(")
+_IMPORT_LINE = (re.compile(r"^from\s+[\w\.]+\s+import\s+.*$"), re.compile(r"^import\s+[\w\.,\s]+$"))
+_CODE_MARKERS = ("def ", "return ", "if ", "for ", "while ", "=", "(", ")", "[", "]")
+_PROSE_LINE = re.compile(r"^[A-Z][a-z].*[.!?:]$")
+_QUOTES = ('"' * 3, "'" * 3)
 
 
-def defines_function(code: str, name: str) -> bool:
-    """A top-level `def name(` in the text (checked before parsing, so it works on bad code)."""
-    return re.search(rf"^(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.M) is not None
+# ---------------------------------------------------------------- extraction (the paper's rules)
+
+def clean_functions(response: str) -> str:
+    """The `def` blocks of a response, as code_utils.py:49-169 `cleanup_code` extracts them.
+
+    Fences are removed; a block starts at any line `def name(` (at any indent) and keeps blank
+    lines, lines indented deeper than its `def`, and docstrings that start at the `def`'s level;
+    the first other line ends it. Blocks are joined by a blank line; lines that read as prose
+    (capitalised sentence, no code marker) are dropped; no `def` left -> "".
+    """
+    if not response or not isinstance(response, str):
+        return ""
+    text = re.sub(r"```\s*\n?", "", re.sub(r"```python\s*\n?", "", response))
+    lines = text.split("\n")
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    indent = 0
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        starts = _DEF_LINE.match(line)
+        if current is not None and not starts:
+            if stripped == "" or line.startswith(" " * (indent + 1)) or line.startswith("\t"):
+                current.append(line)
+            elif stripped.startswith(_QUOTES):
+                current.append(line)
+                quote = stripped[:3]
+                if not (stripped.endswith(quote) and len(stripped) > 3):
+                    i += 1
+                    while i < len(lines):
+                        current.append(lines[i])
+                        if quote in lines[i]:
+                            break
+                        i += 1
+            else:
+                current = None
+        if starts:
+            current = [line]
+            blocks.append(current)
+            indent = len(line) - len(line.lstrip())
+        i += 1
+    joined = "\n\n".join("\n".join(b) for b in blocks)
+    kept = [
+        ln for ln in joined.split("\n")
+        if not (ln.strip() and not ln.strip().startswith(("#", *_QUOTES))
+                and not any(k in ln for k in _CODE_MARKERS) and _PROSE_LINE.match(ln.strip()))
+    ]
+    result = "\n".join(kept).strip()
+    return result if re.search(r"def\s+\w+\s*\(", result) else ""
+
+
+def extract_function(response: str, name: str) -> str:
+    """The function `name` of a response (code_utils.py:172-205 `extract_specific_function`):
+    from the first `def name(` line of the cleaned code to the first line that is neither blank
+    nor indented deeper (another `def name(` before that cut starts over); "" when none."""
+    if not response or not name:
+        return ""
+    out: list[str] = []
+    inside = False
+    indent = 0
+    target = re.compile(rf"^(\s*)def\s+{re.escape(name)}\s*\(")
+    for line in clean_functions(response).split("\n"):
+        if target.match(line):
+            out, inside, indent = [line], True, len(line) - len(line.lstrip())
+        elif inside:
+            if line.strip() == "" or line.startswith(" " * (indent + 1)) or line.startswith("\t"):
+                out.append(line)
+            else:
+                break
+    return "\n".join(out).strip()
+
+
+def has_return(func: str) -> bool:
+    """code_utils.py:217: the function's text matches `return\\s+`."""
+    return re.search(r"return\s+", func) is not None
+
+
+def prompt_imports(prompt: str) -> str:
+    """Import lines of the problem statement, deduplicated (code_utils.py:17-46)."""
+    seen: list[str] = []
+    for line in prompt.split("\n"):
+        s = line.strip()
+        if any(p.match(s) for p in _IMPORT_LINE) and s not in seen:
+            seen.append(s)
+    return "\n".join(seen)
+
+
+def calls_aux(main_func: str) -> bool:
+    """code_utils.py:326-347: main's text (comments and docstrings included) has `aux(`."""
+    return bool(main_func) and re.search(rf"\b{AUX_NAME}\s*\(", main_func) is not None
+
+
+def is_thin_wrapper(main_func: str) -> bool:
+    """code_utils.py:350-428: after dropping blank lines, docstrings, comments and `def` lines,
+    the body is empty, or one `return ...aux...` line, or `v = aux(...)` then `return v`.
+
+    As in the paper's code, a line that starts with triple quotes and does not also end a
+    docstring on that line opens one - including a docstring's lone closing quotes - so after a
+    HumanEval-style docstring the whole rest of the body is skipped and the function counts as
+    a wrapper (no +1.0)."""
+    if not main_func:
+        return False
+    body: list[str] = []
+    in_doc = False
+    for line in main_func.split("\n"):
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith(_QUOTES):
+            if not (s.endswith(s[:3]) and len(s) > 3):
+                in_doc = True
+            continue
+        if in_doc:
+            if any(q in s for q in _QUOTES):
+                in_doc = False
+            continue
+        if s.startswith("#") or s.startswith("def "):
+            continue
+        body.append(s)
+    if not body:
+        return True
+    if len(body) == 1:
+        return body[0].startswith("return ") and AUX_NAME in body[0]
+    if len(body) == 2:
+        m = re.search(rf"(\w+)\s*=\s*{AUX_NAME}\s*\(", body[0])
+        return bool(m) and body[1] == f"return {m.group(1)}"
+    return False
+
+
+def ignored_aux_calls_paper(main_func: str) -> list[str]:
+    """Lines the paper's deduction flags (code_utils.py:431-473
+    `check_aux_call_without_assignment`): a stripped, non-comment line that is exactly `aux`,
+    ONE whitespace character, `(`, ONE non-`)` character, `)` - the only one of its three "bad
+    patterns" a stripped line can match."""
+    if not main_func or AUX_NAME not in main_func:
+        return []
+    pat = re.compile(rf"{AUX_NAME}\s\([^)]\)")
+    return [f"Line {n}: {line.strip()}" for n, line in enumerate(main_func.split("\n"), 1)
+            if line.strip() and not line.strip().startswith("#") and pat.fullmatch(line.strip())]
+
+
+def ignored_aux_calls_ast(main_func: str) -> list[str]:
+    """Calls of `aux` whose value is dropped: an expression statement, or assigned to a name that
+    is never read afterwards. What the paper's feedback means by "called but misused"
+    (level_feedback.py uses `check_aux_call_without_usage`, code_utils.py `AuxUsageAnalyzer`;
+    that analyser decides "never read" before it has visited the later reads, so it flags
+    almost every assignment - here reads anywhere after the assignment count)."""
+    if not main_func:
+        return []
+    try:
+        tree = ast.parse(main_func)
+    except (SyntaxError, ValueError):
+        return []
+    parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+    loads: dict[str, list[tuple[int, int]]] = {}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            loads.setdefault(n.id, []).append((n.lineno, n.col_offset))
+    out: list[str] = []
+    for n in ast.walk(tree):
+        if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == AUX_NAME):
+            continue
+        parent = parents.get(n)
+        if isinstance(parent, ast.Expr):
+            out.append(f"Line {n.lineno}: standalone call (not assigned)")
+        elif isinstance(parent, ast.Assign):
+            end = (parent.end_lineno or parent.lineno, parent.end_col_offset or 0)
+            for t in parent.targets:
+                if isinstance(t, ast.Name) and not any(pos > end for pos in loads.get(t.id, [])):
+                    out.append(f"Line {n.lineno}: assigned to {t.id} but never used")
+    return sorted(out)
+
+
+# ---------------------------------------------------------------- the reward (pure)
+
+@dataclass(frozen=True)
+class CodeFacts:
+    """What the reward needs besides the test counts (all from the two responses' text)."""
+
+    aux_defined: bool  # an `aux` function with a return (code_utils.py:208-222)
+    main_defined: bool  # the entry-point function with a return
+    syntax_ok: bool  # the combined code parses (code_utils.py:225-231)
+    aux_present: bool  # an `aux` function was extracted at all (bonus gate, code_rewards.py:295)
+    main_calls_aux: bool
+    main_is_wrapper: bool
+    aux_value_ignored: bool  # per the task's ignored_aux_rule
+
+
+def code_reward(facts: CodeFacts, num_passed: int, num_tests: int) -> tuple[float, dict[str, float], int]:
+    """(reward, parts, level) of one joint answer: code_rewards.py:26-339 `execution_reward_aux`.
+
+    `num_tests` = 0 means no test could be extracted: the reward stops after the syntax level
+    (code_rewards.py:175-178). Level: 0 main missing, 1 definitions, 2 syntax, 3 tests ran.
+    """
+    parts = {"aux_defined": 0.0, "main_defined": 0.0, "syntax": 0.0, "tests": 0.0,
+             "uses_aux": 0.0, "not_wrapper": 0.0, "ignored_aux": 0.0}
+    if facts.aux_defined:
+        parts["aux_defined"] = AUX_DEFINED_REWARD
+    if not facts.main_defined:
+        return sum(parts.values()), parts, 0
+    parts["main_defined"] = MAIN_DEFINED_REWARD
+    if not facts.syntax_ok:
+        return sum(parts.values()), parts, 1
+    parts["syntax"] = SYNTAX_REWARD
+    if num_tests <= 0:
+        return sum(parts.values()), parts, 2
+    parts["tests"] = TESTS_REWARD * num_passed / num_tests
+    if num_passed > 0 and facts.aux_present and facts.main_calls_aux:
+        parts["uses_aux"] = USES_AUX_REWARD
+        if not facts.main_is_wrapper:
+            parts["not_wrapper"] = NOT_WRAPPER_REWARD
+        if facts.aux_value_ignored:
+            parts["ignored_aux"] = -IGNORED_AUX_PENALTY
+    return sum(parts.values()), parts, 3
+
+
+def _definition_message(func: str, label: str) -> str:
+    """The paper's messages (code_utils.py:213-222)."""
+    if not func:
+        return f"{label} not defined"
+    if not has_return(func):
+        return f"{label} missing return statement"
+    return f"{label} properly defined with return statement"
+
+
+def _syntax_error(code: str) -> dict[str, Any] | None:
+    try:
+        ast.parse(code)
+        return None
+    except SyntaxError as e:
+        return {"line": e.lineno, "offset": e.offset, "msg": e.msg, "text": str(e)}
+    except (ValueError, OverflowError) as e:  # e.g. null bytes
+        return {"line": None, "offset": None, "msg": str(e), "text": str(e)}
+
+
+def _prompt_preamble(prompt: str, entry_point: str) -> str:
+    m = re.search(rf"^def[ \t]+{re.escape(entry_point)}[ \t]*\(", prompt, re.M)
+    return prompt[: m.start()] if m else prompt_imports(prompt)
 
 
 def split_humaneval_tests(test_src: str) -> tuple[str, list[str]]:
@@ -98,57 +352,23 @@ def split_humaneval_tests(test_src: str) -> tuple[str, list[str]]:
     return setup, tests
 
 
-def _prompt_preamble(prompt: str, entry_point: str) -> str:
-    m = re.search(rf"^def[ \t]+{re.escape(entry_point)}[ \t]*\(", prompt, re.M)
-    return prompt[: m.start()] if m else ""
-
-
-def _syntax_error(code: str, label: str) -> str:
-    """'' when `code` compiles, else 'line N: message' (never the offending source text)."""
-    try:
-        compile(code, label, "exec")
-        return ""
-    except SyntaxError as e:
-        return f"line {e.lineno}: {e.msg}"
-    except (ValueError, OverflowError) as e:  # e.g. null bytes
-        return f"{type(e).__name__}: {e}"[:ERROR_SHOWN_CHARS]
-
-
-def cooperation(main_code: str, entry_point: str) -> dict[str, bool]:
-    """Does the entry point call aux(...) and use the value? Does main redefine aux?"""
-    info = {"calls_aux": False, "uses_result": False, "redefines_aux": False}
-    try:
-        tree = ast.parse(main_code)
-    except (SyntaxError, ValueError):
-        return info
-    funcs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    info["redefines_aux"] = any(f.name == AUX_NAME for f in funcs)
-    entries = [f for f in funcs if f.name == entry_point]
-    if not entries:
-        return info
-    entry = entries[-1]  # the definition that wins
-    parents: dict[ast.AST, ast.AST] = {}
-    for node in ast.walk(entry):
-        for child in ast.iter_child_nodes(node):
-            parents[child] = node
-    for node in ast.walk(entry):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == AUX_NAME:
-            info["calls_aux"] = True
-            if not isinstance(parents.get(node), ast.Expr):
-                info["uses_result"] = True
-    return info
-
-
 class CodingTask(Task):
     name = "coding"
+    reward_shift: float = -4.0  # configs/maac_he_config.yaml:58 reward_shift: -4
+    early_stop_threshold: float | None = -0.2  # configs/maac_he_config.yaml:53
 
-    def __init__(self, num_turns: int = 2, timeout_s: float = 10.0, per_test_timeout_s: float = 3.0):
+    def __init__(self, num_turns: int = 2, timeout_s: float = 10.0, per_test_timeout_s: float = 3.0,
+                 ignored_aux_rule: Literal["paper", "ast"] = "paper"):
         if num_turns < 1:
             raise ValueError(f"num_turns must be >= 1, got {num_turns}")
+        if ignored_aux_rule not in ("paper", "ast"):
+            raise ValueError(f"ignored_aux_rule must be 'paper' or 'ast', got {ignored_aux_rule!r}")
         self.agents = ("helper", "main")
         self.num_turns = num_turns
+        self.ignored_aux_rule = ignored_aux_rule
         self.limits = SandboxLimits(timeout_s=timeout_s, per_test_timeout_s=per_test_timeout_s)
         self._problems: dict[str, list[Problem]] | None = None
+        self._all: dict[str, Problem] = {}
         self._lock = threading.Lock()
 
     def _load(self) -> dict[str, list[Problem]]:
@@ -158,7 +378,8 @@ class CodingTask(Task):
                 with gzip.open(DATA_PATH, "rt", encoding="utf-8") as f:
                     rows = [json.loads(line) for line in f if line.strip()]
                 for i, row in enumerate(rows):
-                    split = "train" if i < NUM_TRAIN else "eval"
+                    split = ("train" if TRAIN_RANGE[0] <= i < TRAIN_RANGE[1]
+                             else "eval" if EVAL_RANGE[0] <= i < EVAL_RANGE[1] else "none")
                     setup, tests = split_humaneval_tests(row["test"])
                     preamble = _prompt_preamble(row["prompt"], row["entry_point"])
                     payload = {
@@ -174,160 +395,172 @@ class CodingTask(Task):
                             tests, prelude=f"{preamble}\n{setup}\n", entry_point=row["entry_point"],
                             reference=row["prompt"] + row["canonical_solution"])],
                     }
-                    out[split].append(Problem(row["task_id"], split, payload))
+                    p = Problem(row["task_id"], split, payload)
+                    self._all[p.problem_id] = p
+                    if split in out:
+                        out[split].append(p)
                 self._problems = out
             return self._problems
 
     def problems(self, split: str) -> list[Problem]:
         return list(self._load()[check_split(split)])
 
+    def get_problem(self, problem_id: str) -> Problem:
+        """Any HumanEval problem, in a split or not (HumanEval/32 and /163 are in neither)."""
+        self._load()
+        if problem_id not in self._all:
+            raise KeyError(f"task {self.name!r} has no problem {problem_id!r}")
+        return self._all[problem_id]
+
     def new_episode(self, problem: Problem) -> CodingEpisode:
         return CodingEpisode(self, problem)
+
+    def facts(self, problem: Problem, helper_response: str, main_response: str) -> tuple[CodeFacts, dict[str, Any]]:
+        """The reward's facts about the two responses, what feedback shows, and the joint program
+        (no test runs here)."""
+        p = problem.payload
+        entry = p["entry_point"]
+        aux_func = extract_function(helper_response, AUX_NAME)
+        main_func = extract_function(main_response, entry)
+        pieces = ("import math", p["preamble"].strip(), clean_functions(aux_func), clean_functions(main_func))
+        program = "\n\n".join(x for x in pieces if x) + "\n"
+        syntax_error = _syntax_error(program)
+        ignored = (ignored_aux_calls_paper(main_func) if self.ignored_aux_rule == "paper"
+                   else ignored_aux_calls_ast(main_func))
+        facts = CodeFacts(
+            aux_defined=bool(aux_func) and has_return(aux_func),
+            main_defined=bool(main_func) and has_return(main_func),
+            syntax_ok=syntax_error is None,
+            aux_present=bool(aux_func),
+            main_calls_aux=calls_aux(main_func),
+            main_is_wrapper=is_thin_wrapper(main_func),
+            aux_value_ignored=bool(ignored),
+        )
+        extra = {
+            "aux_message": _definition_message(aux_func, "Aux function"),
+            "main_message": _definition_message(main_func, f"Main function ({entry})"),
+            "syntax_error": syntax_error,
+            "ignored_aux_calls": ignored,
+            "misused_aux_calls": ignored_aux_calls_ast(main_func),
+            "program": program,
+        }
+        return facts, extra
 
     def evaluate(
         self, problem: Problem, helper_response: str, main_response: str
     ) -> tuple[float, dict[str, Any]]:
-        """Reward and level info of one joint answer (stateless; what `step` uses)."""
+        """Reward and level info of one joint answer (stateless; what `step` uses). Tests run only
+        when the reward reaches them (main defined, combined code parses)."""
         p = problem.payload
         entry = p["entry_point"]
-        helper_code = extract_code(helper_response)
-        main_code = extract_code(main_response)
-        info: dict[str, Any] = {"level": 0, "max_reward": MAX_REWARD}
-        parts = {"structure": 0.0, "syntax": 0.0, "tests": 0.0, "cooperation": 0.0}
+        facts, extra = self.facts(problem, helper_response, main_response)
+        program = extra.pop("program")
+        info: dict[str, Any] = {"max_reward": MAX_REWARD, "facts": asdict(facts), **extra}
+        num_passed = num_tests = 0
+        if facts.main_defined and facts.syntax_ok and p["checks"]:
+            checks = [CallCheck.from_dict(c) for c in p["checks"]]
+            result = run_tests(program, checks, entry_point=entry, rebind=p["preamble"], limits=self.limits)
+            num_passed, num_tests = result.num_passed, result.num_tests
+            info["tests"] = {
+                "passed": result.num_passed,
+                "total": result.num_tests,
+                "fraction": result.pass_fraction,
+                "failing": [o.index for o in result.outcomes if not o.passed],
+                "errors": {str(o.index): o.error for o in result.outcomes if not o.passed},
+                "code_error": result.code_error,
+                "setup_error": result.setup_error,
+                "timed_out": result.timed_out,
+                "killed_reason": result.killed_reason,
+                "duration_s": result.duration_s,
+            }
+        reward, parts, level = code_reward(facts, num_passed, num_tests)
         info["reward_parts"] = parts
-
-        structure = {"helper_defines_aux": defines_function(helper_code, AUX_NAME),
-                     "main_defines_entry": defines_function(main_code, entry)}
-        structure["ok"] = all(structure.values())
-        info["structure"] = structure
-        if not structure["ok"]:
-            return 0.0, info
-        parts["structure"] = STRUCTURE_REWARD
-        info["level"] = 1
-
-        program = f"{p['preamble'].rstrip()}\n\n\n{helper_code.rstrip()}\n\n\n{main_code.rstrip()}\n"
-        syntax = {"helper_error": _syntax_error(helper_code, "<helper>"),
-                  "main_error": _syntax_error(main_code, "<main>")}
-        syntax["joint_error"] = "" if any(syntax.values()) else _syntax_error(program, "<joint>")
-        syntax["ok"] = not any(syntax.values())
-        info["syntax"] = syntax
-        if not syntax["ok"]:
-            return sum(parts.values()), info
-        parts["syntax"] = SYNTAX_REWARD
-        info["level"] = 2
-
-        checks = [CallCheck.from_dict(c) for c in p["checks"]]
-        result = run_tests(program, checks, entry_point=entry, rebind=p["preamble"],
-                           limits=self.limits)
-        tests = {
-            "passed": result.num_passed,
-            "total": result.num_tests,
-            "fraction": result.pass_fraction,
-            "failing": [o.index for o in result.outcomes if not o.passed],
-            "errors": {str(o.index): o.error for o in result.outcomes if not o.passed},
-            "code_error": result.code_error,
-            "setup_error": result.setup_error,
-            "timed_out": result.timed_out,
-            "killed_reason": result.killed_reason,
-            "duration_s": result.duration_s,
-        }
-        info["tests"] = tests
-        parts["tests"] = TESTS_REWARD * result.pass_fraction
-        if result.num_passed == 0:
-            return sum(parts.values()), info
-        info["level"] = 3
-
-        coop = cooperation(main_code, entry)
-        coop["ok"] = coop["calls_aux"] and coop["uses_result"] and not coop["redefines_aux"]
-        info["cooperation"] = coop
-        if coop["ok"]:
-            parts["cooperation"] = COOPERATION_REWARD
-            info["level"] = 4
-        return sum(parts.values()), info
+        info["level"] = level
+        return reward, info
 
 
 def _role_prompt(agent: str, payload: dict[str, Any]) -> str:
-    entry = payload["entry_point"]
-    problem = f"Problem:\n```python\n{payload['prompt'].rstrip()}\n```\n"
+    """The paper's prompts, verbatim (train_maac.py `aux_function_formatter` and
+    `main_function_formatter`; the same text in train_magrpo.py and train_iac.py)."""
+    prompt, entry = payload["prompt"], payload["entry_point"]
+    m = re.search(r"def\s+\w+\s*\(([^)]+)\)", prompt)
+    params = ", ".join(x.strip() for x in m.group(1).split(",") if x.strip()) if m else ""
+    rules = (
+        "IMPORTANT INSTRUCTIONS:\n"
+        "- Output ONLY the function code, no explanations or examples\n"
+        "- Do NOT include markdown code blocks (```python)\n"
+        "- Do NOT include any text before or after the function\n"
+        "- Do NOT include test cases or example usage\n"
+    )
     if agent == "helper":
         return (
-            "You are HELPER in a two-agent Python coding team. Your partner, MAIN, writes the "
-            f"function `{entry}`. You write ONE auxiliary function named `{AUX_NAME}` that MAIN "
-            "can call to do part of the work.\n\n"
-            f"{problem}\n"
-            "Rules:\n"
-            f"- Define `def {AUX_NAME}(...)`; you may import standard-library modules.\n"
-            f"- Do not define `{entry}`.\n"
-            "- Reply with a single ```python code block."
+            "Create a helper function for this coding problem.\n\n"
+            f"Problem:\n{prompt}\n\n"
+            f"{rules}"
+            "- Create a helper function named 'aux' that can assist the main function\n"
+            "- The function should return useful data for solving the problem\n\n"
+            "Your output should follow this format:\n\n"
+            "def aux(...):\n # your function code here\nreturn result\n"
         )
     return (
-        "You are MAIN in a two-agent Python coding team. Your partner, HELPER, writes an auxiliary "
-        f"function `{AUX_NAME}` that is defined before your code runs (you do not see it).\n\n"
-        f"{problem}\n"
-        "Rules:\n"
-        f"- Define `{entry}` with exactly the signature above.\n"
-        f"- Call `{AUX_NAME}(...)` and use its return value where it helps (a bonus is given for "
-        "it when tests pass).\n"
-        f"- Do not define `{AUX_NAME}` yourself.\n"
-        "- Reply with a single ```python code block."
+        "Solve this coding problem by implementing the required function.\n\n"
+        f"Problem:\n{prompt}\n\n"
+        "You have access to a helper function: aux(...)\n\n"
+        f"{rules}"
+        "- Do NOT redefine the aux() function\n"
+        f"- Implement ONLY the '{entry}' function as specified\n"
+        "- You can call aux() to assign value to a variable within your function if helpful\n\n"
+        "Your output should follow this format:\n\n"
+        f"def {entry}({params}):\n # your function code here\nreturn result\n"
     )
 
 
-def _feedback(agent: str, payload: dict[str, Any], reward: float, info: dict[str, Any], last: bool) -> str:
+def _test_lines(payload: dict[str, Any], info: dict[str, Any]) -> list[str]:
+    """The first test's outcome (the paper's feedback runs `sandbox_slice: 1` assert), printed as
+    level_feedback.py `format_followup_prompts` prints it."""
     entry = payload["entry_point"]
-    me, partner = ("helper", "main") if agent == "helper" else ("main", "helper")
-    lines = [f"Feedback on your team's answer (reward {reward:.2f} / {MAX_REWARD:.1f}):"]
-    s = info["structure"]
-    if not s["ok"]:
-        own_ok = s["helper_defines_aux"] if me == "helper" else s["main_defines_entry"]
-        partner_ok = s["main_defines_entry"] if me == "helper" else s["helper_defines_aux"]
-        own_name = AUX_NAME if me == "helper" else entry
-        partner_name = entry if me == "helper" else AUX_NAME
-        own_says = "defines" if own_ok else "does NOT define"
-        partner_says = "defines" if partner_ok else "does NOT define"
-        lines.append(f"- Structure: your code {own_says} `{own_name}`; "
-                     f"your partner's code {partner_says} `{partner_name}`.")
+    tests = payload["tests"][:FEEDBACK_TESTS]
+    if not info["facts"]["syntax_ok"] or not tests:
+        return ["- Tests: no test cases found"]
+    if "tests" not in info:  # main missing: every test fails on the undefined entry point
+        errors = {i: f"NameError: name '{entry}' is not defined" for i in range(len(tests))}
+    elif info["tests"]["code_error"]:
+        errors = {i: info["tests"]["code_error"] for i in range(len(tests))}
     else:
-        lines.append("- Structure: ok.")
-        syn = info["syntax"]
-        if not syn["ok"]:
-            own_err, partner_err = syn[f"{me}_error"], syn[f"{partner}_error"]
-            if own_err:
-                lines.append(f"- Syntax: your code does not parse ({own_err}).")
-            if partner_err:
-                lines.append("- Syntax: your partner's code does not parse.")
-            if syn["joint_error"]:
-                lines.append(f"- Syntax: the joint program does not parse ({syn['joint_error']}).")
+        errors = {i: info["tests"]["errors"][str(i)] for i in range(len(tests)) if str(i) in info["tests"]["errors"]}
+    lines = [f"- Tests: {len(tests) - len(errors)}/{len(tests)} passed"]
+    for i, err in errors.items():
+        case = re.sub(r"\bcandidate\b", entry, tests[i].split("\n")[-1])
+        lines.append(f"  Failed case: {case} -> {err}")
+    return lines
+
+
+def _feedback(agent: str, payload: dict[str, Any], info: dict[str, Any], last: bool) -> str:
+    """The paper's level_feedback for one agent (external/level_feedback.py
+    `format_followup_prompts`, multi-agent branch); no partner code is quoted."""
+    entry = payload["entry_point"]
+    facts = info["facts"]
+    aux = f"- Aux definition: {'FOUND' if facts['aux_defined'] else 'MISSING'} ({info['aux_message']})"
+    main = f"- Main definition: {'FOUND' if facts['main_defined'] else 'MISSING'} ({info['main_message']})"
+    se = info["syntax_error"]
+    syntax = (f"- Syntax: {'OK' if se is None else 'ERROR'} "
+              f"(Combined code {'syntax OK' if se is None else 'has syntax error: ' + se['text']})")
+    lines = ["Static and execution diagnostics:", *((aux, main) if agent == "helper" else (main, aux)), syntax]
+    if se is not None:
+        lines.append(f"  SyntaxError at line {se['line']}, col {se['offset']}: {se['msg']}")
+    lines += _test_lines(payload, info)
+    if agent == "main" and facts["main_defined"]:
+        if not facts["main_calls_aux"]:
+            lines.append("- Aux usage: main does NOT call aux")
+        elif info["misused_aux_calls"]:
+            lines.append(f"- Aux usage: called but misused ({', '.join(info['misused_aux_calls'][:2])})")
         else:
-            lines.append("- Syntax: ok.")
-            t = info["tests"]
-            lines.append(f"- Tests: {t['passed']}/{t['total']} passed.")
-            if t["code_error"]:
-                lines.append(f"  Defining the code raised: {t['code_error'][:ERROR_SHOWN_CHARS]}")
-            elif t["setup_error"]:
-                lines.append(f"  Preparing the tests raised: {t['setup_error'][:ERROR_SHOWN_CHARS]}")
-            else:
-                for i in t["failing"][:FAILING_SHOWN]:
-                    src = re.sub(r"\bcandidate\b", entry, payload["tests"][i])
-                    src = src if len(src) <= TEST_SHOWN_CHARS else src[:TEST_SHOWN_CHARS] + "..."
-                    err = t["errors"][str(i)][:ERROR_SHOWN_CHARS]
-                    lines.append(f"  FAILED: {src}\n    -> {err}")
-                if len(t["failing"]) > FAILING_SHOWN:
-                    lines.append(f"  ... and {len(t['failing']) - FAILING_SHOWN} more failing tests.")
-            if "cooperation" in info:
-                c = info["cooperation"]
-                if c["ok"]:
-                    lines.append(f"- Cooperation: `{entry}` calls `{AUX_NAME}` and uses its result.")
-                elif c["redefines_aux"]:
-                    lines.append(f"- Cooperation: MAIN redefines `{AUX_NAME}` instead of using HELPER's.")
-                elif c["calls_aux"]:
-                    lines.append(f"- Cooperation: `{entry}` calls `{AUX_NAME}` but ignores its result.")
-                else:
-                    lines.append(f"- Cooperation: `{entry}` does not call `{AUX_NAME}`.")
+            lines.append("- Aux usage: main calls aux and uses its result")
+        if facts["main_is_wrapper"]:
+            lines.append("- Warning: main appears to be a thin wrapper over aux")
     if not last:
-        own = f"`{AUX_NAME}`" if me == "helper" else f"`{entry}`"
-        lines.append(f"\nRevise your function {own} using this feedback. "
-                     "Reply with a single ```python code block.")
+        own = "aux" if agent == "helper" else entry
+        lines.append(f"\nRevise your {own}(...) accordingly. Output ONLY the function code with no extra text.")
     return "\n".join(lines)
 
 
@@ -340,5 +573,5 @@ class CodingEpisode(TaskEpisode):
     def _evaluate(self, joint_action: dict[str, str]) -> tuple[float, dict[str, str], dict[str, Any]]:
         reward, info = self.task.evaluate(self.problem, joint_action["helper"], joint_action["main"])
         last = self.is_last_turn
-        feedback = {a: _feedback(a, self.problem.payload, reward, info, last) for a in self.agents}
+        feedback = {a: _feedback(a, self.problem.payload, info, last) for a in self.agents}
         return reward, feedback, info

@@ -9,17 +9,18 @@ import pytest
 from collm_serve.tasks import SPLITS, TASKS, EpisodeFinishedError, Problem, get_task
 
 # Tasks whose step is cheap (coding's step runs the sandbox: covered in test_coding.py).
-CHEAP = ("build", "toy", "writing")
+CHEAP = ("build", "toy", "writing", "writing_arxiv")
 SAMPLE_ACTIONS = {
     "build": {"builder_a": "/setblock 1 0 2 red_wool", "builder_b": "/setblock 2 0 2 blue_wool"},
     "toy": {"helper": "hi", "main": ""},
     "writing": {"writer_a": "A short summary.", "writer_b": "A longer text. However, it adds detail."},
+    "writing_arxiv": {"writer_a": "Background.", "writer_b": "Methods. However, they imply more."},
 }
 
 
 def test_registry_names_and_unknown_name():
-    assert TASKS == ("build", "coding", "housebuild", "strbuild", "toy", "writing")
-    with pytest.raises(ValueError, match="valid tasks: build, coding, housebuild, strbuild, toy, writing"):
+    assert TASKS == ("build", "coding", "housebuild", "strbuild", "toy", "writing", "writing_arxiv")
+    with pytest.raises(ValueError, match="valid tasks: build, coding, housebuild, strbuild, toy, writing, writing_arxiv"):
         get_task("chess")
 
 
@@ -35,9 +36,10 @@ def test_unknown_option_names_valid_ones():
     "name,agents,turns,n_train,n_eval",
     [
         ("build", ("builder_a", "builder_b"), 4, 8, 4),
-        ("coding", ("helper", "main"), 2, 132, 32),
+        ("coding", ("helper", "main"), 2, 130, 32),
         ("toy", ("helper", "main"), 1, 8, 4),
-        ("writing", ("writer_a", "writer_b"), 1, 12, 4),
+        ("writing", ("writer_a", "writer_b"), 1, 321, 80),
+        ("writing_arxiv", ("writer_a", "writer_b"), 1, 321, 80),
     ],
 )
 def test_shape_and_split_sizes(name, agents, turns, n_train, n_eval):

@@ -1,193 +1,240 @@
-"""Cooperative HumanEval: every reward level with exact numbers, feedback, isolation, canonical."""
+"""Cooperative HumanEval: the paper's code reward on hand-computed cases, extraction rules,
+feedback, isolation, the paper's split.
+
+Expected values are computed by hand from OpenMLRL/LLM_Collab_Code_Generation
+rewards/code_rewards.py @0b914ca `execution_reward_aux` (aux +0.4 :118-119, main +0.6 :130-131,
+stop :139-143, syntax +0.5 :159-167, tests x1.0 :278-280, bonus gate :294-296, +0.5 :299-301,
++1.0 :309-311, -0.5 :329-331) and rewards/code_utils.py @11f24c3 (extraction :49-205,
+`is_wrapper_function` :350-428, `check_aux_call_without_assignment` :431-473).
+"""
 
 from __future__ import annotations
 
 import gzip
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from collm_serve.tasks import get_task
 from collm_serve.tasks.coding import (
-    AUX_NAME,
-    COOPERATION_REWARD,
     DATA_PATH,
     MAX_REWARD,
-    STRUCTURE_REWARD,
-    SYNTAX_REWARD,
-    TESTS_REWARD,
-    cooperation,
-    defines_function,
-    extract_code,
+    CodeFacts,
+    calls_aux,
+    clean_functions,
+    code_reward,
+    extract_function,
+    ignored_aux_calls_ast,
+    ignored_aux_calls_paper,
+    is_thin_wrapper,
     split_humaneval_tests,
 )
 
 TASK = get_task("coding")
 P0 = TASK.get_problem("HumanEval/0")  # has_close_elements, 7 tests: True False True False True True False
-
-HELPER_ID = "```python\ndef aux(x):\n    return x  # HELPER-SECRET-7f3a\n```"
-PROMPT0 = P0.payload["prompt"]
-
-
-def fence(code: str) -> str:
-    return f"Here you go:\n```python\n{code}\n```\nDone."
+SIG0 = "def has_close_elements(numbers, threshold):\n"
+AUX_ID = "def aux(x):\n    return x  # HELPER-SECRET-7f3a\n"
 
 
-def main_returning(expr: str) -> str:
-    return fence(PROMPT0 + f"    return {expr}\n")
+def facts(**kw) -> CodeFacts:
+    base = dict(aux_defined=True, main_defined=True, syntax_ok=True, aux_present=True,
+                main_calls_aux=True, main_is_wrapper=False, aux_value_ignored=False)
+    return CodeFacts(**{**base, **kw})
 
 
-def canonical_coop(p) -> tuple[str, str]:
-    """Helper = identity aux; main = canonical solution renamed, wrapped so its value goes through aux."""
-    entry = p.payload["entry_point"]
-    impl = p.payload["prompt"].replace(f"def {entry}(", f"def _{entry}_impl(", 1) + p.payload["canonical_solution"]
-    main = f"{impl}\n\ndef {entry}(*args, **kwargs):\n    return {AUX_NAME}(_{entry}_impl(*args, **kwargs))\n"
-    return HELPER_ID, fence(main)
+# code_reward(facts, passed, total) -> (reward, level); every number from code_rewards.py
+PURE_CASES = {
+    "nothing": (facts(aux_defined=False, main_defined=False, aux_present=False), 0, 0, 0.0, 0),
+    "aux_only_stops_at_level1": (facts(main_defined=False), 5, 5, 0.4, 0),  # :139-143, tests ignored
+    "main_only_syntax_error": (facts(aux_defined=False, syntax_ok=False), 0, 0, 0.6, 1),
+    "no_tests_extracted": (facts(), 0, 0, 1.5, 2),  # :175-178
+    "zero_passed_no_bonus": (facts(), 0, 7, 1.5, 3),  # :294
+    "partial_wrapper": (facts(main_is_wrapper=True), 4, 7, 1.5 + 4 / 7 + 0.5, 3),
+    "full_not_wrapper": (facts(), 7, 7, 4.0, 3),
+    "ignored_value": (facts(aux_value_ignored=True), 2, 4, 1.5 + 0.5 + 0.5 + 1.0 - 0.5, 3),
+    "wrapper_and_ignored": (facts(main_is_wrapper=True, aux_value_ignored=True), 1, 2, 2.0 + 0.5 - 0.5, 3),
+    "no_aux_call": (facts(main_calls_aux=False, aux_value_ignored=True), 3, 3, 2.5, 3),  # :299
+    "aux_without_return_still_gates_bonus": (facts(aux_defined=False), 1, 1, 0.6 + 0.5 + 1.0 + 1.5, 3),
+    "no_aux_function_no_bonus": (facts(aux_defined=False, aux_present=False), 1, 1, 2.1, 3),  # :295
+}
 
 
-def test_scale_constants():
-    assert (STRUCTURE_REWARD, SYNTAX_REWARD, TESTS_REWARD, COOPERATION_REWARD) == (0.5, 0.5, 2.5, 0.5)
-    assert MAX_REWARD == 4.0
+@pytest.mark.parametrize("name", list(PURE_CASES))
+def test_code_reward_pure(name):
+    f, passed, total, reward, level = PURE_CASES[name]
+    r, parts, lvl = code_reward(f, passed, total)
+    assert r == pytest.approx(reward) and lvl == level
+    assert sum(parts.values()) == pytest.approx(r)
+    assert r <= MAX_REWARD == 4.0
 
 
-def test_level0_structure_missing():
-    r, info = TASK.evaluate(P0, "```python\ndef helper(x):\n    return x\n```", main_returning("True"))
-    assert r == 0.0 and info["level"] == 0
-    assert info["structure"] == {"helper_defines_aux": False, "main_defines_entry": True, "ok": False}
-    r, info = TASK.evaluate(P0, HELPER_ID, "I cannot do this.")
-    assert r == 0.0 and info["structure"]["main_defines_entry"] is False
+def main(body: str) -> str:
+    return SIG0 + body
 
 
-def test_level1_syntax_error():
-    r, info = TASK.evaluate(P0, "```python\ndef aux(x):\n    return (x\n```", main_returning("True"))
-    assert r == 0.5 and info["level"] == 1
-    assert info["syntax"]["helper_error"].startswith("line 2:")
-    assert info["syntax"]["main_error"] == "" and info["syntax"]["ok"] is False
-    assert "tests" not in info
+# end to end on HumanEval/0 through the sandbox: (helper, main, reward, parts that are non-zero)
+E2E = {
+    # aux missing -> no +0.4 and no bonuses; canonical main passes 7/7: 0.6 + 0.5 + 1.0
+    "no_aux": ("I cannot help.", None, 2.1),
+    # one line `return aux(True)` is a wrapper (code_utils.py:407-410): 0.4+0.6+0.5+4/7+0.5
+    "wrapper": (AUX_ID, main("    return aux(True)\n"), 2.0 + 4 / 7),
+    # three body lines: not a wrapper, +1.0
+    "not_wrapper": (AUX_ID, main("    flag = aux(True)\n    x = 1\n    return flag\n"), 3.0 + 4 / 7),
+    # no `return ` in main: only aux's 0.4, stop (code_rewards.py:139-143)
+    "main_without_return": (AUX_ID, main("    pass\n"), 0.4),
+    # the combined code does not parse: 0.4 + 0.6
+    "syntax_error": (AUX_ID, main("    return (\n"), 1.0),
+    # `aux (1)` alone on a line: the paper's pattern fires, -0.5; 2 body lines, not a wrapper
+    "ignored_paper_pattern": (AUX_ID, main("    aux (1)\n    return True\n"), 3.0 + 4 / 7 - 0.5),
+}
 
 
-def test_level2_zero_tests():
-    # main calls aux and uses it, but every test fails: no cooperation bonus without a passing test
-    r, info = TASK.evaluate(P0, HELPER_ID, main_returning("aux(None)"))
-    assert r == 1.0 and info["level"] == 2
-    assert info["tests"]["passed"] == 0 and info["tests"]["total"] == 7
-    assert "cooperation" not in info
-
-
-def test_level3_partial_tests_without_cooperation():
-    r, info = TASK.evaluate(P0, HELPER_ID, main_returning("True"))  # 4 of 7 expected values are True
-    assert info["tests"]["passed"] == 4 and info["tests"]["failing"] == [1, 3, 6]
-    assert r == pytest.approx(1.0 + 2.5 * 4 / 7)
-    assert info["level"] == 3
-    assert info["cooperation"] == {"calls_aux": False, "uses_result": False, "redefines_aux": False, "ok": False}
-    assert info["tests"]["errors"]["1"] == "AssertionError"
-
-
-def test_level4_partial_tests_with_cooperation():
-    r, info = TASK.evaluate(P0, HELPER_ID, main_returning("aux(True)"))
-    assert r == pytest.approx(1.0 + 2.5 * 4 / 7 + 0.5)
-    assert info["level"] == 4 and info["cooperation"]["ok"]
+@pytest.mark.parametrize("name", list(E2E))
+def test_evaluate_end_to_end(name):
+    helper, main_code, reward = E2E[name]
+    if main_code is None:
+        main_code = P0.payload["prompt"] + P0.payload["canonical_solution"]
+    r, info = TASK.evaluate(P0, helper, main_code)
+    assert r == pytest.approx(reward), info["reward_parts"]
     json.dumps(info)
 
 
-def test_top_levels_for_canonical_solutions():
-    ids = ["HumanEval/0", "HumanEval/2", "HumanEval/32", "HumanEval/38", "HumanEval/53", "HumanEval/140", "HumanEval/163"]
-    problems = [TASK.get_problem(i) for i in ids]
-    with ThreadPoolExecutor(2) as ex:  # also exercises the sandbox from threads
-        results = list(ex.map(lambda p: TASK.evaluate(p, *canonical_coop(p)), problems))
-    for p, (r, info) in zip(problems, results):
-        assert info["tests"]["fraction"] == 1.0, (p.problem_id, info["tests"])
-        assert r == MAX_REWARD and info["level"] == 4, p.problem_id
-    # main = prompt + canonical solution, helper unused: top test level, no cooperation bonus
-    p = TASK.get_problem("HumanEval/32")  # its prompt gives `poly`, used by both solution and tests
-    r, info = TASK.evaluate(p, HELPER_ID, fence(p.payload["prompt"] + p.payload["canonical_solution"]))
-    assert r == 3.5 and info["tests"]["passed"] == info["tests"]["total"] > 0 and info["level"] == 3
+def test_canonical_with_markdown_and_prose_scores_max():
+    helper = "Sure! Here is the helper.\n```python\ndef aux(numbers):\n    return sorted(numbers)\n```"
+    body = ("    s = aux(numbers)\n    for i in range(len(s) - 1):\n"
+            "        if s[i + 1] - s[i] < threshold:\n            return True\n    return False\n")
+    r, info = TASK.evaluate(P0, helper, f"Here you go:\n```python\n{main(body)}```\nDone.")
+    assert r == MAX_REWARD and info["tests"]["passed"] == 7 and info["level"] == 3
 
 
-def test_cooperation_rules():
-    p = P0
-    solution = P0.payload["canonical_solution"]
-    ignored = fence(PROMPT0 + "    aux(numbers)\n" + solution)
-    r, info = TASK.evaluate(p, HELPER_ID, ignored)
-    assert r == 3.5 and info["cooperation"]["calls_aux"] and not info["cooperation"]["uses_result"]
-    redefined = fence("def aux(x):\n    return x\n\n" + PROMPT0 + "    numbers = aux(numbers)\n" + solution)
-    r, info = TASK.evaluate(p, HELPER_ID, redefined)
-    assert r == 3.5 and info["cooperation"]["redefines_aux"]
-    assert cooperation("def f(a):\n    for x in aux(a):\n        pass\n", "f")["uses_result"]
-    assert cooperation("def f(a):\n    def g():\n        return aux(a)\n    return g()\n", "f")["uses_result"]
-    assert not cooperation("def g(a):\n    return aux(a)\n", "f")["calls_aux"]
+def test_only_the_named_functions_survive():
+    # a second helper function written by main is dropped (extract_specific_function): NameError
+    code = "def _impl(a, t):\n    return True\n\n" + main("    return _impl(numbers, threshold)\n")
+    r, info = TASK.evaluate(P0, "", code)
+    assert r == pytest.approx(1.1) and info["tests"]["passed"] == 0
+    assert extract_function(code, "has_close_elements").startswith("def has_close_elements")
+    assert "_impl" not in extract_function(code, "has_close_elements").split("\n")[0]
+
+
+def test_extraction_rules():
+    assert clean_functions("no code here") == ""
+    text = "Intro line.\n```python\nimport os\n\ndef aux(a):\n    return a\n```\nThat is all."
+    assert clean_functions(text) == "def aux(a):\n    return a"  # imports and prose dropped
+    # `x = 1` is dropped with the prose, so the two blocks touch and the second `def aux(` restarts
+    assert extract_function("def aux(a):\n    return a\nx = 1\ndef aux(b):\n    return b\n", "aux") == \
+        "def aux(b):\n    return b"
+    assert extract_function("def aux(a):\n    return a\ndef g():\n    return 1\ndef aux(b):\n    return b\n",
+                            "aux") == "def aux(a):\n    return a"  # cut at the first unindented line
+    doc = 'def f(a):\n    """Doc.\n    >>> f(1)\n    """\n    return a\n'
+    assert extract_function(doc, "f") == doc.strip()
+
+
+@pytest.mark.parametrize("body,wrapper", [
+    ("    return aux(x)\n", True),  # :407-410
+    ("    r = aux(x)\n    return r\n", True),  # :414-426
+    ('    """Doc."""\n    # comment\n    return aux(x) + 1\n', True),  # still one `return ...aux...` line
+    ("    r = aux(x)\n    return r + 1\n", False),
+    ("    r = aux(x)\n    r += 1\n    return r\n", False),
+    ("", True),  # empty body (:398-399)
+    ('    """Doc\n    more.\n    """\n    y = aux(x)\n    y += 1\n    return y\n', True),  # lone closing quotes
+    ('    """Doc\n    more."""\n    y = aux(x)\n    y += 1\n    return y\n', False),
+])
+def test_is_thin_wrapper(body, wrapper):
+    assert is_thin_wrapper("def f(x):\n" + body) is wrapper
+
+
+def test_ignored_value_rules():
+    standalone = "def f(x):\n    aux(x)\n    return x\n"
+    spaced = "def f(x):\n    aux (x)\n    return x\n"
+    assert ignored_aux_calls_paper(standalone) == []  # the paper's pattern needs `aux\s(`
+    assert ignored_aux_calls_paper(spaced) == ["Line 2: aux (x)"]
+    assert ignored_aux_calls_paper("def f(x):\n    aux (xy)\n") == []  # one argument character only
+    assert ignored_aux_calls_ast(standalone) == ["Line 2: standalone call (not assigned)"]
+    assert ignored_aux_calls_ast("def f(x):\n    y = aux(x)\n    return x\n") == ["Line 2: assigned to y but never used"]
+    assert ignored_aux_calls_ast("def f(x):\n    y = aux(x)\n    return y\n") == []
+    assert calls_aux("def f(x):\n    # aux(x) would help\n    return x\n")  # text search, comments too
+    strict = get_task("coding", ignored_aux_rule="ast")
+    sol = P0.payload["canonical_solution"]
+    r_paper, _ = TASK.evaluate(P0, AUX_ID, P0.payload["prompt"] + "    aux(numbers)\n" + sol)
+    r_ast, _ = strict.evaluate(P0, AUX_ID, P0.payload["prompt"] + "    aux(numbers)\n" + sol)
+    # the prompt's docstring closes with a lone triple quote, which the paper's wrapper check
+    # reads as a new docstring start (code_utils.py:373-381): the rest is skipped, "wrapper", no +1.0
+    assert (r_paper, r_ast) == (3.0, 2.5)
+    with pytest.raises(ValueError, match="ignored_aux_rule"):
+        get_task("coding", ignored_aux_rule="strict")
 
 
 def test_timeouts_fail_tests():
     task = get_task("coding", timeout_s=4, per_test_timeout_s=0.2)
-    r, info = task.evaluate(P0, HELPER_ID, fence(PROMPT0 + "    while True:\n        pass\n"))
-    assert r == 1.0 and info["tests"]["passed"] == 0
+    r, info = task.evaluate(P0, AUX_ID, main("    while True:\n        pass\n    return 1\n"))
+    assert r == pytest.approx(1.5) and info["tests"]["passed"] == 0
     assert "TestTimeout" in info["tests"]["errors"]["0"]
 
 
-def test_two_turn_episode_feedback_and_isolation():
+def test_two_turn_feedback_and_isolation():
     ep = TASK.new_episode(P0)
-    main0 = main_returning("aux(True)")
-    r = ep.step({"helper": HELPER_ID, "main": main0})
-    assert not r.done and r.reward == pytest.approx(1.0 + 2.5 * 4 / 7 + 0.5)
+    main0 = main("    return aux(True)\n")
+    r = ep.step({"helper": AUX_ID, "main": main0})
+    assert not r.done and r.reward == pytest.approx(2.0 + 4 / 7)
     fh, fm = r.feedback["helper"], r.feedback["main"]
-    assert "- Tests: 4/7 passed." in fm
-    assert "FAILED: assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.05) == False" in fm
-    assert "-> AssertionError" in fm
-    assert "- Cooperation: `has_close_elements` calls `aux` and uses its result." in fh
-    assert "Revise your function `aux`" in fh and "Revise your function `has_close_elements`" in fm
+    assert fm.startswith("Static and execution diagnostics:\n- Main definition: FOUND")
+    assert "- Tests: 1/1 passed" in fm  # the first assert only (sandbox_slice: 1)
+    assert "- Aux usage: main calls aux and uses its result" in fm
+    assert "- Warning: main appears to be a thin wrapper over aux" in fm
+    assert "Aux usage" not in fh
+    assert fh.endswith("Revise your aux(...) accordingly. Output ONLY the function code with no extra text.")
     obs_main = ep.observation("main")
-    assert [m["role"] for m in obs_main] == ["user", "assistant", "user"]
-    assert obs_main[1]["content"] == main0  # its own previous answer
-    joined_main = "\n".join(m["content"] for m in obs_main)
-    assert "HELPER-SECRET-7f3a" not in joined_main and HELPER_ID not in joined_main
-    joined_helper = "\n".join(m["content"] for m in ep.observation("helper"))
-    assert "return aux(True)" not in joined_helper
-    assert "def aux" not in obs_main[0]["content"]
-    # turn 2: a syntax error in main's code is reported with details only to main
-    r2 = ep.step({"helper": HELPER_ID, "main": fence(PROMPT0 + "    return (\n")})
-    assert r2.done and r2.reward == 0.5
-    assert "your code does not parse (line" in r2.feedback["main"]
-    assert "- Syntax: your partner's code does not parse." in r2.feedback["helper"]
+    assert [m["role"] for m in obs_main] == ["user", "assistant", "user"] and obs_main[1]["content"] == main0
+    assert "HELPER-SECRET-7f3a" not in "\n".join(m["content"] for m in obs_main)
+    assert "return aux(True)" not in "\n".join(m["content"] for m in ep.observation("helper"))
+    r2 = ep.step({"helper": AUX_ID, "main": main("    return False\n")})
+    assert r2.done and "- Tests: 0/1 passed" in r2.feedback["main"]
+    assert ("Failed case: assert has_close_elements([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
+            " -> AssertionError") in r2.feedback["main"]
     assert "Revise" not in r2.feedback["helper"]
 
 
-def test_structure_feedback_per_role():
+def test_feedback_without_main_or_with_syntax_error():
     ep = TASK.new_episode(P0)
-    r = ep.step({"helper": "no code", "main": main_returning("True")})
-    assert "your code does NOT define `aux`" in r.feedback["helper"]
-    assert "your partner's code does NOT define `aux`" in r.feedback["main"]
+    r = ep.step({"helper": "nothing", "main": "def helper(a):\n    return a\n"})
+    assert r.reward == 0.0
+    assert "- Aux definition: MISSING (Aux function not defined)" in r.feedback["helper"]
+    assert "- Main definition: MISSING (Main function (has_close_elements) not defined)" in r.feedback["main"]
+    assert "NameError: name 'has_close_elements' is not defined" in r.feedback["main"]
+    ep = TASK.new_episode(P0)
+    r = ep.step({"helper": AUX_ID, "main": main("    return (\n")})
+    assert "- Syntax: ERROR (Combined code has syntax error:" in r.feedback["helper"]
+    assert "- Tests: no test cases found" in r.feedback["helper"]
 
 
 def test_determinism_and_clone():
     ep = TASK.new_episode(P0)
     twin = ep.clone()
-    a = {"helper": HELPER_ID, "main": main_returning("aux(True)")}
-    r1, r2 = ep.step(a), twin.step({"helper": HELPER_ID, "main": main_returning("False")})
+    a = {"helper": AUX_ID, "main": main("    return aux(True)\n")}
+    r1, r2 = ep.step(a), twin.step({"helper": AUX_ID, "main": main("    return False\n")})
     assert r1.reward != r2.reward and ep.turn == twin.turn == 1
     r3 = TASK.new_episode(P0).step(a)
     assert r3.reward == r1.reward and r3.feedback == r1.feedback
-    assert r3.info["tests"]["failing"] == r1.info["tests"]["failing"]
 
 
-def test_prompts():
+def test_prompts_are_the_papers():
     ep = TASK.new_episode(P0)
     h, m = ep.observation("helper")[0]["content"], ep.observation("main")[0]["content"]
-    assert PROMPT0.rstrip() in h and PROMPT0.rstrip() in m
-    assert "def aux(...)" in h and "Do not define `has_close_elements`" in h
-    assert "Do not define `aux` yourself" in m
+    assert h.startswith("Create a helper function for this coding problem.\n\nProblem:\n" + P0.payload["prompt"])
+    assert "- Create a helper function named 'aux' that can assist the main function" in h
+    assert m.startswith("Solve this coding problem by implementing the required function.")
+    assert "You have access to a helper function: aux(...)" in m
+    assert m.endswith("def has_close_elements(numbers: List[float], threshold: float):\n"
+                      " # your function code here\nreturn result\n")
     assert P0.payload["canonical_solution"].strip() not in h + m
 
 
-def test_extract_code_and_structure_helpers():
-    assert extract_code("text\n```python\na = 1\n```\nmore\n```py\nb = 2\n```") == "a = 1\n\nb = 2\n"
-    assert extract_code("```python\ndef f():\n    pass\n") == "def f():\n    pass\n"  # unterminated
-    assert extract_code("def f():\n    pass") == "def f():\n    pass\n"
-    assert extract_code("```\nx = 1\n```") == "x = 1\n"
-    assert extract_code("   ") == ""
-    assert defines_function("def aux(a):\n", "aux") and not defines_function("    def aux(a):\n", "aux")
-    assert not defines_function("def auxiliary(a):\n", "aux")
+def test_paper_split_and_options():
+    train, evl = TASK.problems("train"), TASK.problems("eval")
+    assert [p.problem_id for p in train] == [f"HumanEval/{i}" for i in range(33, 163)]  # test[33:163]
+    assert [p.problem_id for p in evl] == [f"HumanEval/{i}" for i in range(32)]  # test[:32]
+    assert TASK.get_problem("HumanEval/163").split == "none"
+    assert (type(TASK).reward_shift, type(TASK).early_stop_threshold) == (-4.0, -0.2)
 
 
 def test_humaneval_test_split():
@@ -196,16 +243,3 @@ def test_humaneval_test_split():
     setup, tests = split_humaneval_tests(row0["test"])
     assert "METADATA" in setup and len(tests) == 7
     assert tests[0] == "assert candidate([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) == True"
-    src = "def check(candidate):\n    import math\n    assert True\n    x = 3\n    for i in range(2):\n        assert candidate(i) == i\n    assert candidate(x) == 3\n"
-    setup, tests = split_humaneval_tests(src)
-    assert setup == "" and tests == [
-        "import math\nx = 3\nfor i in range(2):\n    assert candidate(i) == i",
-        "import math\nx = 3\nassert candidate(x) == 3",
-    ]
-    assert sum(len(p.payload["tests"]) for p in TASK.problems("train") + TASK.problems("eval")) == 1133
-
-
-def test_splits_by_position():
-    train, evl = TASK.problems("train"), TASK.problems("eval")
-    assert [p.problem_id for p in train] == [f"HumanEval/{i}" for i in range(132)]
-    assert [p.problem_id for p in evl] == [f"HumanEval/{i}" for i in range(132, 164)]
