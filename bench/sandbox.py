@@ -67,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     old = load_old_harness()
     task = CodingTask()
-    problems = task.problems("train") + task.problems("eval")
+    problems = task.all_problems()
     load = os.getloadavg()[0]
     t_old, t_new, fails_old, fails_new = [], [], 0, 0
     run_tests("def f():\n    return 1", [CallCheck.call(expected=1)], entry_point="f")  # probe + pool

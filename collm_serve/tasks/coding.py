@@ -405,6 +405,12 @@ class CodingTask(Task):
     def problems(self, split: str) -> list[Problem]:
         return list(self._load()[check_split(split)])
 
+    def all_problems(self) -> list[Problem]:
+        """All 164 HumanEval problems in dataset order, those outside both splits included
+        (the sandbox's no-false-negative check and its benchmark run every one)."""
+        self._load()
+        return list(self._all.values())
+
     def get_problem(self, problem_id: str) -> Problem:
         """Any HumanEval problem, in a split or not (HumanEval/32 and /163 are in neither)."""
         self._load()

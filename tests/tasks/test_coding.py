@@ -175,7 +175,10 @@ def test_two_turn_feedback_and_isolation():
     ep = TASK.new_episode(P0)
     main0 = main("    return aux(True)\n")
     r = ep.step({"helper": AUX_ID, "main": main0})
-    assert not r.done and r.reward == pytest.approx(2.0 + 4 / 7)
+    # the step's reward is shifted by the paper's -4 (raw kept in info); -1.43 is below the
+    # early-stop threshold -0.2, so the episode goes on
+    assert not r.done and r.reward == pytest.approx(2.0 + 4 / 7 - 4.0)
+    assert r.info["raw_reward"] == pytest.approx(2.0 + 4 / 7) and r.info["reward_shift"] == -4.0
     fh, fm = r.feedback["helper"], r.feedback["main"]
     assert fm.startswith("Static and execution diagnostics:\n- Main definition: FOUND")
     assert "- Tests: 1/1 passed" in fm  # the first assert only (sandbox_slice: 1)
@@ -197,7 +200,7 @@ def test_two_turn_feedback_and_isolation():
 def test_feedback_without_main_or_with_syntax_error():
     ep = TASK.new_episode(P0)
     r = ep.step({"helper": "nothing", "main": "def helper(a):\n    return a\n"})
-    assert r.reward == 0.0
+    assert r.reward == -4.0 and r.info["raw_reward"] == 0.0  # nothing earned, shifted by the paper's -4
     assert "- Aux definition: MISSING (Aux function not defined)" in r.feedback["helper"]
     assert "- Main definition: MISSING (Main function (has_close_elements) not defined)" in r.feedback["main"]
     assert "NameError: name 'has_close_elements' is not defined" in r.feedback["main"]

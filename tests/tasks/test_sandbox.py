@@ -106,7 +106,7 @@ def test_no_unsafe_fallback(monkeypatch):
 def test_all_canonical_humaneval_solutions_pass():
     """No false negatives: the 164 reference solutions pass every one of their 1133 tests."""
     task = CodingTask()
-    problems = task.problems("train") + task.problems("eval")
+    problems = task.all_problems()
 
     def one(p):
         pl = p.payload

@@ -357,7 +357,7 @@ def test_parent_env_secret_is_invisible(monkeypatch):
 
 # --- the problem's own helpers and the stdlib -------------------------------------------------
 TASK = CodingTask()
-PROBLEMS = {p.problem_id: p for p in TASK.problems("train") + TASK.problems("eval")}
+PROBLEMS = {p.problem_id: p for p in TASK.all_problems()}
 
 HACK_32 = """
 import math
