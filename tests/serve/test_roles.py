@@ -204,11 +204,11 @@ def test_cli_adapter_commands_read_the_admin_token(monkeypatch):
     monkeypatch.setattr(cli, "_client", record)
     env = {"COLLM_AUTH_TOKEN": INFERENCE, "COLLM_ADMIN_TOKEN": ADMIN}
     for args in (["rollback"], ["unload", "--version", "1"], ["swap", "--adapter", "x"], ["adapters"], ["info"]):
-        CliRunner().invoke(cli.main, [*args, "--address", args[0]], env=env)
-    assert seen == {"rollback": ADMIN, "unload": ADMIN, "swap": ADMIN, "adapters": INFERENCE, "info": INFERENCE}
-    CliRunner().invoke(cli.main, ["rollback", "--address", "single"], env={"COLLM_AUTH_TOKEN": INFERENCE,
+        CliRunner().invoke(cli.main, [*args, "--address", f"{args[0]}:1"], env=env)
+    assert seen == {"rollback:1": ADMIN, "unload:1": ADMIN, "swap:1": ADMIN, "adapters:1": INFERENCE, "info:1": INFERENCE}
+    CliRunner().invoke(cli.main, ["rollback", "--address", "single:1"], env={"COLLM_AUTH_TOKEN": INFERENCE,
                                                                            "COLLM_ADMIN_TOKEN": None})
-    assert seen["single"] == INFERENCE  # one token for everything still works
+    assert seen["single:1"] == INFERENCE  # one token for everything still works
 
 
 async def test_orchestrator_presents_the_inference_token_to_agents(setup, tmp_path):
