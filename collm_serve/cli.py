@@ -105,7 +105,7 @@ def start(agent, config_path, port, host, engine, model, metrics_port, adapter_r
 
     try:
         code = run(config)
-    except BindError as e:
+    except (BindError, ConfigError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)
 

