@@ -48,7 +48,7 @@ def _remote(fn=None, *, admin: bool = False, team: bool = False):
         return lambda f: _remote(f, admin=admin, team=team)
     env = ["COLLM_ADMIN_TOKEN", "COLLM_AUTH_TOKEN"] if admin else ["COLLM_AUTH_TOKEN"]
     if team:
-        fn = click.option("--json", "as_json", is_flag=True, help="print each agent's outcome as JSON")(fn)
+        fn = click.option("--json", "as_json", is_flag=True, help="print JSON (with --team: every agent's outcome)")(fn)
         fn = click.option("--team", "team_path", type=click.Path(exists=True, dir_okay=False), default=None,
                           help="team YAML: act on every agent of the team, all or none (instead of --address); "
                                "token and TLS files default to the team's")(fn)

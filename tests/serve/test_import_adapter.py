@@ -234,3 +234,26 @@ def test_all_or_none_check_fails_without_put_back(team, monkeypatch):
     with pytest.raises(AssertionError):
         assert_all_or_none(before, agents)
     assert active(agents)["helper"][0] == 3
+
+
+def test_team_commands_present_the_team_admin_token(tmp_path, monkeypatch):
+    """--team: the team file's admin token (as the trainer's push uses it) wins over the
+    inference token in env COLLM_AUTH_TOKEN; a --token flag on the command line wins over both."""
+    from collm_serve import cli as serve_cli
+
+    seen: list[tuple[str, str | None]] = []
+
+    def record(address, token, *rest, **kw):
+        seen.append((address, token))
+        raise serve_cli.CliError("recorded")
+
+    monkeypatch.setattr(serve_cli, "_client", record)
+    team_file = tmp_path / "team.yaml"
+    team_file.write_text(yaml.safe_dump({"task": "toy", "admin_token": "file-admin",
+                                         "agents": {"helper": {"address": "h:1"}, "main": {"address": "m:2"}}}))
+    env = {"COLLM_AUTH_TOKEN": "inference", "COLLM_ADMIN_TOKEN": None}
+    for args in (["rollback"], ["activate", "--version", "1"], ["swap", "--version", "1"]):
+        CliRunner().invoke(main, [*args, "--team", str(team_file)], env=env)
+        assert seen.pop() == ("h:1", "file-admin"), args
+    CliRunner().invoke(main, ["rollback", "--team", str(team_file), "--token", "flag"], env=env)
+    assert seen.pop() == ("h:1", "flag")
