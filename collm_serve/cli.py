@@ -201,8 +201,9 @@ def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, v
         if no_activate:
             raise CliError("--no-activate is for one agent; with --team, load with --address per agent")
         clients = _team_clients(team_path, token, ca, cert, key, server_name)
-        paths = {a: (str((Path(path) / a / f"v{version}").resolve()) if path and Path(path).exists()
-                     else f"{path.rstrip('/')}/{a}/v{version}" if path else f"{a}/v{version}") for a in clients}
+        # no --adapter: "<agent>/v<N>" resolves inside each agent's own adapter root (server side)
+        base = Path(path).resolve() if path and Path(path).exists() else Path(path or "")
+        paths = {a: str(base / a / f"v{version}") for a in clients}
         _team_op(clients, lambda cs: swap_team(cs, paths, version), as_json, "swap")
         return
     if not path:

@@ -173,8 +173,8 @@ def test_team_swap_rollback_activate(team):
     agents, team_file, root = team
     want = {v: {a: json.loads((root / a / f"v{v}" / MANIFEST_FILE).read_text())["sha256"] for a in AGENTS}
             for v in (1, 2)}
-    for v in (1, 2):
-        code, out = cli("swap", "--team", team_file, "--version", v)
+    for v, folder in ((1, ["--adapter", root]), (2, [])):  # given folder, then each agent's own root
+        code, out = cli("swap", "--team", team_file, "--version", v, *folder)
         assert code == 0, out
         assert active(agents) == {a: (v, want[v][a]) for a in AGENTS}
         assert out.count(" changed") == 2
