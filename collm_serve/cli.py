@@ -32,19 +32,28 @@ def _address(ctx, param, value: str) -> str:
     """`--address` must name a port: without one gRPC silently dials 443."""
     from collm_serve.addresses import check_address
 
+    if value is None:  # optional where --team may replace it
+        return value
     try:
         return check_address(value, "--address")
     except ValueError as e:
         raise click.BadParameter(str(e).removeprefix("--address "), ctx, param) from None
 
 
-def _remote(fn=None, *, admin: bool = False):
+def _remote(fn=None, *, admin: bool = False, team: bool = False):
     """Shared options of commands that call a running agent. `admin`: the command changes
-    adapters, so its token defaults to env COLLM_ADMIN_TOKEN, then COLLM_AUTH_TOKEN."""
+    adapters, so its token defaults to env COLLM_ADMIN_TOKEN, then COLLM_AUTH_TOKEN. `team`:
+    `--team team.yaml` may replace `--address` (every agent of the team, all or none)."""
     if fn is None:
-        return lambda f: _remote(f, admin=admin)
+        return lambda f: _remote(f, admin=admin, team=team)
     env = ["COLLM_ADMIN_TOKEN", "COLLM_AUTH_TOKEN"] if admin else ["COLLM_AUTH_TOKEN"]
-    fn = click.option("--address", required=True, callback=_address, help="host:port of the agent")(fn)
+    if team:
+        fn = click.option("--json", "as_json", is_flag=True, help="print JSON (with --team: every agent's outcome)")(fn)
+        fn = click.option("--team", "team_path", type=click.Path(exists=True, dir_okay=False), default=None,
+                          help="team YAML: act on every agent of the team, all or none (instead of --address); "
+                               "token and TLS files default to the team's")(fn)
+    fn = click.option("--address", required=not team, default=None, callback=_address,
+                      help="host:port of the agent" + (" (or --team)" if team else ""))(fn)
     fn = click.option("--token", envvar=env, default=None,
                       help=f"bearer token (env {' or '.join(env)})" + ("; needs the admin role" if admin else ""))(fn)
     fn = click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate: use TLS")(fn)
@@ -130,29 +139,130 @@ def info(address, token, ca, cert, key, server_name, as_json) -> None:
                f"queued={lim.max_queued_requests} max_n={lim.max_n} max_lora_rank={lim.max_lora_rank}")
 
 
+def _one_target(address, team_path) -> bool:
+    """True for --team, False for --address; exactly one of them."""
+    if address and team_path:
+        raise CliError("give --address (one agent) or --team (every agent of a team), not both")
+    if not address and not team_path:
+        raise CliError("give --address host:port, or --team team.yaml for every agent of a team")
+    return team_path is not None
+
+
+def _team_clients(team_path, token, ca, cert, key, server_name) -> dict:
+    """Admin clients of every agent of a team, in the team's agent order. Credentials: the
+    flags given on the command line, else the team file's (admin_token, else auth_token; both
+    fall back to env COLLM_ADMIN_TOKEN / COLLM_AUTH_TOKEN), as the trainer's push uses them."""
+    ctx = click.get_current_context()
+    team = _team(team_path, None)
+    if ctx.get_parameter_source("token") != click.core.ParameterSource.COMMANDLINE:
+        token = team.push_token or token
+    return {name: _client(a.address, token, ca or team.ca_file, cert or team.client_cert_file,
+                          key or team.client_key_file, server_name, timeout=300)
+            for name, a in team.agents.items()}
+
+
+def _team_op(clients: dict, op, as_json: bool, what: str) -> None:
+    """Run a team_ops operation; print every agent's outcome; exit 1 unless the team moved."""
+    from collm_serve.adapters.team_ops import TeamChangeError
+
+    error = ""
+    try:
+        changes = op(clients)
+    except TeamChangeError as e:
+        changes, error = e.changes, str(e)
+    finally:
+        for c in clients.values():
+            c.close()
+    if as_json:
+        click.echo(json.dumps({"ok": not error, "error": error, "agents": [c.to_dict() for c in changes]}, indent=2))
+    else:
+        for ch in changes:
+            click.echo(str(ch))
+    if error:
+        raise CliError(f"team {what} failed (all or none): {error}")
+
+
 @main.command()
-@_remote(admin=True)
-@click.option("--adapter", "path", required=True, help="adapter folder (inside the agent's adapter root)")
-@click.option("--version", "version", type=int, default=0, help="expected version (default: manifest's)")
+@_remote(admin=True, team=True)
+@click.option("--adapter", "path", default=None,
+              help="adapter folder (inside the agent's adapter root); with --team: the folder holding "
+                   "<agent>/v<N> (default: <agent>/v<N> inside each agent's own adapter root)")
+@click.option("--version", "version", type=click.IntRange(min=0), default=0,
+              help="expected version (default: the manifest's); required with --team")
 @click.option("--no-activate", is_flag=True, help="load only; activate later")
-def swap(address, token, ca, cert, key, server_name, path, version, no_activate) -> None:
-    """Load an adapter version, verify it and make it active atomically."""
+def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, version, no_activate) -> None:
+    """Load an adapter version, verify it and make it active atomically (--team: on every agent,
+    all loaded first, then all activated; one failure puts the others back)."""
+    if _one_target(address, team_path):
+        from collm_serve.adapters.team_ops import swap_team
+
+        if not version:
+            raise CliError("--team needs --version N: every agent loads its <agent>/v<N>")
+        if no_activate:
+            raise CliError("--no-activate is for one agent; with --team, load with --address per agent")
+        clients = _team_clients(team_path, token, ca, cert, key, server_name)
+        # no --adapter: "<agent>/v<N>" resolves inside each agent's own adapter root (server side)
+        base = Path(path).resolve() if path and Path(path).exists() else Path(path or "")
+        paths = {a: str(base / a / f"v{version}") for a in clients}
+        _team_op(clients, lambda cs: swap_team(cs, paths, version), as_json, "swap")
+        return
+    if not path:
+        raise CliError("give --adapter FOLDER (or --team team.yaml --version N)")
     with _client(address, token, ca, cert, key, server_name) as c:
         r = _call(lambda: c.load_adapter(str(Path(path).resolve()) if Path(path).exists() else path,
                                          version, activate=not no_activate))
     a = r.adapter
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
+        return
     click.echo(f"loaded {a.name} v{a.version} sha256={a.sha256} rank={a.rank} in {r.load_ms:.0f} ms; "
                f"active: {_ref(r.active)}")
 
 
 @main.command()
+@_remote(admin=True, team=True)
+@click.option("--version", "version", type=click.IntRange(min=1), default=None, help="a loaded version")
+@click.option("--base", "use_base", is_flag=True, help="serve the base model (no adapter)")
+def activate(address, token, ca, cert, key, server_name, team_path, as_json, version, use_base) -> None:
+    """Make an already loaded version active (--team: on every agent, all or none)."""
+    if (version is None) == (not use_base):
+        raise CliError("give --version N (a loaded version) or --base, not both")
+    if _one_target(address, team_path):
+        from collm_serve.adapters.team_ops import activate_team
+
+        clients = _team_clients(team_path, token, ca, cert, key, server_name)
+        _team_op(clients, lambda cs: activate_team(cs, 0 if use_base else version), as_json, "activate")
+        return
+    with _client(address, token, ca, cert, key, server_name) as c:
+        r = _call(lambda: c.activate_adapter(version or 0, use_base_model=use_base))
+    _print_switch(r, as_json)
+
+
+def _print_switch(r, as_json: bool) -> None:
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
+    else:
+        click.echo(f"active: {_ref(r.active)} (was {_ref(r.previous)})")
+
+
+@main.command()
 @_remote
-def adapters(address, token, ca, cert, key, server_name) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def adapters(address, token, ca, cert, key, server_name, as_json) -> None:
     """Active and loaded adapter versions."""
     from collm_serve.proto.collm.v1 import agent_pb2 as pb
 
     with _client(address, token, ca, cert, key, server_name) as c:
         r = _call(c.list_adapters)
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
+        return
     click.echo(f"active: {_ref(r.active)}")
     for a in r.adapters:
         state = "ACTIVE" if a.state == pb.ADAPTER_STATE_ACTIVE else "loaded"
@@ -161,12 +271,57 @@ def adapters(address, token, ca, cert, key, server_name) -> None:
 
 
 @main.command()
-@_remote(admin=True)
-def rollback(address, token, ca, cert, key, server_name) -> None:
-    """Make the previously active version active again."""
+@_remote(admin=True, team=True)
+def rollback(address, token, ca, cert, key, server_name, team_path, as_json) -> None:
+    """Make the previously active version active again (--team: on every agent, all or none)."""
+    if _one_target(address, team_path):
+        from collm_serve.adapters.team_ops import rollback_team
+
+        clients = _team_clients(team_path, token, ca, cert, key, server_name)
+        _team_op(clients, rollback_team, as_json, "rollback")
+        return
     with _client(address, token, ca, cert, key, server_name) as c:
         r = _call(c.rollback_adapter)
-    click.echo(f"active: {_ref(r.active)} (was {_ref(r.previous)})")
+    _print_switch(r, as_json)
+
+
+@main.command("import-adapter")
+@click.argument("peft_dir", type=click.Path())
+@click.option("--agent", required=True, help="agent name in the agents config: whose base model it must fit")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="agents YAML (default: the built-in agents)")
+@click.option("--model", default=None, help="override the agent's model, as `start --model`")
+@click.option("--adapter-root", type=click.Path(file_okay=False), default=None,
+              help="override the agent's adapter root (default: its config's, else $COLLM_HOME/adapters)")
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
+              help="version number to give it (default: 1 + the agent's highest); use one number per team")
+@click.option("--base-model", default=None,
+              help="state that it was trained on the agent's base model when peft's base_model_name_or_path "
+                   "names it differently or not at all (tensor shapes are still checked)")
+@click.option("--json", "as_json", is_flag=True, help="print the manifest as JSON")
+def import_adapter(peft_dir, agent, config_path, model, adapter_root, version, base_model, as_json) -> None:
+    """Make a plain peft/TRL LoRA folder servable: check it fits the agent, copy it into the agent's
+    adapter root as its next version and write the manifest (sha256 of the weights)."""
+    from collm_serve.adapters.importer import ImportAdapterError, import_adapter as run_import, target_for
+    from collm_serve.config import ConfigError, load_agent_config
+    from collm_serve.models import ModelUnavailableError
+
+    try:
+        config = load_agent_config(agent, config_path, model=model, adapter_root=adapter_root)
+        checked = run_import(peft_dir, target_for(config), version=version, base_model=base_model)
+    except (ConfigError, ModelUnavailableError, ImportAdapterError) as e:
+        raise CliError(str(e)) from None
+    except OSError as e:
+        raise CliError(f"cannot import {peft_dir}: {e}") from None
+    m = checked.manifest
+    if as_json:
+        click.echo(json.dumps({"path": str(checked.path), "rank": checked.rank,
+                               "target_modules": list(checked.target_modules), "manifest": json.loads(m.to_json())},
+                              indent=2))
+        return
+    click.echo(f"imported {peft_dir} as {m.name} v{m.version} sha256={m.sha256} rank={checked.rank} "
+               f"modules={','.join(checked.target_modules)} base={m.base_model}\n  -> {checked.path}")
+    click.echo(f"serve it: collm-serve swap --address HOST:PORT --adapter {checked.path}", err=True)
 
 
 @main.command()

@@ -1,4 +1,5 @@
-"""Put newly trained adapter versions into live agent services — as a team, all or none.
+"""Put newly trained adapter versions into live agent services — as a team, all or none
+(collm_serve/adapters/team_ops.py does the steps; the same code serves `collm-serve swap --team`):
 
 1. Load every agent's new version WITHOUT activating it (the expensive, fallible part: each
    service verifies files, sha256, base model, rank, target modules).
@@ -12,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from collm_serve.adapters.manifest import read_manifest
-from collm_serve.client import AgentClient, AgentError
+from collm_serve.adapters.manifest import next_version, read_manifest
+from collm_serve.adapters.team_ops import TeamChangeError, change_team
+from collm_serve.client import AgentClient
 
 
 class PushError(RuntimeError):
@@ -41,40 +43,33 @@ def _client(address: str, team=None) -> AgentClient:
 
 
 def push_team(adapter_dirs: dict[str, Path], addresses: dict[str, str], team=None) -> list[PushResult]:
-    """adapter_dirs / addresses: agent name -> new adapter folder / service address."""
+    """adapter_dirs / addresses: agent name -> new adapter folder / service address.
+
+    All or none through `collm_serve.adapters.team_ops.change_team` (the same steps as
+    `collm-serve swap --team`): load everywhere, activate everywhere, put back on failure.
+    """
     manifests = {a: read_manifest(d) for a, d in adapter_dirs.items()}
     clients = {a: _client(addresses[a], team) for a in adapter_dirs}
+    loaded: dict[str, float] = {}
+
+    def load(agent: str, c: AgentClient) -> None:
+        r = c.load_adapter(Path(adapter_dirs[agent]).resolve(), version=manifests[agent].version, activate=False)
+        loaded[agent] = r.load_ms
+
     try:
-        loaded: dict[str, float] = {}
-        previous: dict[str, int] = {}
-        for agent, path in adapter_dirs.items():
-            c = clients[agent]
-            previous[agent] = c.info().active_adapter.version
-            try:
-                r = c.load_adapter(Path(path).resolve(), version=manifests[agent].version, activate=False)
-            except AgentError as e:
-                raise PushError(f"{agent} refused v{manifests[agent].version}: {e} (nothing activated)") from e
-            loaded[agent] = r.load_ms
-        switched: list[str] = []
         try:
-            for agent in adapter_dirs:
-                clients[agent].activate_adapter(manifests[agent].version)
-                switched.append(agent)
-        except AgentError as e:
-            for agent in switched:  # all or none
-                prev = previous[agent]
-                clients[agent].activate_adapter(prev, use_base_model=prev == 0)
-            raise PushError(f"activation failed on {agent}: {e}; switched agents went back") from e
+            changes = change_team(clients, lambda a, c: c.activate_adapter(manifests[a].version).active, prepare=load)
+        except TeamChangeError as e:
+            raise PushError(f"{e} (pushing v{max(m.version for m in manifests.values())})") from e
         results = []
-        for agent in adapter_dirs:
-            active = clients[agent].info().active_adapter
-            m = manifests[agent]
+        for ch in changes:
+            m, active = manifests[ch.agent], ch.after
             if active.version != m.version or active.sha256 != m.sha256:
                 raise PushError(
-                    f"{agent} reports v{active.version} sha256={active.sha256[:12]}…, expected "
+                    f"{ch.agent} reports v{active.version} sha256={active.sha256[:12]}…, expected "
                     f"v{m.version} sha256={m.sha256[:12]}…"
                 )
-            results.append(PushResult(agent, addresses[agent], active.version, active.sha256, loaded[agent]))
+            results.append(PushResult(ch.agent, addresses[ch.agent], active.version, active.sha256, loaded[ch.agent]))
         return results
     finally:
         for c in clients.values():
@@ -85,7 +80,6 @@ def publish(trainer, out_dir: str | Path, agents: list[str], metrics: dict[str, 
             addresses: dict[str, str] | None = None, team=None) -> tuple[int, dict[str, Path], list[PushResult]]:
     """Save the team's next adapter version; push it when `addresses` are given (rank 0 only)."""
     from collm_train.distributed import is_main_process
-    from collm_train.run import next_version
 
     version = next_version(out_dir, agents)
     dirs = trainer.save_adapters(out_dir, version, metrics)

@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from collm_serve.adapters.manifest import next_version  # noqa: F401  (one definition, re-exported)
+
 
 class RunLog:
     def __init__(self, runs_dir: str | Path, task: str, algo: str, seed: int, hparams: dict,
@@ -63,11 +65,3 @@ class RunLog:
             self._writer.close()
 
 
-def next_version(out_dir: str | Path, agents: list[str]) -> int:
-    """One version number for the whole team: 1 + the highest existing version of any agent."""
-    highest = 0
-    for agent in agents:
-        for d in (Path(out_dir) / agent).glob("v*"):
-            if d.is_dir() and d.name[1:].isdigit():
-                highest = max(highest, int(d.name[1:]))
-    return highest + 1

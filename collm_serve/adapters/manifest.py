@@ -4,6 +4,11 @@ The folder stays loadable by peft (`PeftModel.from_pretrained`) and vLLM (`LoRAR
 manifest only adds what a service needs to verify before it activates a version — who it is
 (name, version), what it was trained on (base model) and that the weights are the ones the
 trainer wrote (sha256 of `adapter_model.safetensors`).
+
+Layout of an adapter root: `<root>/<agent>/v<N>/`, one immutable folder per version. The
+trainer publishes into it (collm_train/trainer.py `save_adapters`) and `collm-serve
+import-adapter` copies foreign peft/TRL adapters into it (importer.py); both write the manifest
+with `write_manifest` below and number versions with `next_version`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class AdapterManifest:
     metrics: dict[str, float] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     format: str = FORMAT
+    source: str = ""  # where the weights came from when imported (`collm-serve import-adapter`)
 
     def __post_init__(self) -> None:
         if not self.name or "@" in self.name or "/" in self.name:
@@ -50,6 +56,25 @@ class AdapterManifest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+def version_dir(root: str | os.PathLike[str], agent: str, version: int) -> Path:
+    """`<root>/<agent>/v<version>`: where version `version` of `agent` lives."""
+    return Path(root) / agent / f"v{int(version)}"
+
+
+def next_version(root: str | os.PathLike[str], agents: list[str]) -> int:
+    """One version number for the whole team: 1 + the highest existing version of any agent.
+
+    A team publishes under one number so `collm-serve swap --team --version N` finds every
+    agent's folder; staging folders (`.v3.tmp…`) do not count.
+    """
+    highest = 0
+    for agent in agents:
+        for d in (Path(root) / agent).glob("v*"):
+            if d.is_dir() and d.name[1:].isdigit():
+                highest = max(highest, int(d.name[1:]))
+    return highest + 1
 
 
 def read_manifest(adapter_dir: str | os.PathLike[str]) -> AdapterManifest:

@@ -1,6 +1,7 @@
 """`collm-traces`: inspect and export a trace database.
 
-    collm-traces stats DB
+    collm-traces stats DB [--json]
+    collm-traces list DB [--task T] [--split S] [--status ok] [--since TIME] [--limit N] [--json]
     collm-traces show DB EPISODE_ID [--agent NAME]
     collm-traces export DB --format jsonl|parquet --out PATH [--task T] [--split S] [--status ok]
     collm-traces --version
@@ -58,16 +59,49 @@ def cli() -> None:
     """Inspect and export CoLLM trace databases (SQLite files or sqlite:/// URLs)."""
 
 
+def _json_out(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, allow_nan=False))
+
+
+def _when(epoch: float | None) -> str:
+    import time
+
+    return "-" if epoch is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def _since(value: str | None) -> float | None:
+    """--since: epoch seconds, or an ISO date/time (local time unless it names a zone)."""
+    if value is None:
+        return None
+    from datetime import datetime
+
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give epoch seconds or an ISO time such as 2025-01-31T12:00",
+                                 param_hint="--since") from None
+
+
 @cli.command()
 @click.argument("db")
+@click.option("--json", "as_json", is_flag=True, help="Print the numbers as JSON.")
 @_one_line_errors
-def stats(db: str) -> None:
+def stats(db: str, as_json: bool) -> None:
     """Episodes by status, turns, and mean return by task and by adapter version."""
     from rich.console import Console
     from rich.table import Table
 
     with _open(db) as store:
         s = store.stats()
+    if as_json:
+        _json_out({"db": db, **s})
+        return
     console = Console(highlight=False)
     eps = s["episodes"]
     console.print(
@@ -100,6 +134,38 @@ def stats(db: str) -> None:
             _fmt(r["mean_return"]),
         )
     console.print(t)
+
+
+@cli.command("list")
+@click.argument("db")
+@click.option("--task", default=None, help="Only this task.")
+@click.option("--split", default=None, help="Only this split.")
+@click.option("--status", type=click.Choice(["ok", "failed", "running", "all"]), default="all", show_default=True)
+@click.option("--since", default=None, help="Only episodes created at or after this time (epoch or ISO).")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Newest N episodes (0 = all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the episodes as a JSON list.")
+@_one_line_errors
+def list_(db: str, task: str | None, split: str | None, status: str, since: str | None, limit: int,
+          as_json: bool) -> None:
+    """Episodes, newest first: id, task, split, problem, status, return, turns, created time."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _open(db) as store:
+        heads = store.list_episodes(task=task, split=split, status=None if status == "all" else status,
+                                    since=_since(since), limit=limit or None)
+    if as_json:
+        _json_out(heads)
+        return
+    t = Table(title=f"{len(heads)} episode(s), newest first" + (f" (at most {limit})" if limit else ""))
+    for col in ("episode", "task", "split", "problem", "status", "return", "turns", "created"):
+        t.add_column(col, justify="right" if col in ("return", "turns") else "left", overflow="fold")
+    for h in heads:
+        status_text = h["status"] + (f": {h['failure_reason']}" if h["failure_reason"] else "")
+        t.add_row(h["episode_id"], h["task"], h["split"], h["problem_id"], status_text,
+                  _fmt(h["final_return"]), str(h["turns"]), _when(h["created_at"]))
+    Console(highlight=False, width=200).print(t)
 
 
 @cli.command()
@@ -176,7 +242,9 @@ def show(db: str, episode_id: str, agent: str | None) -> None:
 def export(
     db: str, fmt: str, out_path: str, task: str | None, split: str | None, status: str
 ) -> None:
-    """Flat rows, one per action, readable by datasets.load_dataset("json" | "parquet").
+    """Flat rows, one per action, readable by datasets.load_dataset("json" | "parquet"):
+    `prompt`/`completion` chat messages (TRL's conversational format), `reward`, per-token
+    behaviour `logprobs` and `logprob_sum`, `adapter_version`; see README "Trace export".
 
     Missing parent folders of --out are created. A filter that matches nothing still writes
     the (empty) file and exits 0, with a warning on stderr listing what the store holds.

@@ -2,12 +2,21 @@
 
 Row shape: ONE ROW PER ACTION (agent × turn), each carrying its episode's and turn's columns,
 in the order of `COLUMNS`. Flat rows with a fixed schema are what Arrow-based readers want: no
-nesting to infer, and every file of a sharded export has the same columns and types.
-- Token ids (`prompt_token_ids`, `response_token_ids`) are lists of ints and `logprobs` a list
-  of floats (float64: the exact values the store holds).
-- Free-form dicts and the chat messages (`observation`, `sampling`, `feedback`, `turn_info`,
-  `episode_metadata`) are JSON strings: their keys vary by task, and inferring a struct type
-  from them makes shards disagree. `feedback` is the whole turn's {agent: text}.
+free-form nesting to infer, and every file of a sharded export has the same columns and types.
+- `prompt` and `completion` are chat messages, lists of {"role", "content"}: TRL's
+  "conversational prompt-completion" format (SFTTrainer, GRPOTrainer, ... read these column
+  names) and verl's default `prompt_key`. `prompt` is what the agent was given (its own
+  history, the agent's server-side system prompt not included: `prompt_token_ids` are the exact
+  tokens); `completion` is one assistant message, the response text.
+- Rewards: `reward` is the turn's joint reward (shared by all agents), `final_return` the
+  episode's return.
+- Behaviour log-probs: `logprobs` holds one float per response token (float64: the exact values
+  the store holds) under the sampling distribution of the policy `adapter_version` names;
+  `logprob_sum` is their sum, log π_behaviour(completion | prompt) of the whole macro action.
+- Token ids (`prompt_token_ids`, `response_token_ids`) are lists of ints.
+- Free-form dicts (`sampling`, `feedback`, `turn_info`, `episode_metadata`) are JSON strings:
+  their keys vary by task, and inferring a struct type from them makes shards disagree.
+  `feedback` is the whole turn's {agent: text}.
 - An episode without turns (e.g. failed at its first generation) is one row whose turn and
   action columns are null, so `import_jsonl` restores it too.
 Rows of an episode are contiguous and in write order; `import_jsonl` relies on that.
@@ -16,6 +25,7 @@ Rows of an episode are contiguous and in write order; `import_jsonl` relies on t
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -54,11 +64,12 @@ TURN_COLUMNS = (
 ACTION_COLUMNS = (
     "agent_index",
     "agent",
-    "observation",
+    "prompt",
+    "completion",
     "prompt_token_ids",
-    "response_text",
     "response_token_ids",
     "logprobs",
+    "logprob_sum",
     "adapter_name",
     "adapter_version",
     "adapter_sha256",
@@ -71,6 +82,15 @@ COLUMNS = EPISODE_COLUMNS + TURN_COLUMNS + ACTION_COLUMNS
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def chat(messages: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Chat messages as exported: {"role", "content"} only, both strings (a fixed Arrow struct)."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+
+
+def completion(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
 
 
 def episode_rows(ep: EpisodeRecord) -> Iterator[dict[str, Any]]:
@@ -112,11 +132,12 @@ def episode_rows(ep: EpisodeRecord) -> Iterator[dict[str, Any]]:
                 | {
                     "agent_index": i,
                     "agent": a.agent,
-                    "observation": _json(a.observation),
+                    "prompt": chat(a.observation),
+                    "completion": completion(a.response_text),
                     "prompt_token_ids": a.prompt_token_ids,
-                    "response_text": a.response_text,
                     "response_token_ids": a.response_token_ids,
                     "logprobs": a.logprobs,
+                    "logprob_sum": math.fsum(a.logprobs),
                     "adapter_name": a.adapter_name,
                     "adapter_version": a.adapter_version,
                     "adapter_sha256": a.adapter_sha256,
@@ -164,7 +185,11 @@ def arrow_schema() -> Any:
     import pyarrow as pa
 
     s, i64, f64 = pa.string(), pa.int64(), pa.float64()
+    messages = pa.list_(pa.struct([("role", s), ("content", s)]))
     types = {
+        "prompt": messages,
+        "completion": messages,
+        "logprob_sum": f64,
         "agents": pa.list_(s),
         "seed": i64,
         "group_size": i64,
@@ -224,6 +249,7 @@ def rows_to_episodes(rows: Iterable[dict[str, Any]]) -> Iterator[EpisodeRecord]:
     turns: dict[int, TurnRecord] = {}
     seen: set[str] = set()
     for line_no, row in enumerate(rows, 1):
+        row = _upgrade(row)
         missing = [c for c in COLUMNS if c not in row]
         if missing:
             raise ValueError(f"row {line_no}: missing columns {missing}")
@@ -275,9 +301,9 @@ def rows_to_episodes(rows: Iterable[dict[str, Any]]) -> Iterator[EpisodeRecord]:
         turn.actions.append(
             ActionRecord(
                 agent=row["agent"],
-                observation=json.loads(row["observation"]),
+                observation=[dict(m) for m in row["prompt"]],
                 prompt_token_ids=list(row["prompt_token_ids"]),
-                response_text=row["response_text"],
+                response_text=_completion_text(row["completion"], line_no),
                 response_token_ids=list(row["response_token_ids"]),
                 logprobs=list(row["logprobs"]),
                 adapter_name=row["adapter_name"],
@@ -290,6 +316,25 @@ def rows_to_episodes(rows: Iterable[dict[str, Any]]) -> Iterator[EpisodeRecord]:
         )
     if current is not None:
         yield current
+
+
+def _upgrade(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of an older export (JSON-string `observation`, plain `response_text`, no
+    `logprob_sum`) in the current shape."""
+    if "prompt" in row or "observation" not in row:
+        return row
+    row = dict(row)
+    obs, text = row.pop("observation"), row.pop("response_text", None)
+    row["prompt"] = None if obs is None else json.loads(obs)
+    row["completion"] = None if text is None else completion(text)
+    row.setdefault("logprob_sum", None if row.get("logprobs") is None else math.fsum(row["logprobs"]))
+    return row
+
+
+def _completion_text(messages: list[dict[str, Any]], line_no: int) -> str:
+    if len(messages) != 1 or messages[0].get("role") != "assistant":
+        raise ValueError(f"row {line_no}: completion must be one assistant message, got {messages!r}")
+    return messages[0]["content"]
 
 
 def import_jsonl(

@@ -197,6 +197,25 @@ def _finite(x: float, what: str) -> float:
     return x
 
 
+def _episode_filter(
+    task: str | None, status: str | None, split: str | None, since: float | None, limit: int | None
+) -> tuple[list[str], list[Any]]:
+    """WHERE terms and their arguments of the episode filters the readers share."""
+    if status is not None and status not in EPISODE_STATUSES:
+        raise ValueError(f"status {status!r}; use one of {EPISODE_STATUSES} or None")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit {limit} must be >= 0")
+    where, args = [], []
+    for col, val in (("task", task), ("status", status), ("split", split)):
+        if val is not None:
+            where.append(f"{col} = ?")
+            args.append(val)
+    if since is not None:
+        where.append("created_at >= ?")
+        args.append(float(since))
+    return where, args
+
+
 def parse_location(location: str | os.PathLike[str]) -> str:
     """A path or `sqlite:///` URL → the path sqlite3 opens (SQLAlchemy's URL convention)."""
     loc = os.fspath(location)
@@ -632,18 +651,8 @@ class TraceStore:
         since: only episodes created at or after this epoch time. The lock is released between
         pages, so the caller may use the store (or other threads may write) while iterating.
         """
-        if status is not None and status not in EPISODE_STATUSES:
-            raise ValueError(f"status {status!r}; use one of {EPISODE_STATUSES} or None")
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit {limit} must be >= 0")
-        where, args = ["rowid > ?"], []
-        for col, val in (("task", task), ("status", status), ("split", split)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if since is not None:
-            where.append("created_at >= ?")
-            args.append(float(since))
+        where, args = _episode_filter(task, status, split, since, limit)
+        where.insert(0, "rowid > ?")
         sql = (
             f"SELECT rowid, {_EPISODE_COLS} FROM episodes WHERE {' AND '.join(where)} "
             "ORDER BY rowid LIMIT ?"
@@ -662,6 +671,31 @@ class TraceStore:
             yield from episodes
             if len(rows) < page:
                 return
+
+    def list_episodes(
+        self,
+        task: str | None = None,
+        status: str | None = None,
+        split: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Episode heads, newest first, without turns (what `collm-traces list` shows): episode_id,
+        task, split, problem_id, seed, status, failure_reason, final_return, created_at,
+        finished_at, turns. Filters as `iter_episodes`, but status=None (all) by default."""
+        where, args = _episode_filter(task, status, split, since, limit)
+        sql = (
+            "SELECT e.episode_id, e.task, e.split, e.problem_id, e.seed, e.status, e.failure_reason, "
+            "e.final_return, e.created_at, e.finished_at, "
+            "(SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id) "
+            f"FROM episodes e {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY e.rowid DESC"
+            + ("" if limit is None else " LIMIT ?")
+        )
+        keys = ("episode_id", "task", "split", "problem_id", "seed", "status", "failure_reason",
+                "final_return", "created_at", "finished_at", "turns")
+        with self._lock:
+            rows = self.conn.execute(sql, [*args] + ([] if limit is None else [limit])).fetchall()
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def completed_keys(self, task: str, split: str) -> set[tuple[str, int]]:
         """(problem_id, seed) of the ok episodes of (task, split): what `collect --resume` skips."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -63,6 +64,38 @@ def test_stats(db):
         ["main", "main", "3", "1", "6", "1.5"],
         ["main", "main", "4", "1", "2", "0.5"],
     ]
+
+
+def test_stats_json(db):
+    path, _ = db
+    r = run("stats", path, "--json")
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    assert s["episodes"] == {"ok": 2, "failed": 1, "running": 0} and (s["turns"], s["actions"]) == (9, 18)
+    assert [(a["agent"], a["adapter_version"], a["mean_return"]) for a in s["by_adapter"]] == [
+        ("helper", 3, 1.5), ("helper", 4, 0.5), ("main", 3, 1.5), ("main", 4, 0.5)]
+
+
+def test_list(db):
+    path, ep = db
+    r = run("list", path, "--json")
+    assert r.exit_code == 0, r.output
+    heads = json.loads(r.stdout)
+    assert [(h["task"], h["status"], h["final_return"], h["turns"]) for h in heads] == [
+        ("writing", "failed", None, 1), ("coding", "ok", 0.5, 2), ("coding", "ok", 1.5, 6)]  # newest first
+    assert heads[-1]["episode_id"] == ep.episode_id and heads[0]["failure_reason"] == "boom"
+    assert all(isinstance(h["created_at"], float) for h in heads)
+    r = run("list", path, "--task", "coding", "--status", "ok", "--limit", "1", "--json")
+    assert [h["final_return"] for h in json.loads(r.stdout)] == [0.5]
+    r = run("list", path, "--since", "2999-01-01", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout) == []
+    r = run("list", path, "--split", "train")
+    assert r.exit_code == 0, r.output
+    rows = table_rows(r.stdout)
+    assert [row[0] for row in rows] == [h["episode_id"] for h in heads]
+    assert rows[0][4] == "failed: boom" and rows[2][5:7] == ["1.5", "6"]
+    r = run("list", path, "--since", "last week")
+    assert r.exit_code == 2 and "--since" in r.output and "ISO time" in r.output
 
 
 def test_show(db):

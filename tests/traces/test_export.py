@@ -40,14 +40,26 @@ def test_datasets_reads_jsonl_and_parquet(filled, tmp_path, hf_offline):
         ds = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=hf_offline)
         assert ds.num_rows == 16, kind
         assert ds.column_names == list(COLUMNS), kind
-        assert len(ds.column_names) == 35
+        # 35 columns before: observation (JSON string) and response_text became the chat-message
+        # columns prompt and completion, and logprob_sum was added
+        assert len(ds.column_names) == 36
         first = ds[0]
-        action = branching.turns[0].actions[0]
+        turn = branching.turns[0]
+        action = turn.actions[0]
         assert first["episode_id"] == branching.episode_id
-        assert (first["agent"], first["turn_id"]) == (action.agent, branching.turns[0].turn_id)
+        assert (first["agent"], first["turn_id"]) == (action.agent, turn.turn_id)
         assert first["response_token_ids"] == action.response_token_ids
         assert first["logprobs"] == action.logprobs  # float64 all the way
-        assert json.loads(first["observation"]) == action.observation
+        assert first["logprob_sum"] == pytest.approx(sum(action.logprobs), abs=1e-12)
+        # chat messages, not a JSON string: what TRL's conversational datasets and verl's prompt_key read
+        assert first["prompt"] == action.observation
+        assert first["completion"] == [{"role": "assistant", "content": action.response_text}]
+        for column in ("prompt", "completion"):
+            feature = ds.features[column]
+            inner = getattr(feature, "feature", None) or feature[0]  # List(...) or [ {...} ]
+            assert set(inner) == {"role", "content"}, (kind, feature)
+        assert (first["reward"], first["adapter_version"]) == (turn.reward, action.adapter_version)
+        assert ds.filter(lambda r: r["turn_id"] is None).num_rows == 0  # ok episodes only
     assert export_jsonl(store, jsonl, task="writing") == 4
     assert export_parquet(store, parquet, status="failed") == 3
     assert export_parquet(store, parquet, task="nothing") == 0
@@ -88,3 +100,25 @@ def test_import_rejects_scrambled_rows(filled, tmp_path):
     (tmp_path / "bad.jsonl").write_text("{not json\n")
     with TraceStore(":memory:") as dst, pytest.raises(ValueError, match="bad.jsonl:1"):
         import_jsonl(dst, tmp_path / "bad.jsonl")
+
+
+def test_import_reads_exports_of_the_previous_format(filled, tmp_path):
+    """Files exported before prompt/completion were chat messages still import."""
+    store, (branching, _) = filled
+    path = tmp_path / "old.jsonl"
+    export_jsonl(store, path, task="coding", status="ok")
+    old_rows = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        row["observation"] = json.dumps(row.pop("prompt"))
+        row["response_text"] = row.pop("completion")[0]["content"]
+        del row["logprob_sum"]
+        old_rows.append(json.dumps(row))
+    path.write_text("\n".join(old_rows) + "\n")
+    with TraceStore(":memory:") as dst:
+        assert import_jsonl(dst, path) == 1
+        back = dst.get_episode(branching.episode_id)
+        assert [a.observation for t in back.turns for a in t.actions] == [
+            a.observation for t in branching.turns for a in t.actions]
+        assert [a.response_text for t in back.turns for a in t.actions] == [
+            a.response_text for t in branching.turns for a in t.actions]
