@@ -353,8 +353,8 @@ def _refuse_options_before(ctx: click.Context) -> None:
     names = ", ".join(p.opts[0] for p in given)
     movable = [p.opts[0] for p in given if p.name in takes]
     fix = (f"put them after it: collm-train {sub_name} {' '.join(movable)} ..." if len(movable) == len(given)
-           else f"`{sub_name}` does not take {', '.join(p.opts[0] for p in given if p.name not in takes)}; "
-                f"remove them (`collm-train {sub_name} --help` lists its options)")
+           else f"`{sub_name}` does not take {', '.join(p.opts[0] for p in given if p.name not in takes)} "
+                f"(`collm-train {sub_name} --help` lists its options)")
     raise CliError(f"{names} given before the subcommand `{sub_name}` would be ignored; {fix}")
 
 
