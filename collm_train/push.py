@@ -82,11 +82,11 @@ def preflight(team, agents: list[str], out_dir: str | Path, base_model_id: str, 
             except NotFoundError:
                 pass  # inside the adapter root: a real version will load
             except AgentError as e:
-                fix = (f"use --out inside the agent's adapter_root (default $COLLM_HOME/adapters) or start the agent "
-                       f"with --adapter-root {Path(out_dir).resolve()}; an admin-role refusal needs admin_token in "
-                       f"{team_path}") if isinstance(e, PermissionDeniedError) else "see the agent's log"
+                fix = (f"use --out inside the agent's adapter_root (named above) or start the agent with "
+                       f"--adapter-root {Path(out_dir).resolve()} (a missing admin role: admin_token in {team_path})"
+                       if isinstance(e, PermissionDeniedError) else "see the agent's log")
                 problems.append(f"{where} will not load adapters from --out {out_dir} ({e.code.name}: "
-                                f"{e.details[:160]}); fix: {fix}")
+                                f"{e.details[:400]});\n    fix: {fix}")
         finally:
             client.close()
     return problems
