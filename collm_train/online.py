@@ -18,7 +18,7 @@ def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iterati
                 echo=print, split="train", on_step=None) -> list[dict]:
     """Returns one metrics row per iteration that updated; an iteration without a complete
     episode is skipped (its first failure reasons echoed), so an empty list means nothing was
-    trained and the CLI exits non-zero."""
+    trained and the CLI exits non-zero. on_step: Trainer.update's per-minibatch callback (progress)."""
     from collm_serve.orchestrator.collector import collect
     from collm_serve.traces import TraceStore
 

@@ -210,8 +210,9 @@ def test_offline_run_through_the_cli_records_provenance(tmp_path):
     # --resume latest continues that run: iterations 3 and 4, same folder
     r = CliRunner().invoke(main, ["--traces", str(traces), "--team", str(team), "--model", "embedded:tiny-llama",
                                   "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "adapters"),
-                                  "--resume", "latest", "--no-progress"])
+                                  "--resume", "latest", "--progress"])  # the bar's code path runs
     assert r.exit_code == 0, r.output
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [1, 2, 3]
+    assert "iteration 3: actor loss" in r.stderr
     assert len(list((tmp_path / "runs").iterdir())) == 1
