@@ -82,8 +82,8 @@ class _Devices(click.ParamType):
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
     """(click type, is_bool) for a TrainConfig field's annotation."""
-    args = [a for a in typing.get_args(annotation)] if typing.get_origin(annotation) in (typing.Union, types.UnionType) \
-        else [annotation]
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = list(typing.get_args(annotation)) if union else [annotation]
     nullable = type(None) in args
     args = [a for a in args if a is not type(None)]
     if len(args) == 2 and str in args and any(typing.get_origin(a) is dict for a in args):

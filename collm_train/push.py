@@ -75,7 +75,8 @@ def preflight(team, agents: list[str], out_dir: str | Path, base_model_id: str, 
                 continue
             if info.base_model != base_model_id:
                 problems.append(f"{where} serves base model {info.base_model!r}, the trainer's --model is "
-                                f"{base_model_id!r}; fix: train with the agents' --model (adapters only fit their base)")
+                                f"{base_model_id!r}; fix: train with the agents' --model "
+                                "(adapters only fit their base)")
                 continue
             try:
                 client.load_adapter((Path(out_dir) / agent / PROBE).resolve(), activate=False)
