@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from collm_serve.config_errors import flag_names, format_validation_error, read_yaml_mapping, suggest
 from collm_serve.models import EMBEDDED_MODEL, collm_home
 
 
@@ -182,12 +183,6 @@ class AgentConfig(BaseModel):
         return Path(self.state_dir or collm_home() / "state" / self.name).expanduser().resolve()
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{source}: {loc}: {first['msg']}"
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -200,23 +195,18 @@ def load_agents_file(
 ) -> tuple[dict[str, dict[str, Any]], str]:
     """Raw per-agent dicts (defaults merged), from `path` or the built-in file."""
     if path is None:
-        text = resources.files("collm_serve").joinpath("default_agents.yaml").read_text()
+        raw = yaml.safe_load(resources.files("collm_serve").joinpath("default_agents.yaml").read_text())
         source = "built-in default_agents.yaml"
     else:
+        raw = read_yaml_mapping(path, "agents file", error=ConfigError)
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read ({e.strerror or e})") from e
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(raw, dict) or not isinstance(raw.get("agents"), dict) or not raw["agents"]:
-        raise ConfigError(f"{source}: agents: expected a mapping of agent name -> settings")
-    unknown = set(raw) - {"agents", "defaults"}
+    unknown = sorted(set(raw) - {"agents", "defaults"})
     if unknown:
-        raise ConfigError(f"{source}: {sorted(unknown)[0]}: unknown top-level key (use agents, defaults)")
+        raise ConfigError("\n".join(
+            f"{source}: {k}: unknown top-level key{suggest(k, ['agents', 'defaults']) or ' (use agents, defaults)'}"
+            for k in unknown))
+    if not isinstance(raw.get("agents"), dict) or not raw["agents"]:
+        raise ConfigError(f"{source}: agents: expected a mapping of agent name -> settings")
     defaults = raw.get("defaults") or {}
     if not isinstance(defaults, dict):
         raise ConfigError(f"{source}: defaults: expected a mapping")
@@ -236,11 +226,14 @@ def load_agent_config(
     """Validate one agent's config; `overrides` (CLI flags) win over the file."""
     agents, source = load_agents_file(path)
     if agent not in agents:
-        raise ConfigError(f"{source}: agents.{agent}: no such agent (have: {', '.join(sorted(agents))})")
-    data = _merge(agents[agent], {k: v for k, v in overrides.items() if v is not None})
+        raise ConfigError(f"{source}: agents.{agent}: no such agent{suggest(agent, list(agents))} "
+                          f"(have: {', '.join(sorted(agents))})")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data = _merge(agents[agent], given)
     env_default(data, "auth_token", "COLLM_AUTH_TOKEN")
     env_default(data, "admin_token", "COLLM_ADMIN_TOKEN")
     try:
         return AgentConfig(**data)
-    except ValidationError as e:
-        raise ConfigError(_format_error(f"{source}: agents.{agent}", e)) from e
+    except ValidationError as e:  # a bad flag value is blamed on the flag, not on the file
+        raise ConfigError(format_validation_error(source, e, AgentConfig, loc_prefix=f"agents.{agent}",
+                                                  flags=flag_names(list(given)))) from e

@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from collm_serve import __version__
 from collm_serve.config import AgentConfig, ConfigError, load_agents_file
+from collm_serve.config_errors import format_validation_error
 from collm_serve.team import TeamConfig, load_team_config
 
 Backend = Literal["all", "gpu", "cpu"]
@@ -183,9 +184,7 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         try:  # TLS files are container paths (/tls/...), checked where they exist, not here
             cfg = AgentConfig(name=name, **{k: v for k, v in settings.items() if k != "tls"})
         except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ConfigError(f"{agents_source}: agents.{name}.{loc}: {first['msg']}") from e
+            raise ConfigError(format_validation_error(agents_source, e, AgentConfig, loc_prefix=f"agents.{name}")) from e
 
         _, address_port = split_address(member.address, where)
         take_port(cfg.port, f"agents.{name}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from collm_serve.addresses import check_address
 from collm_serve.config import ConfigError, TLSConfig, auth_policy, env_default, not_blank
+from collm_serve.config_errors import flag_names, format_validation_error, read_yaml_mapping
 
 
 class AgentSampling(BaseModel):
@@ -109,14 +109,7 @@ def load_team_config(path: str | os.PathLike[str], *, check_files: bool = True, 
     """Validate a team file; `overrides` (CLI flags) win over it, then env vars fill what is unset.
     `check_files=False` skips the existence of TLS files (the deploy generator: container paths)."""
     source = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read ({e.strerror or e})") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level")
+    raw = read_yaml_mapping(path, "team", error=ConfigError)
     for key, value in overrides.items():
         if value is None:
             continue
@@ -126,6 +119,5 @@ def load_team_config(path: str | os.PathLike[str], *, check_files: bool = True, 
     try:
         return TeamConfig.model_validate(raw, context={"check_files": check_files})
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"{source}: {loc}: {first['msg']}") from e
+        flags = flag_names([k for k, v in overrides.items() if v is not None])
+        raise ConfigError(format_validation_error(source, e, TeamConfig, flags=flags)) from e

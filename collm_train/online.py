@@ -15,10 +15,10 @@ from collm_train.push import publish
 
 
 def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iteration, traces, concurrency=4,
-                echo=print, split="train") -> list[dict]:
+                echo=print, split="train", on_step=None) -> list[dict]:
     """Returns one metrics row per iteration that updated; an iteration without a complete
     episode is skipped (its first failure reasons echoed), so an empty list means nothing was
-    trained and the CLI exits non-zero."""
+    trained and the CLI exits non-zero. on_step: Trainer.update's per-minibatch callback (progress)."""
     from collm_serve.orchestrator.collector import collect
     from collm_serve.traces import TraceStore
 
@@ -38,7 +38,7 @@ def online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_iterati
                 for line in summary.failure_report(limit=2):
                     echo(line)
                 continue
-            metrics = trainer.update(episodes)
+            metrics = trainer.update(episodes, on_step=on_step)
             t2 = time.monotonic()
             agents = list(team.agents)
             version, _, results = publish(trainer, out_dir, agents, metrics, team=team,

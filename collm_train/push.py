@@ -31,7 +31,7 @@ class PushResult:
     load_ms: float
 
 
-def _client(address: str, team=None) -> AgentClient:
+def _client(address: str, team=None, timeout: float = 300) -> AgentClient:
     """Loading and activating adapters needs the agents' admin role: the team's `admin_token`
     (env COLLM_ADMIN_TOKEN), else its single `auth_token` (agents that have no admin token
     treat theirs as admin). See collm_serve/auth.py."""
@@ -39,7 +39,60 @@ def _client(address: str, team=None) -> AgentClient:
     if team is not None:
         kw = dict(token=team.push_token, root_certificates=team.ca_file,
                   client_cert=team.client_cert_file, client_key=team.client_key_file)
-    return AgentClient(address, timeout=300, **kw)
+    return AgentClient(address, timeout=timeout, **kw)
+
+
+PROBE = ".collm-preflight-probe"  # a path under --out that never exists (see preflight)
+
+
+def preflight(team, agents: list[str], out_dir: str | Path, base_model_id: str, team_path: str = "the team file",
+              timeout: float = 10.0) -> list[str]:
+    """Problems that would make a push fail AFTER training, found before any model loads; [] if none.
+
+    Per agent: reachable (GetAgentInfo), the agent the team names, serving `base_model_id`, and
+    willing to load adapters from `out_dir`. The last is asked of the agent itself, since only it
+    knows its adapter_root: LoadAdapter of `out_dir/<agent>/.collm-preflight-probe` (never
+    created) answers NOT_FOUND inside the root and PERMISSION_DENIED outside it (or without the
+    admin role); nothing is loaded either way (collm_serve/adapters/validate.py resolve_inside).
+    """
+    from collm_serve.client import NotFoundError, PermissionDeniedError, UnauthenticatedError
+
+    problems = []
+    for agent in agents:
+        address = team.agents[agent].address
+        where = f"agent {agent} @ {address}"
+        client = _client(address, team, timeout=timeout)
+        try:
+            try:
+                info = client.info()
+            except AgentError as e:
+                fix = (f"start it (collm-serve start --agent {agent}) or correct agents.{agent}.address in {team_path}"
+                       if not isinstance(e, (UnauthenticatedError, PermissionDeniedError))
+                       else f"set auth_token/admin_token in {team_path} (or COLLM_AUTH_TOKEN/COLLM_ADMIN_TOKEN)")
+                problems.append(f"{where} is not usable ({e.code.name}: {e.details[:120]}); fix: {fix}")
+                continue
+            if info.agent != agent:
+                problems.append(f"{where} is agent {info.agent!r}, not {agent!r}; fix: correct agents.{agent}.address "
+                                f"in {team_path}")
+                continue
+            if info.base_model != base_model_id:
+                problems.append(f"{where} serves base model {info.base_model!r}, the trainer's --model is "
+                                f"{base_model_id!r}; fix: train with the agents' --model "
+                                "(adapters only fit their base)")
+                continue
+            try:
+                client.load_adapter((Path(out_dir) / agent / PROBE).resolve(), activate=False)
+            except NotFoundError:
+                pass  # inside the adapter root: a real version will load
+            except AgentError as e:
+                fix = (f"use --out inside the agent's adapter_root (named above) or start the agent with "
+                       f"--adapter-root {Path(out_dir).resolve()} (a missing admin role: admin_token in {team_path})"
+                       if isinstance(e, PermissionDeniedError) else "see the agent's log")
+                problems.append(f"{where} will not load adapters from --out {out_dir} ({e.code.name}: "
+                                f"{e.details[:400]});\n    fix: {fix}")
+        finally:
+            client.close()
+    return problems
 
 
 def push_team(adapter_dirs: dict[str, Path], addresses: dict[str, str], team=None) -> list[PushResult]:

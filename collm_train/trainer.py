@@ -29,7 +29,7 @@ import math
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -184,8 +184,11 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ the update
-    def update(self, episodes: Sequence[EpisodeRecord]) -> dict[str, float]:
-        """One training round on a batch of finished episodes; returns namespaced metrics."""
+    def update(self, episodes: Sequence[EpisodeRecord],
+               on_step: Callable[[int, int], None] | None = None) -> dict[str, float]:
+        """One training round on a batch of finished episodes; returns namespaced metrics.
+
+        on_step(done, total): called after each optimizer step (minibatch), e.g. a progress bar."""
         cfg = self.config
         batch = build_batch(episodes, self.agents, self.version, cfg.critic_max_len, cfg.max_staleness)
         if len(batch) == 0:
@@ -219,11 +222,16 @@ class Trainer:
                 f"behind the learner (version {self.version}); sample with a newer adapter"
             )
         stats: dict[str, list[float]] = defaultdict(list)
+        n_steps = cfg.epochs * math.ceil(len(train_idx) / cfg.minibatch_size)
+        done = 0
         for _epoch in range(cfg.epochs):
             perm = train_idx[torch.randperm(len(train_idx), generator=self.rng)].tolist()
             for mb_idx in _chunks(perm, cfg.minibatch_size):
                 self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
                                      b_use_ratio, b_values)
+                done += 1
+                if on_step is not None:
+                    on_step(done, n_steps)
         self.step += 1
         self.dirty = True
 
