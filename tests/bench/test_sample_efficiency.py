@@ -57,9 +57,10 @@ def test_median_ci_order_statistics_and_censoring():
     assert (med, lo, hi) == (6.0, 2.0, 10.0) and cov >= 0.95
     med, lo, hi, _ = se.median_ci([1.0, math.inf, math.inf, 2.0, math.inf])
     assert math.isinf(med) and lo == 1.0 and math.isinf(hi)  # most seeds censored: median "> budget"
-    point, low, high = se.ratio_ci([10.0] * 5, [20.0] * 5)
-    assert point == low == high == 0.5
-    assert se.ratio_ci([math.inf] * 3, [1.0] * 3)[0] == math.inf
+    assert se.ratio_ci([10.0] * 5, [20.0] * 5, 100) == (0.5, 0.5, 0.5, False, False)
+    point, _, _, c_num, c_den = se.ratio_ci([math.inf] * 3, [10.0] * 3, 100)
+    assert point == 10.0 and c_num and not c_den and se.fmt_ratio(point, c_num, c_den) == "> 10.00"
+    assert se.fmt_ratio(0.5, False, True) == "< 0.50" and se.fmt_ratio(1.0, True, True).startswith("n/a")
 
 
 def test_bench_runs_end_to_end(tmp_path):
@@ -78,7 +79,9 @@ def test_bench_runs_end_to_end(tmp_path):
         assert all(a["n"] == 1 and 0 <= a["reached"] <= 1 for a in s["algos"].values())
     metrics = [r[0] for r in se.rows(se.summarize(result["runs"]), smoke=False)]
     assert "CC ÷ MAGRPO env steps, long horizon" in metrics and "CC ÷ DC env steps, short horizon" in metrics
+    assert "magrpo greedy return when stopped, long horizon" in metrics
     assert all("[smoke]" in m for m in (r[0] for r in se.rows(se.summarize(result["runs"]), smoke=True)))
+    assert se.main(["--from-json", str(out)]) == 0  # the saved run re-renders without training
 
 
 def test_eval_problems_are_held_out_of_training():
