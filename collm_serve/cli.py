@@ -69,8 +69,15 @@ def _ref(ref) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="collm", prog_name="collm-serve")
-def main() -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              envvar="COLLM_LOG_LEVEL", show_default=True, help="log level (env COLLM_LOG_LEVEL)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="COLLM_LOG_FORMAT",
+              show_default=True, help="json: one JSON object per log line on stderr (env COLLM_LOG_FORMAT)")
+def main(log_level, log_format) -> None:
     """CoLLM agent services: each agent one gRPC microservice backed by vLLM."""
+    from collm_serve.logs import configure_logging
+
+    configure_logging(log_level, log_format)
 
 
 @main.command()
@@ -82,16 +89,18 @@ def main() -> None:
 @click.option("--engine", type=click.Choice(["vllm", "transformers"]), default=None)
 @click.option("--model", default=None, help="embedded alias or local HF folder")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus port (0 = any free)")
+@click.option("--http-port", type=int, default=None,
+              help="OpenAI-compatible HTTP port (/v1/chat/completions ...; 0 = any free; default off)")
 @click.option("--adapter-root", type=click.Path(file_okay=False), default=None)
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None)
-def start(agent, config_path, port, host, engine, model, metrics_port, adapter_root, state_dir) -> None:
+def start(agent, config_path, port, host, engine, model, metrics_port, http_port, adapter_root, state_dir) -> None:
     """Start one agent service in the foreground (SIGTERM drains and exits)."""
     from collm_serve.config import ConfigError, load_agent_config
 
     try:
         config = load_agent_config(
             agent, config_path, port=port, host=host, engine=engine, model=model,
-            metrics_port=metrics_port, adapter_root=adapter_root, state_dir=state_dir,
+            metrics_port=metrics_port, http_port=http_port, adapter_root=adapter_root, state_dir=state_dir,
         )
     except ConfigError as e:
         raise CliError(str(e)) from None
