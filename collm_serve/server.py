@@ -174,27 +174,30 @@ async def set_health(health_servicer, names, serving: bool) -> None:
         await health_servicer.set(name, status)
 
 
-def vllm_options(config: AgentConfig) -> dict:
-    """The config's vLLM-only engine options (collm_serve.engines.vllm_engine.VLLMEngine)."""
-    return {"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization,
-            "tensor_parallel_size": config.tensor_parallel_size, "quantization": config.quantization,
-            "max_num_seqs": config.max_num_seqs, "enable_prefix_caching": config.enable_prefix_caching}
+def engine_for(config: AgentConfig, model_dir, model_id: str):
+    """The agent's engine, built from its config (not started): every engine option in one place."""
+    from collm_serve.engines import create_engine
+
+    if config.engine == "vllm":
+        options = {"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization,
+                   "tensor_parallel_size": config.tensor_parallel_size, "quantization": config.quantization,
+                   "max_num_seqs": config.max_num_seqs, "enable_prefix_caching": config.enable_prefix_caching}
+    else:
+        options = {"cpu_threads": config.cpu_threads}
+    return create_engine(
+        config.engine, model_dir, model_id, max_model_len=config.max_model_len,
+        max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,
+        dtype=config.dtype, seed=config.seed, **options,
+    )
 
 
 async def serve(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT or a dead engine; returns the process exit code."""
-    from collm_serve.engines import create_engine
-
     state = ServiceState()
     metrics = ServiceMetrics(config.name)
     model_dir = resolve_model(config.model)
     model_id = model_id_for(config.model)
-    engine = create_engine(
-        config.engine, model_dir, model_id, max_model_len=config.max_model_len,
-        max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,
-        dtype=config.dtype, seed=config.seed,
-        **(vllm_options(config) if config.engine == "vllm" else {"cpu_threads": config.cpu_threads}),
-    )
+    engine = engine_for(config, model_dir, model_id)
     registry = AdapterRegistry(
         engine, agent=config.name, base_model_id=model_id, base_model_dir=model_dir,
         adapter_root=config.resolved_adapter_root, state_dir=config.resolved_state_dir,
