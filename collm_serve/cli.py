@@ -293,6 +293,8 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
               help="team YAML")
 @click.option("--port", type=int, default=None, help="override orchestrator_port (0 = any free)")
 @click.option("--host", default=None, help="override orchestrator_host")
+@click.option("--metrics-port", type=int, default=None,
+              help="Prometheus port of episode metrics (override orchestrator_metrics_port; 0 = any free)")
 @click.option("--traces", default=None, help="trace store path or sqlite:/// URL (default: the team's)")
 @click.option("--max-concurrent-episodes", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--token", envvar="COLLM_ORCHESTRATOR_TOKEN", default=None,
@@ -303,7 +305,7 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="server private key (PEM)")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA of client certificates: require mTLS")
-def orchestrate(config_path, port, host, traces, max_concurrent_episodes, token, tls_cert, tls_key,
+def orchestrate(config_path, port, host, metrics_port, traces, max_concurrent_episodes, token, tls_cert, tls_key,
                 tls_client_ca) -> None:
     """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
     from collm_serve.config import ConfigError
@@ -314,7 +316,8 @@ def orchestrate(config_path, port, host, traces, max_concurrent_episodes, token,
     tls = {k: v for k, v in (("cert_file", tls_cert), ("key_file", tls_key), ("client_ca_file", tls_client_ca)) if v}
     team = _team(config_path, None, orchestrator_token=token, orchestrator_tls=tls or None)
     try:
-        code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes)
+        code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes,
+                   metrics_port=metrics_port)
     except (ConfigError, TraceStoreError, BindError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)
