@@ -24,13 +24,14 @@ class JSONFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Root handler on stderr; replaces an earlier one so the flags always win."""
+    """Our root handler on stderr; replaces the one an earlier call installed."""
     if level not in LEVELS or fmt not in FORMATS:
         raise ValueError(f"log level must be one of {LEVELS} and format one of {FORMATS}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.collm = True  # ours: replaced on the next call; others' handlers (pytest's caplog) stay
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if getattr(h, "collm", False)]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
