@@ -33,7 +33,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from collm_serve.errors import CollmError, InvalidArgument, NotFound
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
