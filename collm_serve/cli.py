@@ -78,8 +78,15 @@ def _ref(ref) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="collm", prog_name="collm-serve")
-def main() -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              envvar="COLLM_LOG_LEVEL", show_default=True, help="log level (env COLLM_LOG_LEVEL)")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", envvar="COLLM_LOG_FORMAT",
+              show_default=True, help="json: one JSON object per log line on stderr (env COLLM_LOG_FORMAT)")
+def main(log_level, log_format) -> None:
     """CoLLM agent services: each agent one gRPC microservice backed by vLLM."""
+    from collm_serve.logs import configure_logging
+
+    configure_logging(log_level, log_format)
 
 
 @main.command()
@@ -91,16 +98,18 @@ def main() -> None:
 @click.option("--engine", type=click.Choice(["vllm", "transformers"]), default=None)
 @click.option("--model", default=None, help="embedded alias or local HF folder")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus port (0 = any free)")
+@click.option("--http-port", type=int, default=None,
+              help="OpenAI-compatible HTTP port (/v1/chat/completions ...; 0 = any free; default off)")
 @click.option("--adapter-root", type=click.Path(file_okay=False), default=None)
 @click.option("--state-dir", type=click.Path(file_okay=False), default=None)
-def start(agent, config_path, port, host, engine, model, metrics_port, adapter_root, state_dir) -> None:
+def start(agent, config_path, port, host, engine, model, metrics_port, http_port, adapter_root, state_dir) -> None:
     """Start one agent service in the foreground (SIGTERM drains and exits)."""
     from collm_serve.config import ConfigError, load_agent_config
 
     try:
         config = load_agent_config(
             agent, config_path, port=port, host=host, engine=engine, model=model,
-            metrics_port=metrics_port, adapter_root=adapter_root, state_dir=state_dir,
+            metrics_port=metrics_port, http_port=http_port, adapter_root=adapter_root, state_dir=state_dir,
         )
     except ConfigError as e:
         raise CliError(str(e)) from None
@@ -439,6 +448,8 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
               help="team YAML")
 @click.option("--port", type=int, default=None, help="override orchestrator_port (0 = any free)")
 @click.option("--host", default=None, help="override orchestrator_host")
+@click.option("--metrics-port", type=int, default=None,
+              help="Prometheus port of episode metrics (override orchestrator_metrics_port; 0 = any free)")
 @click.option("--traces", default=None, help="trace store path or sqlite:/// URL (default: the team's)")
 @click.option("--max-concurrent-episodes", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--token", envvar="COLLM_ORCHESTRATOR_TOKEN", default=None,
@@ -449,7 +460,7 @@ def collect(team_path, task, episodes, split, traces, group_size, concurrency, r
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None, help="server private key (PEM)")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA of client certificates: require mTLS")
-def orchestrate(config_path, port, host, traces, max_concurrent_episodes, token, tls_cert, tls_key,
+def orchestrate(config_path, port, host, metrics_port, traces, max_concurrent_episodes, token, tls_cert, tls_key,
                 tls_client_ca) -> None:
     """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
     from collm_serve.config import ConfigError
@@ -460,7 +471,8 @@ def orchestrate(config_path, port, host, traces, max_concurrent_episodes, token,
     tls = {k: v for k, v in (("cert_file", tls_cert), ("key_file", tls_key), ("client_ca_file", tls_client_ca)) if v}
     team = _team(config_path, None, orchestrator_token=token, orchestrator_tls=tls or None)
     try:
-        code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes)
+        code = run(team, host=host, port=port, traces=traces, max_concurrent_episodes=max_concurrent_episodes,
+                   metrics_port=metrics_port)
     except (ConfigError, TraceStoreError, BindError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)

@@ -88,6 +88,9 @@ def env_default(data: dict[str, Any], key: str, env: str) -> None:
         data[key] = os.environ[env]
 
 
+VLLM_ONLY = ("tensor_parallel_size", "quantization", "max_num_seqs")  # others are harmless elsewhere
+
+
 class AgentConfig(BaseModel):
     """Everything one agent service needs. Unknown keys are errors (typos must not pass)."""
 
@@ -101,8 +104,12 @@ class AgentConfig(BaseModel):
     host: str = Field("127.0.0.1", description="Bind address; 0.0.0.0 in containers.")
     port: int = Field(50061, ge=0, le=65535, description="gRPC port; 0 = pick a free one.")
     metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="Prometheus HTTP port; None = off, 0 = pick one."
-    )
+        None, ge=0, le=65535,
+        description="Prometheus HTTP port (ours and, on vLLM, the engine's vllm:* metrics); None = off, 0 = pick one.")
+    http_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="OpenAI-compatible HTTP port (/v1/chat/completions, /v1/completions, /v1/models; "
+                    "collm_serve/http_api.py): same tokens, limits and queue as gRPC. None = off, 0 = pick one.")
     system_prompt: str = Field("", description="Prepended to every chat request.")
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     max_tokens_limit: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
@@ -132,9 +139,19 @@ class AgentConfig(BaseModel):
                           "UnloadAdapter (and every inference RPC). Env: COLLM_ADMIN_TOKEN.")
     tls: TLSConfig | None = Field(
         None, description="TLS (and mTLS with client_ca_file; tls.identities maps client certificates to roles).")
-    dtype: str = Field("auto", description="auto = float32 on CPU, the model's dtype on GPU.")
+    dtype: Literal["auto", "float32", "float", "bfloat16", "float16", "half"] = Field(
+        "auto", description="Weights/activations dtype. auto = float32 on CPU, the model's dtype on GPU.")
     kv_cache_bytes: int | None = Field(None, gt=0, description="vLLM KV cache size; CPU default 256 MiB.")
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one agent's model is split over.")
+    quantization: str | None = Field(
+        None, min_length=1,
+        description="vLLM quantization method (awq, gptq, fp8, ...; checked against the installed vLLM's "
+                    "list at start). None = what the checkpoint says.")
+    max_num_seqs: int | None = Field(
+        None, gt=0, description="vLLM: sequences batched per step (None = vLLM's default). Requests beyond "
+                                "it wait inside vLLM; max_concurrent_requests bounds what we send.")
+    enable_prefix_caching: bool = Field(True, description="vLLM: reuse the KV cache of shared prompt prefixes.")
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight requests.")
     seed: int = Field(0, ge=0, description="Engine seed (requests may set their own).")
     cpu_threads: int | None = Field(
@@ -156,6 +173,12 @@ class AgentConfig(BaseModel):
             )
         if self.sampling.max_tokens > self.max_tokens_limit:
             raise ValueError("sampling.max_tokens must be <= max_tokens_limit")
+        if self.engine != "vllm":
+            for name in VLLM_ONLY:
+                if getattr(self, name) != AgentConfig.model_fields[name].default:
+                    raise ValueError(f"{name} is a vLLM engine option; set engine: vllm or remove {name}")
+        if self.http_port is not None and self.http_port != 0 and self.http_port in (self.port, self.metrics_port):
+            raise ValueError(f"http_port {self.http_port} is also the gRPC or metrics port; pick another")
         return self
 
     @field_validator("auth_token", "admin_token")

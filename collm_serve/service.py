@@ -204,6 +204,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 pass
         return EngineRequest(rid, ids, sampling)
 
+    def open_stream(self, request: pb.GenerateRequest):
+        """The generation path every front end shares (gRPC here, HTTP in collm_serve/http_api.py):
+        validation, admission, adapter pinning, engine. Yields (engine_request, selection,
+        queue_ms) first, then ChoiceDeltas; raises CollmError subclasses."""
+        return self._stream(request, None)
+
     async def _stream(self, request: pb.GenerateRequest, context):
         """Yields (engine_request, selection, queue_ms) first, then ChoiceDeltas."""
         prepared = self._prepare(request)

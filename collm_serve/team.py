@@ -55,6 +55,10 @@ class TeamConfig(BaseModel):
     traces: str = Field("runs/traces.db", description="Trace store path or sqlite:/// URL.")
     orchestrator_host: str = Field("127.0.0.1")
     orchestrator_port: int = Field(50070, ge=0, le=65535)
+    orchestrator_metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Prometheus port of `collm-serve orchestrate` (episodes, failures, turn latency, reward); "
+                    "None = off, 0 = any free.")
     auth_token: str | None = Field(
         None, description="The agents' inference token: what the orchestrator and collectors present "
                           "(env COLLM_AUTH_TOKEN).")

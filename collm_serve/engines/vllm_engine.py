@@ -42,6 +42,19 @@ def _cpu_env_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+def check_quantization(method: str | None) -> None:
+    """Refuse a quantization method the installed vLLM does not know, naming the config field
+    (vLLM's own error is an assertion deep inside engine start-up). The list moves between vLLM
+    releases, so it is read from vLLM, not copied here."""
+    if method is None:
+        return
+    from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+    if method not in QUANTIZATION_METHODS:
+        raise InvalidArgument("quantization", f"{method!r} is not a quantization method of this vLLM; "
+                                              f"choose one of {', '.join(QUANTIZATION_METHODS)}")
+
+
 class VLLMEngine(Engine):
     name = "vllm"
 
@@ -58,6 +71,10 @@ class VLLMEngine(Engine):
         enforce_eager: bool | None = None,
         gpu_memory_utilization: float = 0.85,
         seed: int = 0,
+        tensor_parallel_size: int = 1,
+        quantization: str | None = None,
+        max_num_seqs: int | None = None,
+        enable_prefix_caching: bool = True,
     ):
         self.model_path = str(model_path)
         self.model_id = model_id
@@ -69,6 +86,10 @@ class VLLMEngine(Engine):
         self.enforce_eager = enforce_eager
         self.gpu_memory_utilization = gpu_memory_utilization
         self.seed = seed
+        self.tensor_parallel_size = tensor_parallel_size
+        self.quantization = quantization
+        self.max_num_seqs = max_num_seqs
+        self.enable_prefix_caching = enable_prefix_caching
         self._llm = None
         self._on_cpu = True
         self._adapters: dict[int, object] = {}  # engine_id -> LoRARequest
@@ -83,8 +104,21 @@ class VLLMEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self._on_cpu = current_platform.is_cpu()
+        kwargs = self.engine_kwargs(self._on_cpu)
+        check_quantization(self.quantization)
+        args = AsyncEngineArgs(**kwargs)
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+
+    def engine_kwargs(self, on_cpu: bool) -> dict:
+        """The `AsyncEngineArgs` of this engine: our fixed guards plus the configured options.
+
+        Pure (no vLLM import), so a unit test can check every option reaches vLLM.
+        `disable_log_stats=False`: vLLM then keeps its Prometheus metrics (TTFT, TPOT, KV cache
+        use; `vllm.v1.metrics.loggers.PrometheusStatLogger`) in this process's default
+        registry, which the agent's metrics port serves beside ours (collm_serve/metrics.py).
+        """
         dtype = self.dtype
-        if dtype == "auto" and self._on_cpu:
+        if dtype == "auto" and on_cpu:
             dtype = "float32"  # measured: fp32 batches ~2x better than bf16 on AVX2
         kwargs = dict(
             model=self.model_path,
@@ -95,20 +129,24 @@ class VLLMEngine(Engine):
             enable_lora=True,
             max_loras=self.max_loras,
             max_lora_rank=self.max_lora_rank,
-            enforce_eager=self._on_cpu if self.enforce_eager is None else self.enforce_eager,
+            enforce_eager=on_cpu if self.enforce_eager is None else self.enforce_eager,
             logprobs_mode="processed_logprobs",
             seed=self.seed,
-            disable_log_stats=True,
-            enable_prefix_caching=True,
+            disable_log_stats=False,
+            enable_prefix_caching=self.enable_prefix_caching,
+            tensor_parallel_size=self.tensor_parallel_size,
         )
-        if self._on_cpu:
+        if self.quantization is not None:
+            kwargs["quantization"] = self.quantization
+        if self.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = self.max_num_seqs
+        if on_cpu:
             kwargs["kv_cache_memory_bytes"] = self.kv_cache_bytes or (256 << 20)
         else:
             kwargs["gpu_memory_utilization"] = self.gpu_memory_utilization
             if self.kv_cache_bytes:
                 kwargs["kv_cache_memory_bytes"] = self.kv_cache_bytes
-        args = AsyncEngineArgs(**kwargs)
-        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, args)
+        return kwargs
 
     @property
     def dead(self) -> bool:

@@ -23,8 +23,6 @@ import functools
 import inspect
 import logging
 import signal
-import sys
-
 
 from collm_serve.errors import CollmError, InvalidArgument, NotFound, Unavailable
 from collm_serve.orchestrator.agents import AgentPool
@@ -133,6 +131,9 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         self.draining = False
         self._slots = asyncio.Semaphore(max_concurrent_episodes)
         self._running: set[asyncio.Task] = set()
+        from collm_serve.metrics import OrchestratorMetrics
+
+        self.metrics = OrchestratorMetrics()
 
     def _play(self, context, problem, seed: int, k: int, on_event=None) -> asyncio.Task:
         """The episode as a task of its own, tracked so a shutdown can settle it in the store,
@@ -140,7 +141,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         cancelled and stored as interrupted. A streaming handler alone cannot guarantee that:
         a cancel that arrives while gRPC writes an event never reaches the generator's code.
         """
-        task = asyncio.create_task(self.runner.run(problem, seed, group_size=k, on_event=on_event))
+        def observe(event) -> None:
+            self.metrics.observe(event)
+            if on_event is not None:
+                on_event(event)
+
+        task = asyncio.create_task(self.runner.run(problem, seed, group_size=k, on_event=observe))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
         task.add_done_callback(_log_outcome)
@@ -234,8 +240,10 @@ class OrchestratorServer:
 
     def __init__(self, team: TeamConfig, *, host: str | None = None, port: int | None = None,
                  traces: str | TraceStore | None = None, max_tree_turns: int = MAX_TREE_TURNS,
-                 max_concurrent_episodes: int = 8):
+                 max_concurrent_episodes: int = 8, metrics_port: int | None = None):
         self.team = team
+        self._metrics_port = team.orchestrator_metrics_port if metrics_port is None else metrics_port
+        self.metrics_port: int | None = None
         self.address = f"{host or team.orchestrator_host}:{team.orchestrator_port if port is None else port}"
         self._traces = traces if traces is not None else team.traces
         self._max_tree_turns, self._max_episodes = max_tree_turns, max_concurrent_episodes
@@ -257,6 +265,14 @@ class OrchestratorServer:
         if not self.auth.enabled and not _loopback(self.address):
             log.warning("OrchestratorService on %s has no token: anyone who reaches it can run episodes "
                         "(set COLLM_ORCHESTRATOR_TOKEN or COLLM_AUTH_TOKEN)", self.address)
+        if self._metrics_port is not None:
+            from collm_serve.server import BindError
+
+            try:
+                self.metrics_port = self.servicer.metrics.serve(self._metrics_port, self.address.rpartition(":")[0])
+            except OSError as e:
+                raise BindError(f"cannot serve metrics on port {self._metrics_port}: {e.strerror}; "
+                                "pick a free --metrics-port (0 = any free)") from None
         await self.server.start()
         await set_health(self._health, [SERVICE_NAME], serving=True)
         return self
@@ -285,7 +301,8 @@ async def serve(team: TeamConfig, *, drain_s: float = 30.0, **kw) -> int:
     from collm_serve.server import announce
 
     server = await OrchestratorServer(team, **kw).start()
-    announce("serving", service="orchestrator", task=team.task, port=server.port, traces=server.store.path,
+    announce("serving", service="orchestrator", task=team.task, port=server.port, metrics_port=server.metrics_port,
+             traces=server.store.path,
              auth=server.auth.enabled, tls=team.orchestrator_tls is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -301,6 +318,8 @@ async def serve(team: TeamConfig, *, drain_s: float = 30.0, **kw) -> int:
 
 
 def run(team: TeamConfig, **kw) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not logging.getLogger().handlers:  # the CLI's --log-level / --log-format set it up already
+        from collm_serve.logs import configure_logging
+
+        configure_logging()
     return asyncio.run(serve(team, **kw))

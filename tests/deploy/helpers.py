@@ -231,8 +231,14 @@ def check_k8s(docs: list[dict[str, Any]], gpu: bool) -> None:
         limits = (c.get("resources") or {}).get("limits", {})
         assert (limits.get("nvidia.com/gpu") == 1) if gpu else ("nvidia.com/gpu" not in limits), (agent, limits)
 
+        metrics = agents_cfg[agent]["metrics_port"]  # metrics are on, with scrape annotations
+        assert {"name": "metrics", "containerPort": metrics} in c["ports"]
+        assert dep["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(metrics)
+
     orch = services["orchestrator"]
-    assert [p["port"] for p in orch["spec"]["ports"]] == [team["orchestrator_port"]]
+    assert [p["port"] for p in orch["spec"]["ports"]] == [team["orchestrator_port"], team["orchestrator_metrics_port"]]
+    assert (deployments["orchestrator"]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]
+            == str(team["orchestrator_metrics_port"]))
     trainer = jobs["trainer"]
     assert trainer["spec"]["suspend"] is True
     t_limits = (trainer["spec"]["template"]["spec"]["containers"][0].get("resources") or {}).get("limits", {})

@@ -32,9 +32,11 @@ def edit(text: str, old: str, new: str) -> str:
 def test_plan_reads_ports_gpus_and_names_from_the_configs(tmp_path):
     plan = build_plan(write_team(tmp_path))
     assert [(a.name, a.dns, a.port, a.gpu, a.metrics_port) for a in plan.agents] == [
-        ("helper", "helper", 51001, 2, 59101), ("main", "main", 51002, 0, None),
-        ("writer_a", "writer-a", 51003, 1, None)]
+        ("helper", "helper", 51001, 2, 59101), ("main", "main", 51002, 0, 51102),  # metrics on: port + 100
+        ("writer_a", "writer-a", 51003, 1, 51103)]
     assert plan.orchestrator_port == 51070 and plan.trainer_gpu == 3
+    assert plan.orchestrator_metrics_port == 51170 and plan.team_doc["orchestrator_metrics_port"] == 51170
+    assert plan.agents_doc["agents"]["main"]["metrics_port"] == 51102
     team = plan.team_doc
     assert {n: a["address"] for n, a in team["agents"].items()} == {
         "helper": "helper:51001", "main": "main:51002", "writer_a": "writer-a:51003"}
@@ -197,8 +199,13 @@ def test_rendered_files_match_the_team(tmp_path):
     assert cpu["images"] == [{"name": "collm", "newName": "c-cpu", "digest": "sha256:" + "a" * 64}]
     dep, svc = yaml.safe_load_all(files["k8s/base/agents/helper.yaml"])
     tmpl = dep["spec"]["template"]
-    assert tmpl["metadata"]["annotations"]["prometheus.io/port"] == "59101"
+    assert tmpl["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": "59101",
+                                               "prometheus.io/path": "/metrics"}
     assert [p["port"] for p in svc["spec"]["ports"]] == [51001, 59101]
+    orch, orch_svc = yaml.safe_load_all(files["k8s/base/orchestrator.yaml"])
+    assert orch["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "51170"
+    assert [p["port"] for p in orch_svc["spec"]["ports"]] == [51070, 51170]
+    assert compose["orchestrator"]["ports"] == ["127.0.0.1:51070:51070", "127.0.0.1:51170:51170"]
     assert tmpl["spec"]["terminationGracePeriodSeconds"] == 45  # drain_seconds 30 + engine shutdown
     assert all(text.startswith(HEADER_MARK) for text in files.values())
 
