@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[red]no eval episode completed before training; see the agents' logs in " + str(workdir))
             return 1
         config = TrainConfig(algo="cc", lr=args.lr, critic_lr=args.lr, seed=args.seed,
-                             micro_batch_size=1)  # peak memory: 2 agents + trainer on 24 GB
+                             micro_batch_size=4)  # exact gradient accumulation; bounds trainer memory
         run = RunLog(workdir / "runs", args.task, "cc", args.seed,
                      {**config.model_dump(), "model": args.model, "episodes_per_iteration": args.episodes})
         run.log(0, {"charts/eval_return": sum(before.values()) / len(before)})
