@@ -50,7 +50,13 @@ class AgentProcess:
     def address(self) -> str:
         return f"localhost:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout: float = 600.0) -> "AgentProcess":
+        if self.running:
+            raise RuntimeError(f"agent {self.agent} is already running (pid {self.proc.pid}); stop() it first")
         stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
                                      text=True, start_new_session=True)
@@ -110,7 +116,9 @@ class AgentProcess:
             pass
 
     def __enter__(self) -> "AgentProcess":
-        return self.start()
+        # `with AgentProcess(...).start() as a:` must not start a second process (the first
+        # would be orphaned, still serving: seen in a test that did exactly this)
+        return self if self.running else self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -99,3 +99,17 @@ def test_bad_port_is_refused(address):
 def test_team_file_address_without_a_port_is_refused():
     with pytest.raises(ValueError, match="agents.helper.address|address 'localhost' has no port"):
         TeamConfig(task="toy", agents={"helper": {"address": "localhost"}, "main": {"address": "localhost:2"}})
+
+
+def test_entering_a_started_agent_does_not_start_a_second_one(tmp_path):
+    """`with start_agent(...) as a:` (start_agent already started it) once orphaned a second,
+    still-serving agent process per run."""
+    from tests.conftest import start_agent
+
+    agent = start_agent(tmp_path, "helper")
+    first = agent.proc.pid
+    with agent as entered:
+        assert entered is agent and agent.proc.pid == first
+        with pytest.raises(RuntimeError, match="already running"):
+            agent.start()
+    assert not agent.running
