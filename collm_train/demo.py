@@ -10,7 +10,7 @@ reaped), so nothing is left running.
 
     python -m collm_train.demo [--task writing] [--iterations 5] [--episodes 8] [--eval-episodes 32]
 
-Why writing (CoMLRL's TLDR reward) is the default task: see README "The main job".
+Why writing (CoMLRL's TLDR reward) is the default task, and what a run measures: docs/learning-curves.md.
 """
 
 from __future__ import annotations
