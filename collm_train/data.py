@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
-from collm_serve.traces.records import EPISODE_OK, EpisodeRecord, TurnRecord
+from collm_serve.traces.records import EPISODE_OK, EpisodeRecord
 from collm_train.config import GROUP_BASELINE_ALGOS
 
 if TYPE_CHECKING:  # torch is imported lazily: the group-size check must run before any heavy import

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from collm_serve.adapters.manifest import next_version, read_manifest
 from collm_serve.adapters.team_ops import TeamChangeError, change_team
-from collm_serve.client import AgentClient
+from collm_serve.client import AgentClient, AgentError
 
 
 class PushError(RuntimeError):

@@ -51,7 +51,7 @@ def _load_prctl():
 
 def _arm(expected_parent: int) -> None:
     """Die with `expected_parent`: parent-death SIGKILL, then make sure it is still alive."""
-    global _armed_in, _protecting
+    global _armed_in
     pid = os.getpid()
     if _armed_in == pid:
         return

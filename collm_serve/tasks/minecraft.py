@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 
-from collm_serve.tasks.base import TaskEpisode, user
+from collm_serve.tasks.base import TaskEpisode
 
 # str_build/utils/prompting.py:6-10 and house_build/utils/prompting.py:6-10 (identical).
 SYSTEM_PROMPT = (
