@@ -119,7 +119,8 @@ def start(agent, config_path, port, host, engine, model, metrics_port, http_port
         resolve_model(config.model)
     except ModelUnavailableError as e:
         raise CliError(str(e)) from None
-    from collm_serve.server import BindError, run
+    from collm_serve.rpc import BindError
+    from collm_serve.server import run
 
     try:
         code = run(config)
@@ -465,7 +466,7 @@ def orchestrate(config_path, port, host, metrics_port, traces, max_concurrent_ep
     """Serve OrchestratorService (RunEpisode, StreamEpisode) for a team; SIGTERM drains."""
     from collm_serve.config import ConfigError
     from collm_serve.orchestrator.service import run
-    from collm_serve.server import BindError
+    from collm_serve.rpc import BindError
     from collm_serve.traces.store import TraceStoreError
 
     tls = {k: v for k, v in (("cert_file", tls_cert), ("key_file", tls_key), ("client_ca_file", tls_client_ca)) if v}

@@ -2,7 +2,7 @@
 
 Used by the demo, the orchestrator's `collect --spawn`, benchmarks and tests: each agent is
 its own `python -m collm_serve start` process (its own engine, its own GIL), exactly as in
-production. Life-cycle events are the JSON lines `collm_serve.server.announce` prints.
+production. Life-cycle events are the JSON lines `collm_serve.rpc.announce` prints.
 """
 
 from __future__ import annotations

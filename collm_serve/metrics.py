@@ -59,7 +59,7 @@ class ServiceMetrics:
 
 class OrchestratorMetrics:
     """Episodes of one orchestrator, fed its episode runner's events (`observe`):
-    episodes by status, the reason kind of failures, per-turn latency, per-agent action latency,
+    episodes by status, the reason kind of failures, RPCs by status code, per-turn latency, per-agent action latency,
     turn rewards and episode returns (namespaced `collm_orchestrator_*`)."""
 
     def __init__(self):
@@ -68,6 +68,8 @@ class OrchestratorMetrics:
         self.failures = Counter("collm_orchestrator_episode_failures", "Failed episodes by reason kind",
                                 ["task", "reason"], registry=r)
         self.running = Gauge("collm_orchestrator_episodes_running", "Episodes in progress", ["task"], registry=r)
+        self.rpcs = Counter("collm_orchestrator_rpcs", "RPCs answered, by method and status code",
+                            ["method", "code"], registry=r)
         self.turn_latency = Histogram("collm_orchestrator_turn_latency_seconds",
                                       "From an episode's start (or its previous turn) to a turn stored",
                                       ["task"], buckets=_LATENCY_BUCKETS, registry=r)

@@ -7,13 +7,11 @@ which aborts the engine request in the engine generator's `finally`.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -28,6 +26,7 @@ from collm_serve.metrics import ServiceMetrics
 from collm_serve.models import chat_prompt_ids
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
+from collm_serve.rpc import outcome as rpc_outcome
 
 log = logging.getLogger("collm.serve")
 
@@ -61,34 +60,18 @@ def adapter_info(loaded: LoadedVersion, active: LoadedVersion | None) -> pb.Adap
     )
 
 
-@asynccontextmanager
-async def _outcome(servicer: "AgentServicer", method: str, context: grpc.aio.ServicerContext):
-    """The one error ladder of every RPC: count, time, map domain errors to status codes.
-
-    The outcome is counted before the status goes out (`context.abort` sends it at once), so a
-    client that has its answer can already see it in /metrics.
-    """
+def _outcome(servicer: "AgentServicer", method: str, context: grpc.aio.ServicerContext):
+    """The one error ladder of every RPC (collm_serve/rpc.py `outcome`): count, time, map domain
+    errors to status codes; an EngineDead among them starts the agent's restart. Unexpected
+    errors go out as INTERNAL with their type and text (the agent's callers are its own
+    orchestrators and trainers)."""
     start = time.perf_counter()
 
     def count(code: grpc.StatusCode) -> None:
         servicer.metrics.requests.labels(servicer.agent, method, code.name).inc()
         servicer.metrics.latency.labels(servicer.agent, method).observe(time.perf_counter() - start)
 
-    try:
-        yield
-    except CollmError as e:
-        servicer._engine_dead_check(e)
-        count(e.code)
-        await context.abort(e.code, str(e))
-    except (asyncio.CancelledError, GeneratorExit):  # client cancel, deadline, stream closed early
-        count(grpc.StatusCode.CANCELLED)
-        raise
-    except Exception as e:  # unexpected → INTERNAL with the reason, logged
-        log.exception("%s failed", method)
-        count(grpc.StatusCode.INTERNAL)
-        await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-    else:
-        count(grpc.StatusCode.OK)
+    return rpc_outcome(context, method, log, count=count, on_error=servicer._engine_dead_check, internal_detail=True)
 
 
 def _rpc(method: str):

@@ -4,8 +4,10 @@
 The servicer resolves the requested problem, plays it with the EpisodeRunner and answers with
 the stored outcome (RunEpisode) or with one event per agent action and per turn (StreamEpisode).
 An episode whose agents fail is stored as failed and answered normally (status FAILED with the
-reason); only bad requests are RPC errors, mapped in ONE place (`_rpc`). A client that cancels
-(or whose deadline passes) cancels the episode: it is stored as failed/"interrupted".
+reason); only bad requests are RPC errors, mapped in ONE place (`_rpc`, over the ladder of
+collm_serve/rpc.py that the agent shares: anything unexpected is logged and answered INTERNAL).
+A client that cancels (or whose deadline passes) cancels the episode: it is stored as
+failed/"interrupted".
 The server carries grpc.health.v1 (NOT_SERVING while draining) and reflection, and drains on
 SIGTERM/SIGINT: new episodes get UNAVAILABLE, running ones get `drain_s` to finish.
 
@@ -24,7 +26,7 @@ import inspect
 import logging
 import signal
 
-from collm_serve.errors import CollmError, InvalidArgument, NotFound, Unavailable
+from collm_serve.errors import InvalidArgument, NotFound, Unavailable
 from collm_serve.orchestrator.agents import AgentPool
 from collm_serve.orchestrator.collector import open_store
 from collm_serve.orchestrator.episode import MAX_TREE_TURNS, EpisodeRunner, TreeTooLargeError, check_tree
@@ -33,6 +35,7 @@ from collm_serve.orchestrator.teams import build_task, find_problem
 from collm_serve.proto.collm.v1 import agent_pb2
 from collm_serve.proto.collm.v1 import orchestrator_pb2 as pb
 from collm_serve.proto.collm.v1 import orchestrator_pb2_grpc
+from collm_serve.rpc import BindError, announce, build_grpc_server, outcome, server_credentials, set_health
 from collm_serve.tasks.base import SPLITS
 from collm_serve.team import TeamConfig
 from collm_serve.traces.records import TurnRecord
@@ -100,23 +103,27 @@ def _log_outcome(task: asyncio.Task) -> None:
 
 
 def _rpc(fn):
-    """Map domain errors to status codes, for unary and server-streaming handlers alike."""
+    """Run a unary or server-streaming handler inside the shared outcome ladder
+    (collm_serve/rpc.py `outcome`): domain errors keep their codes, anything unexpected is logged
+    and answered INTERNAL without its internals, and every outcome is counted
+    (`collm_orchestrator_rpcs_total{method,code}`)."""
+    method = fn.__name__
+
+    def ladder(self, context):
+        return outcome(context, method, log, count=lambda code: self.metrics.rpcs.labels(method, code.name).inc())
+
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def stream(self, request, context):
-            try:
+            async with ladder(self, context):
                 async for item in fn(self, request, context):
                     yield item
-            except CollmError as e:
-                await context.abort(e.code, str(e))
         return stream
 
     @functools.wraps(fn)
     async def unary(self, request, context):
-        try:
+        async with ladder(self, context):
             return await fn(self, request, context)
-        except CollmError as e:
-            await context.abort(e.code, str(e))
     return unary
 
 
@@ -251,8 +258,6 @@ class OrchestratorServer:
         self.store: TraceStore | None = None
 
     async def start(self) -> OrchestratorServer:
-        from collm_serve.server import build_grpc_server, server_credentials, set_health
-
         self.store = open_store(self._traces)
         self.pool = AgentPool(self.team)
         self.servicer = OrchestratorServicer(self.team, self.pool, self.store,
@@ -266,8 +271,6 @@ class OrchestratorServer:
             log.warning("OrchestratorService on %s has no token: anyone who reaches it can run episodes "
                         "(set COLLM_ORCHESTRATOR_TOKEN or COLLM_AUTH_TOKEN)", self.address)
         if self._metrics_port is not None:
-            from collm_serve.server import BindError
-
             try:
                 self.metrics_port = self.servicer.metrics.serve(self._metrics_port, self.address.rpartition(":")[0])
             except OSError as e:
@@ -279,8 +282,6 @@ class OrchestratorServer:
 
     async def stop(self, grace: float = 30.0) -> None:
         """Drain: health NOT_SERVING, new episodes UNAVAILABLE, running ones get `grace` s."""
-        from collm_serve.server import set_health
-
         self.servicer.draining = True
         await set_health(self._health, [SERVICE_NAME], serving=False)
         await self.server.stop(grace=grace)
@@ -298,8 +299,6 @@ class OrchestratorServer:
 
 async def serve(team: TeamConfig, *, drain_s: float = 30.0, **kw) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code. Announces JSON life-cycle lines."""
-    from collm_serve.server import announce
-
     server = await OrchestratorServer(team, **kw).start()
     announce("serving", service="orchestrator", task=team.task, port=server.port, metrics_port=server.metrics_port,
              traces=server.store.path,

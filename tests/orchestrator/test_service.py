@@ -133,3 +133,32 @@ def test_orchestrate_cli_serves_with_reflection(agents, team_for, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_unexpected_error_answers_internal_logged_and_counted(team_for, monkeypatch, caplog):
+    """A bug inside an RPC (not a CollmError) is INTERNAL without its internals, logged with its
+    traceback and counted; before the shared ladder (collm_serve/rpc.py) it went out as UNKNOWN."""
+    team = team_for("toy")
+
+    def broken(spec):
+        raise RuntimeError("secret internal detail")
+
+    async with OrchestratorServer(team, port=0) as server:
+        monkeypatch.setattr(server.servicer, "_resolve", broken)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            request = pb.EpisodeSpec(problem_index=0)
+            with pytest.raises(grpc.aio.AioRpcError) as unary:
+                await stub.RunEpisode(pb.RunEpisodeRequest(episode=request))
+            with pytest.raises(grpc.aio.AioRpcError) as stream:
+                async for _ in stub.StreamEpisode(pb.StreamEpisodeRequest(episode=request)):
+                    pass
+        rpcs = server.servicer.metrics.rpcs
+        for method in ("RunEpisode", "StreamEpisode"):
+            assert rpcs.labels(method, "INTERNAL")._value.get() == 1
+    for e in (unary.value, stream.value):
+        assert e.code() == grpc.StatusCode.INTERNAL
+        assert "secret" not in e.details() and "RuntimeError" not in e.details()
+    logged = [r for r in caplog.records if r.name == "collm.orchestrator" and r.exc_info]
+    assert {r.getMessage() for r in logged} == {"RunEpisode failed", "StreamEpisode failed"}
+    assert all(isinstance(r.exc_info[1], RuntimeError) for r in logged)

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from collm_serve.addresses import check_address
-from collm_serve.server import BindError, build_grpc_server
+from collm_serve.rpc import BindError, build_grpc_server
 from collm_serve.team import TeamConfig
 
 

@@ -20,7 +20,7 @@ from collm_serve.client import AgentClient, AsyncAgentClient, PermissionDeniedEr
 from collm_serve.models import tiny_model_dir
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
-from collm_serve.server import build_grpc_server
+from collm_serve.rpc import build_grpc_server
 from collm_serve.team import TeamConfig
 from collm_train.push import PushError, push_team
 from tests.certs import make_pki
