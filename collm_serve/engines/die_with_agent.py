@@ -1,4 +1,4 @@
-"""An engine process never outlives its agent (DESIGN.md, "Engines").
+"""An engine process never outlives its agent (docs/design.md, "Engines").
 
 vLLM runs its engine core in a child process (`VLLM::EngineCore`). When the agent is killed
 with SIGKILL (OOM killer, `kill -9`, a supervisor's hard stop) nothing runs in the agent to stop

@@ -23,7 +23,7 @@ from collm_serve.errors import EngineDead, FailedPrecondition, InvalidArgument
 
 
 def _cpu_env_defaults() -> None:
-    """Settings measured to matter on CPU (see ../shared/VLLM_CPU_NOTES.md); never override."""
+    """Settings measured to matter on CPU (see docs/engine-notes.md, "Settings"); never override."""
     from collm_serve.models import collm_home
 
     cpus = sorted(os.sched_getaffinity(0))

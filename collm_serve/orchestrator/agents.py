@@ -9,7 +9,7 @@ UNAVAILABLE retry is switched off so there is one policy, the team's. Anything e
 request, unauthenticated, ...) is not transient and fails the call at once. A call that gives
 up raises `AgentCallError`; the episode runner stores the episode as failed with its message.
 
-Pinning (DESIGN.md, "Wire contract"): the adapter version that served an agent's first turn is
+Pinning (docs/design.md, "Wire contract"): the adapter version that served an agent's first turn is
 pinned for the rest of the episode (`adapter_version=v`, or `use_base_model` when the base
 model served it), so an episode finishes on the policy it started with even if the trainer
 activates a newer version meanwhile. If the pinned version was evicted (NOT_FOUND), the call

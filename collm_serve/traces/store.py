@@ -1,6 +1,6 @@
 """TraceStore: the embedded SQLite store for episodes → turns → actions (see records.py).
 
-Durability model (DESIGN.md, "Traces"): WAL journal, ONE transaction per turn, and
+Durability model (docs/design.md, "Traces"): WAL journal, ONE transaction per turn, and
 `synchronous=FULL` by default, so every call that returned has been fsynced — a crashed
 collector loses at most the turn in flight and never corrupts the file. With WAL, FULL costs one
 fsync of the WAL per commit; a turn is seconds of generation, so the fsync is noise
