@@ -44,6 +44,8 @@ from collm_serve.traces.store import TraceStore
 log = logging.getLogger("collm.orchestrator")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
 _STATUS = {"ok": pb.EPISODE_STATUS_OK, "failed": pb.EPISODE_STATUS_FAILED}
+# why an episode is cancelled when its RPC ends first (client cancel, deadline, disconnect)
+CALLER_LEFT = "client cancelled the call or its deadline passed"
 
 # -- protobuf conversions ---------------------------------------------------------------------
 
@@ -159,8 +161,12 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
         task.add_done_callback(_log_outcome)
 
         def rpc_done(ctx) -> None:
+            # The handler waits for the episode on every normal path, so an episode still
+            # running when the call is over means the caller left. One reason for the callback
+            # and the handlers' finally: which of them runs first is a race (ctx.cancelled() was
+            # seen False here for a client cancel), and the stored reason must not depend on it.
             if not task.done():
-                task.cancel("client cancelled the call" if ctx.cancelled() else "the call ended")
+                task.cancel(CALLER_LEFT)
 
         context.add_done_callback(rpc_done)
         return task
@@ -209,7 +215,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 outcome = await play
             finally:  # the client cancelled, or its deadline passed: so is the episode
                 if not play.done():
-                    play.cancel("client cancelled the call")
+                    play.cancel(CALLER_LEFT)
                     await asyncio.gather(play, return_exceptions=True)
         return outcome_to_pb(outcome)
 
@@ -230,7 +236,7 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 await play  # surfaces a runner that died before finishing the episode
             finally:  # the client went away: the episode is cancelled and stored as interrupted
                 if not play.done():
-                    play.cancel("client cancelled the call")
+                    play.cancel(CALLER_LEFT)
                     await asyncio.gather(play, return_exceptions=True)
 
 

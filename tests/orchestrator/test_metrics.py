@@ -47,5 +47,5 @@ def test_failures_are_counted_by_a_bounded_reason():
     assert metrics.episodes.labels("toy", "failed")._value.get() == 1
     assert metrics.running.labels("toy")._value.get() == 0
     assert failure_kind("episode error: KeyError: 'x'") == "episode_error"
-    assert failure_kind("interrupted (client cancelled the call)") == "interrupted"
+    assert failure_kind("interrupted (client cancelled the call or its deadline passed)") == "interrupted"
     assert failure_kind("something odd") == "other"

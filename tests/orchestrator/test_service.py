@@ -15,7 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from collm_serve.orchestrator import tree_turns
-from collm_serve.orchestrator.service import OrchestratorServer
+from collm_serve.orchestrator.service import CALLER_LEFT, OrchestratorServer
 from collm_serve.proto.collm.v1 import orchestrator_pb2 as pb
 from collm_serve.proto.collm.v1 import orchestrator_pb2_grpc
 from collm_serve.traces import TraceStore
@@ -106,7 +106,7 @@ async def test_client_cancel_interrupts_the_episode(team_for):
                     break
                 await asyncio.sleep(0.05)
             ep = server.store.get_episode(episode_id)
-    assert (ep.status, ep.failure_reason) == ("failed", "interrupted (client cancelled the call)"), ep.turns
+    assert (ep.status, ep.failure_reason) == ("failed", f"interrupted ({CALLER_LEFT})"), ep.turns
     assert len(ep.turns) < 4
 
 
