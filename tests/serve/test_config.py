@@ -50,3 +50,19 @@ def test_cli_bad_config_exits_with_one_line(tmp_path):
 def test_cli_unknown_model_exits_cleanly(tmp_path):
     r = CliRunner().invoke(main, ["start", "--agent", "helper", "--model", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "neither" in r.output
+
+
+def test_cpu_affinity_must_name_cores_this_process_may_use():
+    import os
+
+    import pytest
+
+    from collm_serve.config import AgentConfig
+    from collm_serve.server import _pin_to_cores
+
+    before = os.sched_getaffinity(0)
+    with pytest.raises(ConfigError, match=r"cpu_affinity: cores \[4096\] are not available"):
+        _pin_to_cores([4096])
+    assert os.sched_getaffinity(0) == before  # nothing changed
+    with pytest.raises(ValueError):
+        AgentConfig(name="a", cpu_affinity=[])
