@@ -8,8 +8,9 @@ started ahead by one long-lived thread). The `COLLM_UNSAFE_EXEC` switch (`_unsaf
 too: it decides what gets launched.
 
 Why separate: sandbox.py is the public contract (limits, checks, results, the layer switches)
-and computes verdicts from plain data; this module is process plumbing, which holds no verdict
-logic and never sees a test's expected values. Import it through sandbox.py.
+and computes verdicts from plain data; this module is process plumbing: it carries each job to the
+harness as opaque JSON and hands back the raw bytes, with no verdict logic. Import it through
+sandbox.py.
 
 The types and `_LAYERS` are read through the `sandbox` module at call time, never copied: the
 escape suite swaps `sandbox._LAYERS` for a weakened copy (monkeypatch), and every sandbox started
