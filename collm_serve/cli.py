@@ -496,7 +496,7 @@ def deploy_config(team_path, out_dir, agents_path, backend, image_gpu, image_cpu
     import os
 
     from collm_serve.config import ConfigError
-    from collm_serve.deploy_config import RenderOptions, build_plan, differences, render, source_checkout, write
+    from collm_serve.deploy import RenderOptions, build_plan, differences, render, source_checkout, write
 
     try:
         plan = build_plan(team_path, agents_path, backend=backend)

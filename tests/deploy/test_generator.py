@@ -1,4 +1,4 @@
-"""`collm_serve.deploy_config`: the plan's checks (one-line errors), what the rendered files hold,
+"""`collm_serve.deploy`: the plan's checks (one-line errors), what the rendered files hold,
 the shipped deploy/ files equal to a fresh generation (no drift), and the CLI via CliRunner."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from collm_serve.cli import main as cli
 from collm_serve.config import ConfigError, load_agent_config
-from collm_serve.deploy_config import (
+from collm_serve.deploy import (
     HEADER_MARK,
     RenderOptions,
     build_plan,
