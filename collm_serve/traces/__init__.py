@@ -1,5 +1,6 @@
-"""Traces: episode → turns → actions records (records.py), their SQLite store (store.py),
-flat JSONL / Parquet export and import (export.py) and the `collm-traces` CLI (cli.py).
+"""Traces: episode → turns → actions records (records.py), their SQLite store (store.py; its
+file format in schema.py, its row ↔ record encoding in codec.py), flat JSONL / Parquet export
+and import (export.py) and the `collm-traces` CLI (cli.py).
 
 The trainer reads traces only through this package. Importing it is cheap (stdlib only).
 """
@@ -13,12 +14,8 @@ from collm_serve.traces.records import (
     EpisodeRecord,
     TurnRecord,
 )
-from collm_serve.traces.store import (
-    SCHEMA_VERSION,
-    TraceSchemaError,
-    TraceStore,
-    TraceStoreError,
-)
+from collm_serve.traces.schema import SCHEMA_VERSION, TraceSchemaError, TraceStoreError
+from collm_serve.traces.store import TraceStore
 
 __all__ = [
     "EPISODE_FAILED",

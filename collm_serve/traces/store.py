@@ -9,17 +9,10 @@ crash but may lose the last commits on power loss). An episode is "complete" onl
 `finish_episode(..., "ok")` commits; until then it stays `running`, and `mark_interrupted()`
 turns what a dead collector left behind into `failed` / "interrupted".
 
-Storage layout (schema version 1):
-- meta(key, value): `schema_version`.
-- episodes: one row per EpisodeRecord; `agents` and `metadata` as JSON text.
-- turns: one row per joint action; `turn_id` INTEGER PRIMARY KEY AUTOINCREMENT (never reused),
-  `parent_turn_id` → turns; a unique index on (episode, parent, branch_index) keeps a Monte
-  Carlo group's branch indices distinct; `feedback` and `info` as JSON text.
-- actions: one row per (turn, agent) in the order of `TurnRecord.actions`; observation and
-  sampling as JSON text. Token ids are packed little-endian int32 BLOBs (4 bytes a token);
-  log-probs are packed little-endian float64 BLOBs (8 bytes a token). float64 holds every
-  Python float — and so every float32 an engine returned — exactly, so log-probs read back
-  bit-identical to what was written. A CHECK ties the two blob lengths together.
+This module holds connections, transactions, validation of the episode tree and the queries.
+The storage layout, schema version and migrations are in schema.py; the row ↔ record encoding
+(column lists, token-id / log-prob BLOB packing, JSON text) is in codec.py. The names other code
+imports from here (SCHEMA_VERSION, TraceSchemaError, the packing helpers) are re-exported.
 
 Threads: one connection guarded by a re-entrant lock, so one store can be shared by executor
 threads; iterators release the lock between pages. Several processes may open the same file
@@ -33,168 +26,61 @@ import math
 import os
 import re
 import sqlite3
-import sys
 import threading
 import time
 import uuid
-from array import array
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from collm_serve.traces.codec import (
+    ACTION_COLS,
+    EPISODE_COLS,
+    TURN_COLS,
+    TURN_INSERT_COLS,
+    action_from_row,
+    action_row,
+    episode_from_row,
+    episode_row,
+    finite,
+    pack_logprobs,
+    pack_token_ids,
+    turn_from_row,
+    turn_row,
+    unpack_logprobs,
+    unpack_token_ids,
+)
 from collm_serve.traces.records import (
     EPISODE_FAILED,
     EPISODE_OK,
     EPISODE_RUNNING,
     EPISODE_STATUSES,
-    ActionRecord,
     EpisodeRecord,
     TurnRecord,
 )
+from collm_serve.traces.schema import (
+    SCHEMA_VERSION,
+    TraceSchemaError,
+    TraceStoreError,
+    prepare_schema,
+)
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "SCHEMA_VERSION",
+    "SUPPORTED_URLS",
+    "TraceSchemaError",
+    "TraceStore",
+    "TraceStoreError",
+    "pack_logprobs",
+    "pack_token_ids",
+    "parse_location",
+    "unpack_logprobs",
+    "unpack_token_ids",
+]
+
 SUPPORTED_URLS = "a file path, 'sqlite:///relative/path', 'sqlite:////absolute/path' or ':memory:'"
 _INTERRUPTED = "interrupted"
 _PAGE = 64  # episodes loaded per query by iter_episodes
-
-# from-version → function upgrading a connection's schema to from-version + 1 (runs inside the
-# open transaction). Empty while there is only version 1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
-
-
-class TraceStoreError(Exception):
-    """A trace database that cannot be used as asked (not a trace store, unreadable, ...)."""
-
-
-class TraceSchemaError(TraceStoreError):
-    """The file's schema version is not one this code can read."""
-
-
-_SCHEMA = """
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE episodes (
-    episode_id     TEXT PRIMARY KEY,
-    task           TEXT NOT NULL,
-    split          TEXT NOT NULL,
-    problem_id     TEXT NOT NULL,
-    seed           INTEGER NOT NULL,
-    agents         TEXT NOT NULL,             -- JSON list[str]
-    group_size     INTEGER NOT NULL,
-    protocol       TEXT NOT NULL,
-    status         TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed')),
-    failure_reason TEXT NOT NULL,
-    final_return   REAL,
-    created_at     REAL NOT NULL,
-    finished_at    REAL,
-    metadata       TEXT NOT NULL              -- JSON object
-);
-CREATE INDEX episodes_task_split ON episodes (task, split, status, problem_id, seed);
-CREATE INDEX episodes_status_created ON episodes (status, created_at);
-CREATE TABLE turns (
-    turn_id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    episode_id     TEXT NOT NULL REFERENCES episodes (episode_id) ON DELETE CASCADE,
-    parent_turn_id INTEGER REFERENCES turns (turn_id),
-    turn_index     INTEGER NOT NULL CHECK (turn_index >= 0),
-    branch_index   INTEGER NOT NULL CHECK (branch_index >= 0),
-    reward         REAL NOT NULL,
-    feedback       TEXT NOT NULL,             -- JSON object agent -> text
-    done           INTEGER NOT NULL,
-    info           TEXT NOT NULL              -- JSON object
-);
-CREATE INDEX turns_episode ON turns (episode_id, turn_id);
-CREATE INDEX turns_parent ON turns (parent_turn_id);
-CREATE UNIQUE INDEX turns_sibling ON turns (episode_id, ifnull(parent_turn_id, -1), branch_index);
-CREATE TABLE actions (
-    turn_id            INTEGER NOT NULL REFERENCES turns (turn_id) ON DELETE CASCADE,
-    agent_index        INTEGER NOT NULL,      -- position in TurnRecord.actions
-    agent              TEXT NOT NULL,
-    observation        TEXT NOT NULL,         -- JSON list of chat messages
-    prompt_token_ids   BLOB NOT NULL,         -- little-endian int32
-    response_text      TEXT NOT NULL,
-    response_token_ids BLOB NOT NULL,         -- little-endian int32
-    logprobs           BLOB NOT NULL,         -- little-endian float64
-    adapter_name       TEXT NOT NULL,
-    adapter_version    INTEGER NOT NULL,
-    adapter_sha256     TEXT NOT NULL,
-    sampling           TEXT NOT NULL,         -- JSON object
-    finish_reason      TEXT NOT NULL,
-    latency_ms         REAL NOT NULL,
-    PRIMARY KEY (turn_id, agent_index),
-    UNIQUE (turn_id, agent),
-    CHECK (length(logprobs) = 2 * length(response_token_ids))
-);
-CREATE INDEX actions_adapter ON actions (agent, adapter_name, adapter_version);
-"""
-
-_EPISODE_COLS = (
-    "episode_id, task, split, problem_id, seed, agents, group_size, protocol, status, "
-    "failure_reason, final_return, created_at, finished_at, metadata"
-)
-_TURN_INSERT_COLS = (
-    "episode_id, parent_turn_id, turn_index, branch_index, reward, feedback, done, info"
-)
-_TURN_COLS = "turn_id, " + _TURN_INSERT_COLS
-_ACTION_COLS = (
-    "turn_id, agent_index, agent, observation, prompt_token_ids, response_text, "
-    "response_token_ids, logprobs, adapter_name, adapter_version, adapter_sha256, sampling, "
-    "finish_reason, latency_ms"
-)
-
-# ---------------------------------------------------------------------------------------------
-# packing helpers
-
-
-def pack_token_ids(ids: Sequence[int]) -> bytes:
-    """Token ids → little-endian int32 bytes; ValueError if an id is not an int32."""
-    try:
-        a = array("i", ids)
-    except (OverflowError, TypeError) as e:
-        raise ValueError(f"token ids must be int32 integers ({e})") from e
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tobytes()
-
-
-def unpack_token_ids(blob: bytes) -> list[int]:
-    a = array("i")
-    a.frombytes(blob)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tolist()
-
-
-def pack_logprobs(values: Sequence[float]) -> bytes:
-    """Log-probs → little-endian float64 bytes (exact for any Python float / float32)."""
-    a = array("d", values)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tobytes()
-
-
-def unpack_logprobs(blob: bytes) -> list[float]:
-    a = array("d")
-    a.frombytes(blob)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tolist()
-
-
-def _dumps(value: Any, what: str) -> str:
-    # allow_nan=False: NaN/Infinity are not JSON, and exports must stay readable by `datasets`
-    try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON-serialisable ({e})") from e
-
-
-def _finite(x: float, what: str) -> float:
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{what} is {x}; it must be finite")
-    return x
 
 
 def _episode_filter(
@@ -276,7 +162,7 @@ class TraceStore:
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
-            self._prepare_schema(conn)
+            prepare_schema(conn, self.path)
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
             if not memory and str(mode).lower() != "wal":  # switching writes: only when needed
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -290,66 +176,6 @@ class TraceStore:
             conn.close()
             raise
         self._conn = conn
-
-    # -- schema ---------------------------------------------------------------------------------
-
-    def _read_version(self, conn: sqlite3.Connection) -> int | None:
-        """None for an empty database; raises for a non-empty database that is not ours."""
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
-            return None
-        if "meta" not in tables:
-            raise TraceSchemaError(f"{self.path}: not a CoLLM trace store (no meta table)")
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        try:
-            return int(row[0])
-        except (TypeError, ValueError) as e:
-            raise TraceSchemaError(f"{self.path}: meta has no valid schema_version") from e
-
-    def _prepare_schema(self, conn: sqlite3.Connection) -> None:
-        version = self._read_version(conn)
-        if version == SCHEMA_VERSION:
-            return
-        self._check_version(version)
-        # create or migrate under a write lock, re-reading: another process may have won the race
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = self._read_version(conn)
-            self._check_version(version)
-            if version is None:
-                for stmt in _split_sql(_SCHEMA):
-                    conn.execute(stmt)
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),),
-                )
-            else:
-                while version < SCHEMA_VERSION:
-                    MIGRATIONS[version](conn)
-                    version += 1
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),)
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _check_version(self, version: int | None) -> None:
-        if version is None or version == SCHEMA_VERSION:
-            return
-        if version > SCHEMA_VERSION:
-            raise TraceSchemaError(
-                f"{self.path}: trace schema version {version} is newer than this code's "
-                f"version {SCHEMA_VERSION}; upgrade collm"
-            )
-        missing = [v for v in range(version, SCHEMA_VERSION) if v not in MIGRATIONS]
-        if missing:
-            raise TraceSchemaError(
-                f"{self.path}: trace schema version {version} is older than this code's "
-                f"version {SCHEMA_VERSION} and has no migration from version {missing[0]}"
-            )
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -432,7 +258,7 @@ class TraceStore:
         """Mark a running episode ok or failed; only then does an ok episode count as complete."""
         if status not in (EPISODE_OK, EPISODE_FAILED):
             raise ValueError(f"finish status {status!r}; use 'ok' or 'failed'")
-        ret = None if final_return is None else _finite(final_return, "final_return")
+        ret = None if final_return is None else finite(final_return, "final_return")
 
         def tx(c: sqlite3.Connection) -> None:
             ep = self._episode_head(c, episode_id)
@@ -509,23 +335,8 @@ class TraceStore:
             raise ValueError(f"episode agents {e.agents!r} must be non-empty and distinct")
         try:
             c.execute(
-                f"INSERT INTO episodes ({_EPISODE_COLS}) VALUES ({', '.join('?' * 14)})",
-                (
-                    e.episode_id,
-                    e.task,
-                    e.split,
-                    e.problem_id,
-                    int(e.seed),
-                    _dumps(list(e.agents), "episode agents"),
-                    int(e.group_size),
-                    e.protocol,
-                    e.status,
-                    e.failure_reason,
-                    None if e.final_return is None else _finite(e.final_return, "final_return"),
-                    float(e.created_at or time.time()),
-                    e.finished_at,
-                    _dumps(e.metadata, "episode metadata"),
-                ),
+                f"INSERT INTO episodes ({EPISODE_COLS}) VALUES ({', '.join('?' * 14)})",
+                episode_row(e),
             )
         except sqlite3.IntegrityError as err:
             raise ValueError(f"episode {e.episode_id!r} cannot be inserted ({err})") from err
@@ -560,17 +371,8 @@ class TraceStore:
             raise ValueError(f"{where}: branch_index {t.branch_index} must be >= 0")
         try:
             cur = c.execute(
-                f"INSERT INTO turns ({_TURN_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    episode_id,
-                    parent,
-                    int(t.turn_index),
-                    int(t.branch_index),
-                    _finite(t.reward, f"{where} reward"),
-                    _dumps(t.feedback, f"{where} feedback"),
-                    int(bool(t.done)),
-                    _dumps(t.info, f"{where} info"),
-                ),
+                f"INSERT INTO turns ({TURN_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                turn_row(episode_id, parent, t, where),
             )
         except sqlite3.IntegrityError as err:
             raise ValueError(
@@ -589,27 +391,10 @@ class TraceStore:
                     f"{what}: non-finite behaviour log-prob; a sampled token must have "
                     "probability > 0 under the sampling distribution (engine bug?)"
                 )
-            rows.append(
-                (
-                    turn_id,
-                    i,
-                    a.agent,
-                    _dumps(a.observation, f"{what} observation"),
-                    pack_token_ids(a.prompt_token_ids),
-                    a.response_text,
-                    pack_token_ids(a.response_token_ids),
-                    pack_logprobs(a.logprobs),
-                    a.adapter_name,
-                    int(a.adapter_version),
-                    a.adapter_sha256,
-                    _dumps(a.sampling, f"{what} sampling"),
-                    a.finish_reason,
-                    float(a.latency_ms),
-                )
-            )
+            rows.append(action_row(turn_id, i, a, what))
         try:
             c.executemany(
-                f"INSERT INTO actions ({_ACTION_COLS}) VALUES ({', '.join('?' * 14)})", rows
+                f"INSERT INTO actions ({ACTION_COLS}) VALUES ({', '.join('?' * 14)})", rows
             )
         except sqlite3.IntegrityError as err:
             raise ValueError(f"{where}: one action per agent ({err})") from err
@@ -632,7 +417,7 @@ class TraceStore:
         """The episode with its turns (in write order) and actions; KeyError if unknown."""
         with self._lock:
             row = self.conn.execute(
-                f"SELECT {_EPISODE_COLS} FROM episodes WHERE episode_id = ?", (episode_id,)
+                f"SELECT {EPISODE_COLS} FROM episodes WHERE episode_id = ?", (episode_id,)
             ).fetchone()
             if row is None:
                 raise KeyError(f"no episode {episode_id!r} in {self.path}")
@@ -654,7 +439,7 @@ class TraceStore:
         where, args = _episode_filter(task, status, split, since, limit)
         where.insert(0, "rowid > ?")
         sql = (
-            f"SELECT rowid, {_EPISODE_COLS} FROM episodes WHERE {' AND '.join(where)} "
+            f"SELECT rowid, {EPISODE_COLS} FROM episodes WHERE {' AND '.join(where)} "
             "ORDER BY rowid LIMIT ?"
         )
         last, left = 0, limit
@@ -785,75 +570,24 @@ class TraceStore:
 
     @staticmethod
     def _load(c: sqlite3.Connection, episode_rows: list[Sequence[Any]]) -> list[EpisodeRecord]:
+        """EPISODE_COLS rows → their records with turns and actions (two queries for all)."""
         if not episode_rows:
             return []
-        episodes = {
-            r[0]: EpisodeRecord(
-                episode_id=r[0],
-                task=r[1],
-                split=r[2],
-                problem_id=r[3],
-                seed=r[4],
-                agents=json.loads(r[5]),
-                group_size=r[6],
-                protocol=r[7],
-                status=r[8],
-                failure_reason=r[9],
-                final_return=r[10],
-                created_at=r[11],
-                finished_at=r[12],
-                metadata=json.loads(r[13]),
-            )
-            for r in episode_rows
-        }
+        episodes = {r[0]: episode_from_row(r) for r in episode_rows}
         marks = ", ".join("?" * len(episodes))
         turns: dict[int, tuple[str, TurnRecord]] = {}
-        for tid, eid, parent, t_index, b_index, reward, feedback, done, info in c.execute(
-            f"SELECT {_TURN_COLS} FROM turns WHERE episode_id IN ({marks}) ORDER BY turn_id",
+        for r in c.execute(
+            f"SELECT {TURN_COLS} FROM turns WHERE episode_id IN ({marks}) ORDER BY turn_id",
             list(episodes),
         ):
-            turns[tid] = (
-                eid,
-                TurnRecord(
-                    turn_index=t_index,
-                    actions=[],
-                    reward=reward,
-                    feedback=json.loads(feedback),
-                    done=bool(done),
-                    branch_index=b_index,
-                    parent_turn_id=parent,
-                    info=json.loads(info),
-                    turn_id=tid,
-                ),
-            )
+            turns[r[0]] = turn_from_row(r)
         for r in c.execute(
-            f"SELECT a.{_ACTION_COLS.replace(', ', ', a.')} FROM actions a "
+            f"SELECT a.{ACTION_COLS.replace(', ', ', a.')} FROM actions a "
             f"JOIN turns t ON t.turn_id = a.turn_id WHERE t.episode_id IN ({marks}) "
             "ORDER BY a.turn_id, a.agent_index",
             list(episodes),
         ):
-            turns[r[0]][1].actions.append(
-                ActionRecord(
-                    agent=r[2],
-                    observation=json.loads(r[3]),
-                    prompt_token_ids=unpack_token_ids(r[4]),
-                    response_text=r[5],
-                    response_token_ids=unpack_token_ids(r[6]),
-                    logprobs=unpack_logprobs(r[7]),
-                    adapter_name=r[8],
-                    adapter_version=r[9],
-                    adapter_sha256=r[10],
-                    sampling=json.loads(r[11]),
-                    finish_reason=r[12],
-                    latency_ms=r[13],
-                )
-            )
+            turns[r[0]][1].actions.append(action_from_row(r))
         for eid, t in turns.values():
             episodes[eid].turns.append(t)
         return list(episodes.values())
-
-
-def _split_sql(script: str) -> list[str]:
-    """The schema script as single statements (executescript would COMMIT our transaction)."""
-    lines = [ln.split("--", 1)[0] for ln in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

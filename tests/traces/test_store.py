@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collm_serve.traces import schema as schema_mod
 from collm_serve.traces import store as store_mod
 from collm_serve.traces.records import EpisodeRecord
 from collm_serve.traces.store import (
@@ -172,8 +173,8 @@ def test_older_schema_version_is_migrated(tmp_path, monkeypatch):
     def v1_to_v2(conn):
         conn.execute("ALTER TABLE episodes ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {1: v1_to_v2})
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", {1: v1_to_v2})
     with TraceStore(path) as s:
         assert s.conn.execute("SELECT value FROM meta").fetchone()[0] == "2"
         assert s.conn.execute("SELECT note FROM episodes").fetchone()[0] == ""
