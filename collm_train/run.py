@@ -17,7 +17,6 @@ from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from collm_serve.adapters.manifest import next_version  # noqa: F401  (one definition, re-exported)
 
 # what a result depends on beyond our own code (recorded in hparams.json)
 PROVENANCE_PACKAGES = ("collm", "torch", "transformers", "peft", "vllm", "pydantic", "grpcio", "numpy")

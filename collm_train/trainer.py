@@ -355,7 +355,7 @@ class Trainer:
             raise ValueError(f"adapter version must be >= 1, got {version}")
         clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
         out: dict[str, Path] = {}
-        self.dist.barrier()  # every rank has chosen `version` (e.g. run.next_version) before rank 0 creates it
+        self.dist.barrier()  # every rank has chosen `version` (collm_serve.adapters.manifest.next_version) before rank 0 creates it
         for agent, actor in self.models.actors.items():
             final = Path(out_dir) / agent / f"v{version}"
             if not self.dist.is_main:
