@@ -125,10 +125,15 @@ class AgentConfig(BaseModel):
         None, description="Where the active adapter version is recorded. Default $COLLM_HOME/state/<name>."
     )
     keep_versions: int = Field(3, ge=1, description="Adapter versions kept loaded (pinned requests finish on them).")
+    swap_slots: int = Field(
+        2, ge=0,
+        description="Engine adapter slots beyond keep_versions, for old versions still finishing requests "
+                    "while a new one loads: a swap under load then loads at once instead of waiting for "
+                    "them to drain (bench/hot_swap.py). A slot costs one LoRA's weights in the engine.")
     adapter_slot_wait_s: float = Field(
         30.0, ge=0,
         description="How long LoadAdapter waits for an old version's in-flight requests to end when all "
-                    "keep_versions slots are busy, before FAILED_PRECONDITION.")
+                    "keep_versions + swap_slots slots are busy, before FAILED_PRECONDITION.")
     max_lora_rank: int = Field(16, gt=0, description="Largest LoRA rank the engine accepts.")
     auth_token: str | None = Field(
         None, description="Bearer token required on every AgentService RPC. Env: COLLM_AUTH_TOKEN. "

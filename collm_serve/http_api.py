@@ -348,7 +348,7 @@ class OpenAIEndpoint:
         route = "http:" + request.path
         start = time.perf_counter()
         outcome = {"code": grpc.StatusCode.OK}
-        stream = self.servicer.open_stream(req)
+        stream = self.servicer.open_stream(req, stream=body.stream)
         try:
             try:  # validation, admission and adapter selection happen here: errors are still HTTP statuses
                 engine_request, sel, queue_ms = await anext(stream)

@@ -47,7 +47,7 @@ def engine_for(config: AgentConfig, model_dir, model_id: str):
         options = {"cpu_threads": config.cpu_threads}
     return create_engine(
         config.engine, model_dir, model_id, max_model_len=config.max_model_len,
-        max_loras=config.keep_versions, max_lora_rank=config.max_lora_rank,
+        max_loras=config.keep_versions + config.swap_slots, max_lora_rank=config.max_lora_rank,
         dtype=config.dtype, seed=config.seed, **options,
     )
 
@@ -64,7 +64,7 @@ async def serve(config: AgentConfig) -> int:
     registry = AdapterRegistry(
         engine, agent=config.name, base_model_id=model_id, base_model_dir=model_dir,
         adapter_root=config.resolved_adapter_root, state_dir=config.resolved_state_dir,
-        keep_versions=config.keep_versions, max_lora_rank=config.max_lora_rank,
+        keep_versions=config.keep_versions, swap_slots=config.swap_slots, max_lora_rank=config.max_lora_rank,
         slot_wait_s=config.adapter_slot_wait_s,
         on_change=lambda lv: metrics.active_adapter.labels(config.name).set(lv.version if lv else 0),
     )

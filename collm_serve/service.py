@@ -101,6 +101,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.admission = admission
         self.metrics = metrics
         self.state = state
+        self._tokens_generated = metrics.tokens.labels(self.agent)  # one child, not a lookup per delta
 
     # -- helpers ---------------------------------------------------------------------------
     def _engine_dead_check(self, error: Exception) -> None:
@@ -187,13 +188,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 pass
         return EngineRequest(rid, ids, sampling)
 
-    def open_stream(self, request: pb.GenerateRequest):
+    def open_stream(self, request: pb.GenerateRequest, stream: bool = True):
         """The generation path every front end shares (gRPC here, HTTP in collm_serve/http_api.py):
         validation, admission, adapter pinning, engine. Yields (engine_request, selection,
-        queue_ms) first, then ChoiceDeltas; raises CollmError subclasses."""
-        return self._stream(request, None)
+        queue_ms) first, then ChoiceDeltas; raises CollmError subclasses. `stream=False`: the
+        caller only wants the whole answer, so the engine may deliver it in one delta."""
+        return self._stream(request, stream)
 
-    async def _stream(self, request: pb.GenerateRequest, context):
+    async def _stream(self, request: pb.GenerateRequest, stream: bool):
         """Yields (engine_request, selection, queue_ms) first, then ChoiceDeltas."""
         prepared = self._prepare(request)
         queued_at = time.perf_counter()
@@ -201,13 +203,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             queue_ms = (time.perf_counter() - queued_at) * 1000
             with self.registry.acquire(request.adapter_version, request.use_base_model) as sel:
                 engine_request = EngineRequest(
-                    prepared.request_id, prepared.prompt_token_ids, prepared.sampling, sel.engine_adapter
+                    prepared.request_id, prepared.prompt_token_ids, prepared.sampling, sel.engine_adapter, stream
                 )
                 self.state.in_flight[prepared.request_id] = time.time()
                 try:
                     yield engine_request, sel, queue_ms
+                    tokens = self._tokens_generated
                     async for delta in self.engine.generate(engine_request):
-                        self.metrics.tokens.labels(self.agent).inc(len(delta.token_ids))
+                        tokens.inc(len(delta.token_ids))
                         yield delta
                 finally:
                     self.state.in_flight.pop(prepared.request_id, None)
@@ -215,7 +218,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     # -- RPCs ------------------------------------------------------------------------------
     @_rpc("Generate")
     async def Generate(self, request, context):
-        stream = self._stream(request, context)
+        stream = self._stream(request, False)
         try:
             engine_request, sel, queue_ms = await anext(stream)
             started = time.perf_counter()
@@ -246,7 +249,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         )
 
     async def GenerateStream(self, request, context):
-        stream = self._stream(request, context)
+        stream = self._stream(request, True)
         async with _outcome(self, "GenerateStream", context):
             try:
                 engine_request, sel, _ = await anext(stream)

@@ -7,8 +7,10 @@ Invariants (tests/serve/test_hot_swap.py proves them on both engines):
   request sees the old or the new version, never a mix, and keeps its version to the end.
 - Load/activate/unload/rollback are serialised by one lock; generation never takes it.
 - A version stays loaded while any request holds it; beyond `keep_versions` the oldest idle,
-  inactive versions are evicted from the engine (and the engine's own list is checked). A load
-  that finds every slot busy waits (bounded) for an in-flight request to end, then evicts.
+  inactive versions are evicted from the engine (and the engine's own list is checked). The
+  engine has `keep_versions + swap_slots` slots: the extra ones hold old versions still finishing
+  requests, so a swap under load loads at once. Only a load that finds every slot busy waits
+  (bounded) for an in-flight request to end, then evicts.
 - The active version is persisted in the state dir and restored at start-up.
 """
 
@@ -77,6 +79,7 @@ class AdapterRegistry:
         state_dir: Path,
         keep_versions: int,
         max_lora_rank: int,
+        swap_slots: int = 0,
         slot_wait_s: float = 30.0,
         on_change=None,
     ):
@@ -86,6 +89,7 @@ class AdapterRegistry:
         self.adapter_root = adapter_root
         self.state_dir = state_dir
         self.keep_versions = keep_versions
+        self.slots = keep_versions + swap_slots  # the engine's adapter capacity (its max_loras)
         self.max_lora_rank = max_lora_rank
         self.slot_wait_s = slot_wait_s
         self._released = asyncio.Event()  # an inactive version's last in-flight request ended
@@ -218,9 +222,10 @@ class AdapterRegistry:
             raise FailedPrecondition(f"engine still lists v{loaded.version} after unloading it")
 
     async def _make_room(self, keep: LoadedVersion | None) -> None:
-        """Evict oldest idle inactive versions so that one more fits in keep_versions.
+        """Evict oldest idle inactive versions so that one more fits in keep_versions; versions
+        still serving requests are never evicted and may use the `swap_slots` beyond it.
 
-        When every slot holds the active version or versions still serving requests, wait up
+        When all `slots` hold the active version or versions still serving requests, wait up
         to `slot_wait_s` for one of those requests to end: unpinned requests go to the active
         version, so an old version drains within one request's time. Pushing new versions faster
         than requests finish (a trainer publishing every second) then slows the pushes down
@@ -230,11 +235,11 @@ class AdapterRegistry:
         while True:
             for loaded in sorted(self._versions.values(), key=lambda lv: lv.loaded_at):
                 if len(self._versions) < self.keep_versions:
-                    return
+                    break
                 if loaded is keep or loaded is self._active or loaded.in_flight:
                     continue
                 await self._evict(loaded)
-            if len(self._versions) < self.keep_versions:
+            if len(self._versions) < self.slots:
                 return
             remaining = deadline - time.monotonic()
             draining = any(lv.in_flight for lv in self._versions.values() if lv is not keep and lv is not self._active)
@@ -242,9 +247,9 @@ class AdapterRegistry:
                 busy = ", ".join(f"v{lv.version} ({lv.in_flight} in flight)" for lv in self.versions()
                                  if lv is not self._active)
                 raise FailedPrecondition(
-                    f"all {self.keep_versions} adapter slots hold the active version or versions still "
+                    f"all {self.slots} adapter slots hold the active version or versions still "
                     f"serving requests ({busy}) after waiting {self.slot_wait_s:g} s; retry, or raise "
-                    "keep_versions / adapter_slot_wait_s"
+                    "swap_slots / adapter_slot_wait_s"
                 )
             self._released.clear()  # no await since the last in_flight check: no release is missed
             try:
