@@ -243,10 +243,10 @@ def activate(address, token, ca, cert, key, server_name, team_path, as_json, ver
         from collm_serve.adapters.team_ops import activate_team
 
         clients = _team_clients(team_path, token, ca, cert, key, server_name)
-        _team_op(clients, lambda cs: activate_team(cs, 0 if use_base else version), as_json, "activate")
+        _team_op(clients, lambda cs: activate_team(cs, None if use_base else version), as_json, "activate")
         return
     with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(lambda: c.activate_adapter(version or 0, use_base_model=use_base))
+        r = _call(lambda: c.activate_adapter(version, use_base_model=use_base))
     _print_switch(r, as_json)
 
 

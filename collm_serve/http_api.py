@@ -277,12 +277,13 @@ class OpenAIEndpoint:
         return web.json_response({"object": "list", "data": data})
 
     # -- generation --------------------------------------------------------------------
-    def _selector(self, model: str) -> tuple[int, bool]:
-        """`model` -> (adapter_version, use_base_model); unknown names are 404 naming `model`."""
+    def _selector(self, model: str) -> tuple[int | None, bool]:
+        """`model` -> (adapter_version, use_base_model) of GenerateRequest: None leaves the version
+        unset (the active one, agent.proto); unknown names are 404 naming `model`."""
         if model == self.agent:
-            return 0, False
+            return None, False
         if model == self.agent + BASE_SUFFIX:
-            return 0, True
+            return None, True
         prefix = self.agent + "@v"
         if model.startswith(prefix) and model[len(prefix):].isdigit() and int(model[len(prefix):]) > 0:
             return int(model[len(prefix):]), False
