@@ -35,6 +35,7 @@ import grpc
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from collm_serve.config_errors import first_error
 from collm_serve.errors import CollmError, InvalidArgument, NotFound
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 
@@ -150,13 +151,10 @@ def parse_body(raw: bytes, model: type[_Body]) -> _Body:
     try:
         body = model.model_validate_json(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "json_invalid":
-            raise HTTPError(400, "BadRequestError", f"request body is not valid JSON: {first['msg']}") from None
-        if first["type"] == "extra_forbidden":
-            raise HTTPError(400, "BadRequestError", f"{param}: unknown field", param) from None
-        raise HTTPError(400, "BadRequestError", f"{param}: {first['msg']}", param) from None
+        where, message, kind = first_error(e, model)  # the one formatter (collm_serve/config_errors.py)
+        if kind == "json_invalid":
+            raise HTTPError(400, "BadRequestError", f"request body is not valid JSON: {e.errors()[0]['msg']}") from None
+        raise HTTPError(400, "BadRequestError", f"{where}: {message}" if where else message, where or None) from None
     for name, neutral in NEUTRAL.items():
         if name not in type(body).model_fields:
             continue

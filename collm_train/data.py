@@ -23,7 +23,7 @@ build histories; CoMLRL tokenizes with `truncation=True` at the model's limit
 the served ids, and the agent service refuses prompts over its max_prompt_tokens.
 
 Monte Carlo group size: `check_group_sizes` refuses traces whose sibling groups are smaller
-than the algorithm's baseline needs (config.GROUP_BASELINE_ALGOS), without torch or a model.
+than the algorithm's baseline needs (algorithms/spec.py group_baseline), without torch or a model.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from collm_serve.traces.records import EPISODE_OK, EpisodeRecord
-from collm_train.config import GROUP_BASELINE_ALGOS
+from collm_train.algorithms.spec import ALGO_NAMES, GROUP_BASELINE_ALGOS
 
 if TYPE_CHECKING:  # torch is imported lazily: the group-size check must run before any heavy import
     import torch
@@ -93,11 +93,12 @@ class GroupSizeError(ValueError):
 
 
 def group_size_message(algo: str, found: str) -> str:
+    others = ", ".join(a for a in ALGO_NAMES if a not in GROUP_BASELINE_ALGOS)
     return (
         f"--algo {algo} needs group_size >= 2 (K samples per agent per node): its baseline compares "
         f"each return with its siblings', so a group of one sample gets advantage 0 and nothing is "
         f"learned; {found}. Fix: collect with `group_size: 4` in the team YAML (or `collm-serve "
-        f"collect --group-size 4`), or train these traces with --algo mareinforce, cc or dc."
+        f"collect --group-size 4`), or train these traces with an --algo without one ({others})."
     )
 
 
