@@ -84,7 +84,9 @@ class TrainConfig(BaseModel):
     published that version) and recomputed for fresh ones (immune to engine numerics)."""
 
     max_staleness: int | None = Field(None, ge=0)
-    """Drop actions whose adapter version is more than this many versions behind the learner."""
+    """Drop actions whose adapter version is more than this many versions away from the weights the
+    learner holds (collm_train.data.staleness: behind it, or ahead of a learner that never held
+    that version, e.g. a fresh trainer on traces of v3)."""
 
     value_coef: float = Field(0.6, ge=0.0)
     """c_v, weight of the critic loss c_v * (y - V)^2 (paper: 0.6, maac.py:34, iac.py:35)."""
