@@ -197,7 +197,7 @@ def _team_op(clients: dict, op, as_json: bool, what: str) -> None:
 @click.option("--adapter", "path", default=None,
               help="adapter folder (inside the agent's adapter root); with --team: the folder holding "
                    "<agent>/v<N> (default: <agent>/v<N> inside each agent's own adapter root)")
-@click.option("--version", "version", type=click.IntRange(min=0), default=0,
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="expected version (default: the manifest's); required with --team")
 @click.option("--no-activate", is_flag=True, help="load only; activate later")
 def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, version, no_activate) -> None:
@@ -206,7 +206,7 @@ def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, v
     if _one_target(address, team_path):
         from collm_serve.adapters.team_ops import swap_team
 
-        if not version:
+        if version is None:
             raise CliError("--team needs --version N: every agent loads its <agent>/v<N>")
         if no_activate:
             raise CliError("--no-activate is for one agent; with --team, load with --address per agent")
@@ -243,10 +243,10 @@ def activate(address, token, ca, cert, key, server_name, team_path, as_json, ver
         from collm_serve.adapters.team_ops import activate_team
 
         clients = _team_clients(team_path, token, ca, cert, key, server_name)
-        _team_op(clients, lambda cs: activate_team(cs, 0 if use_base else version), as_json, "activate")
+        _team_op(clients, lambda cs: activate_team(cs, None if use_base else version), as_json, "activate")
         return
     with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(lambda: c.activate_adapter(version or 0, use_base_model=use_base))
+        r = _call(lambda: c.activate_adapter(version, use_base_model=use_base))
     _print_switch(r, as_json)
 
 

@@ -153,10 +153,12 @@ def build_request(
     n: int | None = None,
     stop: list[str] | None = None,
     min_tokens: int | None = None,
-    adapter_version: int = 0,
+    adapter_version: int | None = None,
     use_base_model: bool = False,
     request_id: str | None = None,
 ) -> pb.GenerateRequest:
+    """adapter_version None: the active version; N >= 1 pins loaded version N; use_base_model: no
+    adapter (agent.proto, GenerateRequest). None leaves the proto3-optional field unset."""
     sampling = pb.SamplingParams(stop=stop or [])
     for name, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
                         ("top_k", top_k), ("seed", seed), ("n", n), ("min_tokens", min_tokens)):
@@ -275,9 +277,11 @@ class AgentClient(_ClientBase):
         return list(self._call("Abort", pb.AbortRequest(request_ids=request_ids)).aborted)
 
     def load_adapter(self, path: str | Path, version: int | None = None, activate: bool = True) -> pb.LoadAdapterResponse:
-        return self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version or 0, activate=activate))
+        """version None: the manifest's; N: refused unless the manifest says N."""
+        return self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version, activate=activate))
 
-    def activate_adapter(self, version: int = 0, use_base_model: bool = False) -> pb.ActivateAdapterResponse:
+    def activate_adapter(self, version: int | None = None, use_base_model: bool = False) -> pb.ActivateAdapterResponse:
+        """Exactly one target: a loaded `version` (>= 1) or `use_base_model=True`."""
         return self._call("ActivateAdapter", pb.ActivateAdapterRequest(version=version, use_base_model=use_base_model))
 
     def rollback_adapter(self) -> pb.RollbackAdapterResponse:
@@ -356,9 +360,9 @@ class AsyncAgentClient(_ClientBase):
         return list((await self._call("Abort", pb.AbortRequest(request_ids=request_ids))).aborted)
 
     async def load_adapter(self, path: str | Path, version: int | None = None, activate: bool = True):
-        return await self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version or 0, activate=activate))
+        return await self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version, activate=activate))
 
-    async def activate_adapter(self, version: int = 0, use_base_model: bool = False):
+    async def activate_adapter(self, version: int | None = None, use_base_model: bool = False):
         return await self._call("ActivateAdapter", pb.ActivateAdapterRequest(version=version, use_base_model=use_base_model))
 
     async def rollback_adapter(self):

@@ -172,9 +172,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("request_id", f"must be printable and at most {MAX_REQUEST_ID} characters")
         if rid in self.state.in_flight:
             raise InvalidArgument("request_id", f"{rid!r} is already in flight")
-        if request.adapter_version < 0:
-            raise InvalidArgument("adapter_version", "must be >= 0 (0 = the active version)")
-        if request.adapter_version and request.use_base_model:
+        pinned = request.HasField("adapter_version")  # unset = the active version (agent.proto)
+        if pinned and request.adapter_version < 1:
+            raise InvalidArgument("adapter_version", f"{request.adapter_version} is not a version (they start at 1); "
+                                  "leave it unset for the active version, or set use_base_model")
+        if pinned and request.use_base_model:
             raise InvalidArgument("adapter_version", "pin a version or use_base_model, not both")
         sampling = self._sampling(request)
         ids = self._prompt_ids(request)
@@ -183,7 +185,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 "sampling.max_tokens",
                 f"prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context ({self.config.max_model_len})",
             )
-        if request.adapter_version:  # fail fast, before queueing, on an unknown pinned version
+        if pinned:  # fail fast, before queueing, on an unknown pinned version
             with self.registry.acquire(request.adapter_version):
                 pass
         return EngineRequest(rid, ids, sampling)
@@ -308,11 +310,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @_rpc("LoadAdapter")
     async def LoadAdapter(self, request, context):
         self._require_not_loading()
-        if request.version < 0:
-            raise InvalidArgument("version", "must be >= 0 (0 = from the manifest)")
+        expected = request.version if request.HasField("version") else None  # unset = the manifest's
+        if expected is not None and expected < 1:
+            raise InvalidArgument("version", f"{expected} is not a version (they start at 1); "
+                                  "leave it unset to take the manifest's")
         start = time.perf_counter()
         try:
-            loaded = await self.registry.load(request.path, request.version, request.activate)
+            loaded = await self.registry.load(request.path, expected or 0, request.activate)
         except CollmError as e:
             self._swap_metric("load", e.code.name.lower())
             raise
@@ -331,8 +335,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @_rpc("ActivateAdapter")
     async def ActivateAdapter(self, request, context):
         self._require_not_loading()
-        if request.version < 0 or (request.version == 0) == (not request.use_base_model):
-            raise InvalidArgument("version", "give a loaded version > 0, or use_base_model, not both")
+        has_version = request.HasField("version")  # exactly one target (agent.proto)
+        if has_version and request.version < 1:
+            raise InvalidArgument("version", f"{request.version} is not a version (they start at 1); "
+                                  "set use_base_model instead to serve the base model")
+        if has_version == request.use_base_model:
+            raise InvalidArgument("version", "give a loaded version (>= 1) or use_base_model, exactly one")
         active, previous = await self.registry.activate(request.version, request.use_base_model)
         self._swap_metric("activate", "ok")
         return pb.ActivateAdapterResponse(active=adapter_ref(active), previous=adapter_ref(previous))

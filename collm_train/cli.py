@@ -30,9 +30,8 @@ from typing import Any
 
 import click
 
-from collm_train.config import ALGO_NAMES, PRESETS, TrainConfig
+from collm_train.config import PRESETS, TrainConfig
 
-ALGOS = list(ALGO_NAMES)
 TRAIN_FIELDS = tuple(TrainConfig.model_fields)
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 

@@ -3,7 +3,7 @@
 A turn row is one joint action at a tree node (records.py). For each trained agent it becomes a
 sample holding: the prompt / response token ids exactly as served (no re-tokenisation), the
 behaviour log-prob of the macro action (sum of the logged token log-probs), the sampling
-parameters that produced it, its adapter version (staleness = learner version - that version),
+parameters that produced it, its adapter version and staleness (`staleness` below, never < 0),
 the joint reward, the critic inputs h_t (joint and own) and the links of the tree: `children`
 (the same agent's samples at the node this joint action led to: h_{t+1}) and `group` (its
 Monte Carlo siblings: same parent node, same turn).
@@ -23,7 +23,7 @@ build histories; CoMLRL tokenizes with `truncation=True` at the model's limit
 the served ids, and the agent service refuses prompts over its max_prompt_tokens.
 
 Monte Carlo group size: `check_group_sizes` refuses traces whose sibling groups are smaller
-than the algorithm's baseline needs (config.GROUP_BASELINE_ALGOS), without torch or a model.
+than the algorithm's baseline needs (algorithms/spec.py group_baseline), without torch or a model.
 """
 
 from __future__ import annotations
@@ -34,10 +34,30 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from collm_serve.traces.records import EPISODE_OK, EpisodeRecord
-from collm_train.config import GROUP_BASELINE_ALGOS
+from collm_train.algorithms.spec import ALGO_NAMES, GROUP_BASELINE_ALGOS
 
 if TYPE_CHECKING:  # torch is imported lazily: the group-size check must run before any heavy import
     import torch
+
+
+def staleness(learner_version: int, served_version: int) -> int:
+    """How many published versions separate the learner's weights from the served ones; >= 0.
+
+    Versions are numbered by one function, collm_serve.adapters.manifest.next_version (the
+    trainer publishes with it, trainer.save_adapters), and `learner_version` is the published
+    version whose weights the learner holds (0 = the base model). 0 means the same version;
+    only such an action can be on-policy (the trainer also needs its weights unchanged since).
+
+    served < learner: the action is that many updates behind the learner (the usual case).
+    served > learner: the learner never held those weights, e.g. a fresh trainer starting from
+    the base model (version 0) on traces served by v3 of an earlier run, or agents serving
+    another learner's versions. This learner did not produce the action, so it is off-policy
+    like an old one; its distance is served - learner. Before issue 16 it was reported as a
+    negative staleness, which max_staleness never dropped. Either way a stale action gets the
+    behaviour log-probs as pi_old and the ratio (TrainConfig.off_policy / ratio_on), and
+    max_staleness bounds the distance in both directions.
+    """
+    return abs(int(learner_version) - int(served_version))
 
 
 @dataclass
@@ -53,7 +73,7 @@ class ActionSample:
     top_k: int
     top_p: float
     adapter_version: int
-    staleness: int  # learner version - adapter_version
+    staleness: int  # versions between the learner and adapter_version, >= 0 (`staleness`)
     reward: float  # joint reward r_t of the turn row
     done: bool
     joint_ids: list[int]  # h_t for the CC critic (see module docstring), cut to critic_max_len
@@ -93,11 +113,12 @@ class GroupSizeError(ValueError):
 
 
 def group_size_message(algo: str, found: str) -> str:
+    others = ", ".join(a for a in ALGO_NAMES if a not in GROUP_BASELINE_ALGOS)
     return (
         f"--algo {algo} needs group_size >= 2 (K samples per agent per node): its baseline compares "
         f"each return with its siblings', so a group of one sample gets advantage 0 and nothing is "
         f"learned; {found}. Fix: collect with `group_size: 4` in the team YAML (or `collm-serve "
-        f"collect --group-size 4`), or train these traces with --algo mareinforce, cc or dc."
+        f"collect --group-size 4`), or train these traces with an --algo without one ({others})."
     )
 
 
@@ -223,7 +244,10 @@ def build_batch(
     critic_max_len: int | None = None,
     max_staleness: int | None = None,
 ) -> Batch:
-    """Turn episodes into per-(agent, turn) samples with tree links and MC groups."""
+    """Turn episodes into per-(agent, turn) samples with tree links and MC groups.
+
+    learner_version: the published version whose weights the learner holds (Trainer.version);
+    each sample's staleness is `staleness(learner_version, its adapter_version)`."""
     samples: list[ActionSample] = []
     groups: dict[tuple, list[int]] = {}
     n_skipped = 0
@@ -274,7 +298,7 @@ def build_batch(
             for agent in agents:
                 a = turn.action(agent)
                 temperature, top_k, top_p = _sampling(a)
-                staleness = learner_version - a.adapter_version
+                stale_by = staleness(learner_version, a.adapter_version)
                 key = (ep.episode_id, parents[pos], turn.turn_index, agent)
                 groups.setdefault(key, []).append(len(samples))
                 index[(ids[pos], agent)] = len(samples)
@@ -291,7 +315,7 @@ def build_batch(
                         top_k=top_k,
                         top_p=top_p,
                         adapter_version=a.adapter_version,
-                        staleness=staleness,
+                        staleness=stale_by,
                         reward=float(turn.reward),
                         done=bool(turn.done),
                         joint_ids=joint_ids,
@@ -300,7 +324,7 @@ def build_batch(
                             list(first_child.action(agent).prompt_token_ids) if first_child else None
                         ),
                         own_ids=cut_middle(a.prompt_token_ids, critic_max_len, *layout(pos, agent)),
-                        trainable=max_staleness is None or staleness <= max_staleness,
+                        trainable=max_staleness is None or stale_by <= max_staleness,
                     )
                 )
         for pos in range(len(ep.turns)):

@@ -157,7 +157,7 @@ class AgentPool:
                     out = await client.generate(messages=messages, timeout=spec.timeout_s,
                                                 request_id=rid, **sampling, **selector)
                 except NotFoundError as e:
-                    if not selector.get("adapter_version") or fallback:
+                    if "adapter_version" not in selector or fallback:
                         raise AgentCallError(agent, spec.address, attempt + 1, e) from None
                     fallback = (f"pinned adapter version {selector['adapter_version']} is no longer "
                                 f"loaded ({e.details}); fell back to the active version")

@@ -94,6 +94,9 @@ def test_info_abort_list(agent):
         (dict(messages=[{"role": "user", "content": "word " * 2000}]), "messages"),
         (dict(prompt="x" * 100000), "prompt"),
         (dict(messages=USER, request_id="x" * 500), "request_id"),
+        (dict(messages=USER, adapter_version=0), "adapter_version"),  # set 0: not a version (agent.proto)
+        (dict(messages=USER, adapter_version=-2), "adapter_version"),
+        (dict(messages=USER, adapter_version=1, use_base_model=True), "adapter_version"),
     ],
 )
 def test_bad_input_is_invalid_argument_naming_the_field(agent, kwargs, field):
@@ -115,6 +118,22 @@ def test_unknown_adapter_version_is_not_found(agent):
         with pytest.raises(NotFoundError):
             c.unload_adapter(99)
         assert c.generate(messages=USER, max_tokens=2).token_ids
+
+
+def test_adapter_targets_are_explicit(tiny_hf):
+    """agent.proto: an unset version means "the manifest's" (LoadAdapter) and is an error for
+    ActivateAdapter unless use_base_model; a set 0 is never a version. Each refusal names `version`."""
+    with AgentClient(tiny_hf.address, retries=0) as c:
+        for call in (lambda: c.activate_adapter(),  # no target
+                     lambda: c.activate_adapter(0),  # 0 is not a version
+                     lambda: c.activate_adapter(0, use_base_model=True),  # two targets
+                     lambda: c.activate_adapter(-1),
+                     lambda: c.load_adapter("helper/v1", version=0)):
+            with pytest.raises(InvalidArgumentError) as e:
+                call()
+            assert e.value.details.startswith("version"), e.value.details
+        assert c.activate_adapter(use_base_model=True).active.version == 0  # the base model
+        assert c.generate(messages=USER, max_tokens=2).adapter.is_base  # unset = the active one
 
 
 def test_deadline_aborts_the_engine_request(agent):

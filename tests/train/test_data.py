@@ -66,6 +66,22 @@ def test_max_staleness_keeps_links_but_marks_untrainable():
     assert batch.samples[0].children == [2]
 
 
+def test_staleness_is_never_negative_for_a_fresh_learner():
+    """A learner on the base model (version 0) reading actions served by v3 did not produce
+    them: their staleness is the distance 3, not -3, and max_staleness bounds it (issue 16)."""
+    ep = chain_episode(AGENTS, [1.0, 2.0])
+    for turn in ep.turns:
+        for a in turn.actions:
+            a.adapter_version = 3
+    ep.turns[1].actions[1].adapter_version = 0  # one action served by the base model
+    batch = build_batch([ep], AGENTS, learner_version=0)
+    assert [s.staleness for s in batch.samples] == [3, 3, 3, 0]
+    assert min(s.staleness for v in range(6) for s in build_batch([ep], AGENTS, learner_version=v).samples) >= 0
+    assert [s.trainable for s in build_batch([ep], AGENTS, learner_version=0, max_staleness=2).samples] == [
+        False, False, False, True]
+    assert [s.staleness for s in build_batch([ep], AGENTS, learner_version=5).samples] == [2, 2, 2, 5]
+
+
 def test_missing_agent_is_an_error():
     with pytest.raises(ValueError, match="no agent"):
         build_batch([chain_episode(["helper"], [1.0])], AGENTS)

@@ -180,6 +180,32 @@ def test_off_policy_modes_pick_logp_old():
         stale.update(eps)
 
 
+def test_fresh_learner_treats_newer_served_versions_as_stale(tmp_path):
+    """A fresh trainer (base model, version 0) on traces served by v3 of an earlier run: the
+    reported staleness is >= 0 and the actions are stale (pi_old = the logged behaviour
+    log-probs, so the fake -1/token log-probs make every PPO ratio clip), not on-policy
+    (recomputed pi_old, ratio 1, nothing clipped). Its first publish continues the numbering
+    in the adapter folder (v4), from which v3's actions are 1 version old."""
+    big = dict(algo="mareinforce", minibatch_size=64, preset="collm")
+    eps = [chain_episode(AGENTS, [float(k)], episode_id=f"e{k}") for k in range(2)]
+    for ep in eps:
+        for a in ep.turns[0].actions:
+            a.adapter_version = 3
+    fresh = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    m = fresh.update(eps)
+    assert fresh.version == 0 and m["charts/staleness"] == 3.0 and m["charts/staleness_max"] == 3.0
+    assert m["charts/clipfrac"] == 1.0  # stale: behaviour log-probs, not the on-policy -A log pi
+    on_policy = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    for ep in eps:
+        for a in ep.turns[0].actions:
+            a.adapter_version = 0
+    assert on_policy.update(eps)["charts/clipfrac"] == 0.0  # the contrast: base-served data is fresh
+    for agent in AGENTS:
+        (tmp_path / agent / "v3").mkdir(parents=True)  # an earlier run's versions
+    fresh.save_adapters(tmp_path)
+    assert fresh.version == 4 and (tmp_path / "main" / "v4").is_dir()
+
+
 def test_load_adapters_round_trip(tmp_path):
     a = Trainer(TrainConfig(algo="magrpo", lr=1e-2, epochs=2), tiny_llama(), AGENTS)
     a.update([tree_episode()])
