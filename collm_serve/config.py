@@ -157,6 +157,12 @@ class AgentConfig(BaseModel):
     cpu_threads: int | None = Field(
         None, gt=0, description="torch threads of the transformers engine; 1 per agent when agents share few cores."
     )
+    engine_group: str | None = Field(
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="Agents with the same engine_group share ONE engine (one copy of the base model) in one "
+                    "process, each still its own gRPC endpoint: start them with `collm-serve start "
+                    "--engine-group NAME` (or `--agents a,b`). They must agree on every engine setting "
+                    "(collm_serve/packing.py ENGINE_FIELDS). None = the agent runs its own engine.")
     cpu_affinity: list[int] | None = Field(
         None, min_length=1,
         description="CPU cores the agent and its engine run on (default: all it may use). Agents that "
