@@ -176,7 +176,7 @@ def main() -> int:
         ("episodes/hour packed ÷ separate", f"{packed['per_hour'] / separate['per_hour']:.2f}",
          "same cores; goal >= 1.8"),
         ("episodes/hour per engine packed ÷ separate", f"{2 * packed['per_hour'] / separate['per_hour']:.2f}",
-         "per GPU when each engine has its own"),
+         "2 x the above: one packed device vs one device per agent (derived, not measured)"),
         ("memory (RSS) packed ÷ separate", f"{packed['rss'] / separate['rss']:.2f}", "goal <= 0.6"),
         ("memory (PSS) packed ÷ separate", f"{packed['pss'] / separate['pss']:.2f}", "shared pages split"),
         ("episodes/hour separate | packed", f"{separate['per_hour']:.0f} | {packed['per_hour']:.0f}", ""),
