@@ -89,6 +89,10 @@ def test_start_refuses_mismatched_agents_in_one_line(tmp_path):
         "give every packed agent the same max_model_len, or run them separately"]
     r = CliRunner().invoke(main, ["start", "--agent", "helper", "--agents", "main", "--config", str(path)])
     assert r.exit_code == 1 and "give one of --agent NAME, --agents a,b" in r.output
+    r = CliRunner().invoke(main, ["start", "--engine-group", "g9", "--config", str(path)])
+    assert r.exit_code == 1 and "no agent has engine_group 'g9'" in r.output
+    r = CliRunner().invoke(main, ["start", "--agents", "helper,main", "--port", "50999", "--config", str(path)])
+    assert r.exit_code == 1 and "--port 50999 cannot be the port of every packed agent" in r.output
 
 
 # -- isolation, in-process (transformers engine, tiny model) ----------------------------------
