@@ -85,6 +85,7 @@ class AgentProcess:
     def start(self, timeout: float = 600.0) -> "AgentProcess":
         if self.running:
             raise RuntimeError(f"agent {self.agent} is already running (pid {self.proc.pid}); stop() it first")
+        self.endpoints, self.serving_events = {}, {}  # a restart reports every agent afresh
         stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
                                      text=True, start_new_session=True)
