@@ -90,7 +90,12 @@ def main(log_level, log_format) -> None:
 
 
 @main.command()
-@click.option("--agent", required=True, help="agent name in the config (helper, main, coder, ...)")
+@click.option("--agent", default=None, help="agent name in the config (helper, main, coder, ...)")
+@click.option("--agents", "agent_list", default=None,
+              help="comma-separated agents to serve PACKED: one process, one engine (one copy of the model), "
+                   "each agent its own port, auth, metrics and adapters")
+@click.option("--engine-group", default=None,
+              help="serve packed every agent whose config sets engine_group to this name")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="agents YAML (default: the built-in agents)")
 @click.option("--port", type=int, default=None, help="override the configured port (0 = any free)")
@@ -101,14 +106,26 @@ def main(log_level, log_format) -> None:
 @click.option("--http-port", type=int, default=None,
               help="OpenAI-compatible HTTP port (/v1/chat/completions ...; 0 = any free; default off)")
 @click.option("--adapter-root", type=click.Path(file_okay=False), default=None)
-@click.option("--state-dir", type=click.Path(file_okay=False), default=None)
-def start(agent, config_path, port, host, engine, model, metrics_port, http_port, adapter_root, state_dir) -> None:
-    """Start one agent service in the foreground (SIGTERM drains and exits)."""
-    from collm_serve.config import ConfigError, load_agent_config
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="override the state dir (packed: a parent folder, agent X records in DIR/X)")
+def start(agent, agent_list, engine_group, config_path, port, host, engine, model, metrics_port, http_port,
+          adapter_root, state_dir) -> None:
+    """Start agent services in the foreground (SIGTERM drains and exits): one agent (--agent), or
+    several packed on one engine (--agents a,b or --engine-group NAME)."""
+    from collm_serve.config import ConfigError
+    from collm_serve.packing import group_members, load_packed_configs
 
+    if sum(x is not None for x in (agent, agent_list, engine_group)) != 1:
+        raise CliError("give one of --agent NAME, --agents a,b (packed) or --engine-group NAME (packed)")
     try:
-        config = load_agent_config(
-            agent, config_path, port=port, host=host, engine=engine, model=model,
+        if agent is not None:
+            names = [agent]
+        elif agent_list is not None:
+            names = [n.strip() for n in agent_list.split(",") if n.strip()]
+        else:
+            names = group_members(engine_group, config_path)
+        configs = load_packed_configs(
+            names, config_path, port=port, host=host, engine=engine, model=model,
             metrics_port=metrics_port, http_port=http_port, adapter_root=adapter_root, state_dir=state_dir,
         )
     except ConfigError as e:
@@ -116,14 +133,14 @@ def start(agent, config_path, port, host, engine, model, metrics_port, http_port
     from collm_serve.models import ModelUnavailableError, resolve_model
 
     try:
-        resolve_model(config.model)
+        resolve_model(configs[0].model)
     except ModelUnavailableError as e:
         raise CliError(str(e)) from None
     from collm_serve.rpc import BindError
     from collm_serve.server import run
 
     try:
-        code = run(config)
+        code = run(configs)
     except (BindError, ConfigError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)

@@ -162,6 +162,12 @@ class AgentConfig(BaseModel):
     cpu_threads: int | None = Field(
         None, gt=0, description="torch threads of the transformers engine; 1 per agent when agents share few cores."
     )
+    engine_group: str | None = Field(
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="Agents with the same engine_group share ONE engine (one copy of the base model) in one "
+                    "process, each still its own gRPC endpoint: start them with `collm-serve start "
+                    "--engine-group NAME` (or `--agents a,b`). They must agree on every engine setting "
+                    "(collm_serve/packing.py ENGINE_FIELDS). None = the agent runs its own engine.")
     cpu_affinity: list[int] | None = Field(
         None, min_length=1,
         description="CPU cores the agent and its engine run on (default: all it may use). Agents that "
@@ -201,6 +207,12 @@ class AgentConfig(BaseModel):
     def auth(self):
         """Who may call what (collm_serve.auth.AuthPolicy); disabled when nothing is configured."""
         return auth_policy(self.auth_token, self.admin_token, self.tls)
+
+    @property
+    def adapter_slots(self) -> int:
+        """The engine's adapter capacity for this agent: the kept versions plus the swap slots
+        (the one definition; collm_serve/server.py and packing.py size the engine with it)."""
+        return self.keep_versions + self.swap_slots
 
     @property
     def resolved_adapter_root(self) -> Path:

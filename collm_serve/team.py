@@ -32,6 +32,11 @@ class TeamAgent(BaseModel):
     gpu: int | None = Field(None, ge=0, description="GPU id the agent runs on (deployment only).")
     engine: str = Field("vllm", description="Engine of the service (deployment only).")
     model: str | None = Field(None, description="Model of the service (deployment only; default: the agent config's).")
+    engine_group: str | None = Field(
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="Deployment only (default: the agent config's engine_group): agents with the same group "
+                    "run packed in ONE container/pod on one GPU, one engine, each on its own port "
+                    "(collm_serve/packing.py).")
 
     _address = field_validator("address")(lambda v: check_address(v, "address"))  # bare host -> 443
 

@@ -2,7 +2,9 @@
 
 Invariants (tests/serve/test_hot_swap.py proves them on both engines):
 - Every version gets an engine id from one counter that is never reused, so nothing cached
-  for v2 (vLLM LoRA cache, prefix cache keyed by LoRA) can serve v3.
+  for v2 (vLLM LoRA cache, prefix cache keyed by LoRA) can serve v3. The counter belongs to the
+  ENGINE: agents packed on one engine share it (`lora_ids`, from engines/shared.py
+  `SharedEngine`), so no two agents' versions ever get the same id.
 - `active` is ONE reference replaced in one assignment; `acquire()` reads it once, so a
   request sees the old or the new version, never a mix, and keeps its version to the end.
 - Load/activate/unload/rollback are serialised by one lock; generation never takes it.
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +85,7 @@ class AdapterRegistry:
         swap_slots: int = 0,
         slot_wait_s: float = 30.0,
         on_change=None,
+        lora_ids: Iterator[int] | None = None,
     ):
         self.engine = engine
         self.agent = agent
@@ -94,7 +98,7 @@ class AdapterRegistry:
         self.slot_wait_s = slot_wait_s
         self._released = asyncio.Event()  # an inactive version's last in-flight request ended
         self._base_shapes = base_model_shapes(base_model_dir)
-        self._ids = itertools.count(1)
+        self._ids = lora_ids if lora_ids is not None else itertools.count(1)  # the engine's, when shared
         self._versions: dict[int, LoadedVersion] = {}
         self._active: LoadedVersion | None = None
         self.history: list[int] = []  # activated versions, oldest first (0 = base)
