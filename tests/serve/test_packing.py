@@ -184,7 +184,7 @@ def _ask(address: str, i: int, v: int):
 
     with AgentClient(address) as c:
         return c.generate(messages=PROMPTS[i], max_tokens=12, temperature=0,
-                          use_base_model=(v == 0), adapter_version=v)
+                          use_base_model=(v == 0), adapter_version=v or None)
 
 
 def test_packed_agents_never_serve_each_others_adapters_in_a_mixed_batch(packed):
