@@ -89,7 +89,12 @@ class Batch:
         return torch.tensor([getattr(s, name) for s in self.samples], dtype=dtype or torch.float32)
 
 
-class GroupSizeError(ValueError):
+class UnusableTraceError(ValueError):
+    """Traces the trainer cannot learn from as they are; the message names what and the fix
+    (`collm-train` prints it as a one-line error before loading a model)."""
+
+
+class GroupSizeError(UnusableTraceError):
     """Traces (or a team set-up) whose Monte Carlo groups are too small for the algorithm."""
 
 
@@ -218,14 +223,14 @@ def _sampling(episode_id: str, turn_index: int, action: ActionRecord) -> Samplin
     s = action.sampling
     where = f"episode {episode_id} turn {turn_index}: the action of {action.agent!r}"
     if s is None:
-        raise ValueError(
+        raise UnusableTraceError(
             f"{where} has no sampling record (a trace written before collm recorded the sampling a "
             "service used, or built by hand), so its behaviour distribution is unknown and the "
             "trainer will not guess it; recollect the episode with `collm-serve collect`, or give "
             "the ActionRecord a SamplingRecord"
         )
     if s.min_tokens:
-        raise ValueError(
+        raise UnusableTraceError(
             f"{where} was sampled with min_tokens={s.min_tokens} (end-of-sequence masked), which "
             "the learner's log-probs do not model; train on episodes collected without min_tokens"
         )
