@@ -126,7 +126,7 @@ def completion_text(messages: Sequence[Mapping[str, Any]]) -> str:
     return messages[0]["content"]
 
 
-def _export_json(value: Any) -> str:
+def export_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
@@ -142,7 +142,7 @@ NULLABLE_REAL = Codec(arrow="float64")
 FINITE = Codec(to_sql=_nullable(finite), arrow="float64")
 CREATED = Codec(to_sql=lambda v, what: float(v or time.time()), arrow="float64")
 BOOL = Codec(to_sql=lambda v, what: int(bool(v)), from_sql=bool, to_export=bool, arrow="bool")
-JSON = Codec(to_sql=dumps, from_sql=json.loads, to_export=_export_json, from_export=json.loads)
+JSON = Codec(to_sql=dumps, from_sql=json.loads, to_export=export_json, from_export=json.loads)
 NAMES = Codec(  # a list of names: JSON text in SQLite, a list of strings in exports
     to_sql=lambda v, what: dumps(list(v), what), from_sql=json.loads, to_export=list,
     from_export=list, arrow="list<string>",
@@ -163,7 +163,7 @@ LOGPROBS = Codec(
 SAMPLING = Codec(  # a SamplingRecord: a JSON object in SQLite and exports ({} = not recorded)
     to_sql=lambda v, what: dumps(_sampling_json(v), what),
     from_sql=lambda v: SamplingRecord.from_json(json.loads(v)),
-    to_export=lambda v: _export_json(_sampling_json(v)),
+    to_export=lambda v: export_json(_sampling_json(v)),
     from_export=lambda v: SamplingRecord.from_json(json.loads(v)),
 )
 
@@ -257,10 +257,9 @@ def _check_covers() -> None:
 _check_covers()
 
 
-def names(columns: Sequence[Column], *, prefix: str = "", inserted: bool = False) -> str:
-    """`a, b, c` (or `t.a AS a, ...` with a prefix) for a SELECT or an INSERT column list."""
-    cols = [c for c in columns if c.insert or not inserted]
-    return ", ".join(f"{prefix}{c.name} AS {c.name}" if prefix else c.name for c in cols)
+def names(columns: Sequence[Column], *, prefix: str = "") -> str:
+    """`a, b, c` (or `t.a AS a, ...` with a table prefix): a SELECT list read back by name."""
+    return ", ".join(f"{prefix}{c.name} AS {c.name}" if prefix else c.name for c in columns)
 
 
 def insert_sql(table: str) -> str:

@@ -41,6 +41,7 @@ from collm_serve.traces.codec import (
     Column,
     chat,
     completion,
+    export_json,
 )
 from collm_serve.traces.records import ActionRecord, EpisodeRecord, TurnRecord
 from collm_serve.traces.store import TraceStore
@@ -63,10 +64,6 @@ ACTION_COLUMNS = tuple(
     n for c in _ACTION for n in ((c.export_name, LOGPROB_SUM) if c.name == "logprobs" else (c.export_name,))
 )
 COLUMNS = EPISODE_COLUMNS + TURN_COLUMNS + ACTION_COLUMNS
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
 def _values(columns: tuple[Column, ...], record: Any, **keys: Any) -> dict[str, Any]:
@@ -121,7 +118,7 @@ def export_jsonl(store: TraceStore, out_path: str | os.PathLike[str], **filters:
     with _atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for ep in store.iter_episodes(**filters):
             for row in episode_rows(ep):
-                f.write(_json(row))
+                f.write(export_json(row))
                 f.write("\n")
                 n += 1
     return n
