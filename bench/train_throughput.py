@@ -48,7 +48,7 @@ MB = 1 << 20
 # ---------------------------------------------------------------------------- data
 def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: int, seed: int = 0):
     """Depth-1 trees of K=2 joint actions (2 agents each): actions / 2 turn rows."""
-    from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, TurnRecord
+    from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
     text = "\n".join(p.read_text() for p in sorted((REPO / "collm_train").glob("*.py")))
     ids = tokenizer(text)["input_ids"]
@@ -68,7 +68,9 @@ def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: i
                 prompt = window(rng.randint(prompt_len * 9 // 10, prompt_len * 11 // 10))
                 response = window(response_len)
                 acts.append(ActionRecord(agent=a, observation=[], prompt_token_ids=prompt, response_text="",
-                                         response_token_ids=response, logprobs=[-1.0] * len(response)))
+                                         response_token_ids=response, logprobs=[-1.0] * len(response),
+                                         sampling=SamplingRecord(temperature=1.0, top_p=1.0, top_k=0,
+                                                                 max_tokens=response_len)))
             turns.append(TurnRecord(turn_index=0, actions=acts, reward=rng.random(), feedback={}, done=True,
                                     branch_index=k, turn_id=10 * e + k, parent_turn_id=None))
         episodes.append(EpisodeRecord(episode_id=f"e{e}", task="bench", split="train", problem_id="p", seed=0,

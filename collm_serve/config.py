@@ -32,8 +32,14 @@ class ConfigError(ValueError):
 
 
 class SamplingDefaults(BaseModel):
+    """The sampling settings of an agent, in ONE model for both files that set them: an agent's
+    `sampling:` (agents YAML: what its service uses for a field a request leaves unset) and a
+    team member's `sampling:` (team YAML: what the orchestrator asks that agent for each turn).
+    What a response was actually sampled with is echoed by the service and recorded in the
+    trace (`collm_serve.traces.records.SamplingRecord`); these are only the settings."""
+
     model_config = ConfigDict(extra="forbid")
-    max_tokens: int = Field(256, gt=0, description="Tokens generated when a request sets none.")
+    max_tokens: int = Field(256, gt=0, description="Completion budget per turn (tokens).")
     temperature: float = Field(0.7, ge=0, description="0 = greedy. The paper uses 0.6-0.7.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass kept (0, 1].")
     top_k: int = Field(0, ge=0, description="0 disables top-k.")

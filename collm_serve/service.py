@@ -49,6 +49,15 @@ def adapter_ref(loaded: LoadedVersion | None) -> pb.AdapterRef:
     return pb.AdapterRef(name=loaded.checked.manifest.name, version=loaded.version, sha256=loaded.sha256)
 
 
+def sampling_used(sp: SamplingParams) -> pb.SamplingUsed:
+    """The echo of the sampling a request was served with (`_sampling`'s resolution: request +
+    agent defaults). Built once per request, with its first (or only) response message."""
+    return pb.SamplingUsed(
+        max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+        seed=sp.seed, n=sp.n, stop=sp.stop, min_tokens=sp.min_tokens,
+    )
+
+
 def adapter_info(loaded: LoadedVersion, active: LoadedVersion | None) -> pb.AdapterInfo:
     m = loaded.checked.manifest
     return pb.AdapterInfo(
@@ -115,6 +124,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise Unavailable("agent is draining (shutting down); retry on another replica")
 
     def _sampling(self, request: pb.GenerateRequest) -> SamplingParams:
+        """The sampling this request is served with: its fields, the agent's `sampling` defaults
+        for those unset. Echoed to the caller (`sampling_used`), who records it in traces."""
         s, d, c = request.sampling, self.config.sampling, self.config
         max_tokens = s.max_tokens if s.HasField("max_tokens") else d.max_tokens
         if max_tokens > c.max_tokens_limit:
@@ -248,6 +259,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 completion_tokens=sum(len(c.token_ids) for c in choices),
             ),
             timings=pb.Timings(queue_ms=queue_ms, engine_ms=(time.perf_counter() - started) * 1000),
+            sampling=sampling_used(engine_request.sampling),
         )
 
     async def GenerateStream(self, request, context):
@@ -259,6 +271,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     request_id=engine_request.request_id,
                     prompt_token_ids=engine_request.prompt_token_ids,
                     adapter=adapter_ref(sel.loaded),
+                    sampling=sampling_used(engine_request.sampling),
                 )
                 completion = 0
                 async for delta in stream:

@@ -178,14 +178,14 @@ def _load_team(team_path):
 
 def _refuse_small_groups(algo, team=None, episodes=None) -> None:
     """K >= 2 for group baselines, checked on the team / the traces BEFORE any model loads."""
-    from collm_train.data import GroupSizeError, check_team_group_size, check_traces
+    from collm_train.data import UnusableTraceError, check_team_group_size, check_traces
 
     try:
         if episodes is not None:
             check_traces(algo, episodes, list(team.agents))
         else:
             check_team_group_size(algo, team.group_size)
-    except GroupSizeError as e:
+    except UnusableTraceError as e:  # groups too small, an action without its sampling
         raise CliError(str(e)) from None
 
 

@@ -3,7 +3,9 @@
 A turn row is one joint action at a tree node (records.py). For each trained agent it becomes a
 sample holding: the prompt / response token ids exactly as served (no re-tokenisation), the
 behaviour log-prob of the macro action (sum of the logged token log-probs), the sampling
-parameters that produced it, its adapter version and staleness (`staleness` below, never < 0),
+parameters that produced it (its SamplingRecord, as the service echoed them: `_sampling` refuses
+an action without one rather than assume defaults), its adapter version and staleness
+(`staleness` below, never < 0),
 the joint reward, the critic inputs h_t (joint and own) and the links of the tree: `children`
 (the same agent's samples at the node this joint action led to: h_{t+1}) and `group` (its
 Monte Carlo siblings: same parent node, same turn).
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
-from collm_serve.traces.records import EPISODE_OK, EpisodeRecord
+from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord
 from collm_train.algorithms.spec import ALGO_NAMES, GROUP_BASELINE_ALGOS
 
 if TYPE_CHECKING:  # torch is imported lazily: the group-size check must run before any heavy import
@@ -108,7 +110,12 @@ class Batch:
         return torch.tensor([getattr(s, name) for s in self.samples], dtype=dtype or torch.float32)
 
 
-class GroupSizeError(ValueError):
+class UnusableTraceError(ValueError):
+    """Traces the trainer cannot learn from as they are; the message names what and the fix
+    (`collm-train` prints it as a one-line error before loading a model)."""
+
+
+class GroupSizeError(UnusableTraceError):
     """Traces (or a team set-up) whose Monte Carlo groups are too small for the algorithm."""
 
 
@@ -225,16 +232,31 @@ def _turn_ids(episode: EpisodeRecord) -> tuple[list[int], list[int | None]]:
     return ids, parents
 
 
-def _sampling(action) -> tuple[float, int, float]:
-    s = action.sampling or {}
-    temperature = s.get("temperature")
-    top_k = s.get("top_k")
-    top_p = s.get("top_p")
-    return (
-        1.0 if temperature is None else float(temperature),
-        0 if top_k is None else int(top_k),
-        1.0 if top_p is None else float(top_p),
-    )
+def _sampling(episode_id: str, turn_index: int, action: ActionRecord) -> SamplingRecord:
+    """The sampling the action was drawn with, as the agent service echoed it and the trace
+    recorded it. Never a default: a learner log-prob under a guessed temperature / top-p would
+    bias every importance ratio without a trace of it.
+
+    Legacy traces (written before the service echoed its sampling) hold the orchestrator's
+    request; the store loads those that name temperature, top_p, top_k and max_tokens as a
+    SamplingRecord (the old orchestrator always sent all four, so the service used exactly
+    them) and anything less as None, which is refused here with the episode named.
+    """
+    s = action.sampling
+    where = f"episode {episode_id} turn {turn_index}: the action of {action.agent!r}"
+    if s is None:
+        raise UnusableTraceError(
+            f"{where} has no sampling record (a trace written before collm recorded the sampling a "
+            "service used, or built by hand), so its behaviour distribution is unknown and the "
+            "trainer will not guess it; recollect the episode with `collm-serve collect`, or give "
+            "the ActionRecord a SamplingRecord"
+        )
+    if s.min_tokens:
+        raise UnusableTraceError(
+            f"{where} was sampled with min_tokens={s.min_tokens} (end-of-sequence masked), which "
+            "the learner's log-probs do not model; train on episodes collected without min_tokens"
+        )
+    return s
 
 
 def build_batch(
@@ -297,7 +319,7 @@ def build_batch(
             next_joint = joint(child_rows[0]) if first_child is not None else None
             for agent in agents:
                 a = turn.action(agent)
-                temperature, top_k, top_p = _sampling(a)
+                sp = _sampling(ep.episode_id, turn.turn_index, a)
                 stale_by = staleness(learner_version, a.adapter_version)
                 key = (ep.episode_id, parents[pos], turn.turn_index, agent)
                 groups.setdefault(key, []).append(len(samples))
@@ -311,9 +333,9 @@ def build_batch(
                         prompt_ids=list(a.prompt_token_ids),
                         response_ids=list(a.response_token_ids),
                         logp_behaviour=float(sum(a.logprobs)),
-                        temperature=temperature,
-                        top_k=top_k,
-                        top_p=top_p,
+                        temperature=sp.temperature,
+                        top_k=sp.top_k,
+                        top_p=sp.top_p,
                         adapter_version=a.adapter_version,
                         staleness=stale_by,
                         reward=float(turn.reward),

@@ -15,7 +15,9 @@ from collm_serve.client import (
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
+    sampling_from_pb,
 )
+from collm_serve.traces.records import SamplingRecord
 from tests.conftest import gauge, grpcurl_path, metrics_text, start_agent
 
 USER = [{"role": "user", "content": "Write one word."}]
@@ -62,6 +64,21 @@ def test_n_choices_and_stream(agent):
     assert any(ch.finish_reason for ch in chunks)
     with AgentClient(agent.address) as c:  # streaming and unary agree on a greedy answer
         assert c.generate(messages=USER, max_tokens=6, temperature=0).token_ids == ids
+
+
+def test_response_echoes_the_sampling_it_used(tiny_hf):
+    """What a trace records: the request's fields, the agent's defaults (tests/conftest.py:
+    max_tokens 16, temperature 0.7, top_p 0.9) for the unset ones, exactly as the engine got them."""
+    with AgentClient(tiny_hf.address) as c:
+        out = c.generate(messages=USER, max_tokens=4, top_k=5, seed=11, stop=["\n\n"])
+        assert out.sampling == SamplingRecord(temperature=0.7, top_p=0.9, top_k=5, max_tokens=4, seed=11,
+                                              stop=("\n\n",))
+        out = c.generate(messages=USER, temperature=0.5, n=2)
+        assert out.sampling == SamplingRecord(temperature=0.5, top_p=0.9, top_k=0, max_tokens=16, n=2)
+        chunks = list(c.generate_stream(messages=USER, max_tokens=3, temperature=1.0, min_tokens=1))
+    assert sampling_from_pb(chunks[0]) == SamplingRecord(temperature=1.0, top_p=0.9, top_k=0, max_tokens=3,
+                                                         min_tokens=1)
+    assert all(sampling_from_pb(ch) is None for ch in chunks[1:])  # first chunk only
 
 
 def test_info_abort_list(agent):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collm_serve.traces.records import EPISODE_FAILED
-from collm_train.data import build_batch, cut_middle, joint_history_ids
+from collm_train.data import build_batch, check_traces, cut_middle, joint_history_ids
 from tests.train.conftest import action, chain_episode
 
 AGENTS = ["helper", "main"]
@@ -23,7 +23,7 @@ def test_sample_fields_and_joint_history():
     assert h0.prompt_ids == [1, 2, 3] and h0.response_ids == [10, 2]
     assert h0.logp_behaviour == pytest.approx(-0.75)
     assert (h0.temperature, h0.top_k, h0.top_p) == (0.7, 40, 0.9)
-    assert (m0.temperature, m0.top_k, m0.top_p) == (1.0, 0, 1.0)  # defaults when not logged
+    assert (m0.temperature, m0.top_k, m0.top_p) == (1.0, 0, 1.0)  # the fixture's logged values
     assert (h0.adapter_version, h0.staleness, m0.staleness) == (2, 1, 3)
     # joint history: the agents' served prompts concatenated in team order
     assert h0.joint_ids == m0.joint_ids == [1, 2, 3, 4, 5]
@@ -85,6 +85,18 @@ def test_staleness_is_never_negative_for_a_fresh_learner():
 def test_missing_agent_is_an_error():
     with pytest.raises(ValueError, match="no agent"):
         build_batch([chain_episode(["helper"], [1.0])], AGENTS)
+
+
+def test_action_without_sampling_is_refused_naming_the_episode():
+    ep = chain_episode(AGENTS, [1.0, 2.0], episode_id="old-trace")
+    ep.turns[1].actions[1].sampling = None  # e.g. a legacy row that did not record top_k
+    with pytest.raises(ValueError, match=r"episode old-trace turn 1: the action of 'main' has no sampling record"):
+        build_batch([ep], AGENTS)
+    with pytest.raises(ValueError, match="no sampling record"):  # the early check (no torch) says it too
+        check_traces("mareinforce", [ep], AGENTS)
+    ep.turns[1].actions[1] = action("main", [1], [2, 3], min_tokens=2)
+    with pytest.raises(ValueError, match="min_tokens=2"):
+        build_batch([ep], AGENTS)
 
 
 def test_broken_tree_links_are_an_error():

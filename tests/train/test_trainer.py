@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from collm_serve.traces.records import SamplingRecord
 from collm_train.config import TrainConfig
 from collm_train.trainer import Trainer
 from tests.train.conftest import chain_episode, tiny_llama, tree_episode
@@ -144,7 +145,7 @@ def test_on_policy_ratio_is_one_and_stale_data_uses_behaviour():
         ep = chain_episode(AGENTS, [float(k)], [turn_prompts], [turn_resp], episode_id=f"e{k}")
         for a in ep.turns[0].actions:
             a.logprobs = lps[a.agent]
-            a.sampling = {"temperature": 0.7, "top_p": 0.9}
+            a.sampling = SamplingRecord(temperature=0.7, top_p=0.9, top_k=0, max_tokens=4)
         episodes.append(ep)
     m = trainer.update(episodes)
     assert m["charts/logp_gap"] < 1e-4 and m["charts/ess"] == pytest.approx(1.0)
