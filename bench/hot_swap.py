@@ -36,7 +36,7 @@ from bench.common import print_table, smoke_title  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Tell me a fact about the sea."}]
 CLIENTS = 4
-SWAP_SLOTS = 2  # the agent default (collm_serve/config.py)
+SWAP_SLOTS = 4  # the agent default (collm_serve/config.py)
 
 
 CHECK_TOKENS = 8  # leading tokens compared with the reference answer of the reported version

@@ -132,10 +132,12 @@ class AgentConfig(BaseModel):
     )
     keep_versions: int = Field(3, ge=1, description="Adapter versions kept loaded (pinned requests finish on them).")
     swap_slots: int = Field(
-        2, ge=0,
+        4, ge=0,
         description="Engine adapter slots beyond keep_versions, for old versions still finishing requests "
-                    "while a new one loads: a swap under load then loads at once instead of waiting for "
-                    "them to drain (bench/hot_swap.py). A slot costs one LoRA's weights in the engine.")
+                    "while a new one loads: a swap under load loads at once instead of waiting for them "
+                    "to drain, as long as the old versions still serving fit (each in-flight request pins "
+                    "one; bench/hot_swap.py runs 4 clients). A slot costs one LoRA's weights in the engine; "
+                    "the CPU LoRA ops only touch the slots a batch uses.")
     adapter_slot_wait_s: float = Field(
         30.0, ge=0,
         description="How long LoadAdapter waits for an old version's in-flight requests to end when all "

@@ -56,7 +56,7 @@ def test_packed_agents_keep_their_own_state_dirs_and_ports(tmp_path):
 
 def test_engine_lora_slots_cover_every_packed_agent():
     configs = [AgentConfig(name="helper", keep_versions=2, swap_slots=1), AgentConfig(name="main", keep_versions=3)]
-    assert lora_slots(configs) == 3 + 5  # main: keep_versions 3 + the default 2 swap slots
+    assert lora_slots(configs) == 3 + 7  # main: keep_versions 3 + the default 4 swap slots
     assert lora_slots(configs[:1]) == 3  # one agent: as on an engine of its own
 
 
