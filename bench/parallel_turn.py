@@ -6,8 +6,8 @@
     concurrent / sequential     the same turn / the two requests one after the other;
                                 0.5 = perfectly parallel, 1.0 = no gain
 
-    python bench/parallel_turn.py                         # transformers engine, tiny model
-    python bench/parallel_turn.py --engine vllm --model embedded:smollm2-135m-instruct
+    python bench/parallel_turn.py            # the real thing: vLLM engines, SmolLM2-135M
+    python bench/parallel_turn.py --quick    # smoke figures: transformers engine, tiny random model
 
 Greedy decoding (temperature 0) so every repetition generates the same tokens; medians over
 `--reps` repetitions after one warm-up, the order of the three measurements rotated each time.
@@ -38,6 +38,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".collm"))
 
+from bench.common import print_table, smoke_title  # noqa: E402
 from collm_serve.client import AsyncAgentClient  # noqa: E402
 from collm_serve.launcher import AgentProcess  # noqa: E402
 
@@ -166,8 +167,8 @@ async def measure(addresses: dict[str, str], reps: int, max_tokens: int) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
-    ap.add_argument("--model", default="embedded:tiny-llama")
+    ap.add_argument("--engine", choices=["transformers", "vllm"], default="vllm")
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2),
@@ -175,7 +176,11 @@ def main() -> None:
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                     help="pin each agent to its own cores (when there are enough)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: transformers engine, tiny random model, 2 reps (figures marked smoke)")
     args = ap.parse_args()
+    if args.quick:
+        args.engine, args.model, args.reps = "transformers", "embedded:tiny-llama", 2
 
     with tempfile.TemporaryDirectory(prefix="collm-bench-") as tmp:
         t = time.perf_counter()
@@ -203,6 +208,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
                                          **result}, indent=2))
+    spread = lambda k: f"{min(r[k] for r in result['reps']):.2f}–{max(r[k] for r in result['reps']):.2f}"  # noqa: E731
+    print_table(smoke_title(f"parallel turn: 2 agents ({args.engine}, {args.model}, {args.max_tokens} tokens, "
+                            f"{args.reps} reps, {pinned})", args.quick), [
+        ("concurrent ÷ slower alone", f"{med['ratio_vs_slower']:.2f}",
+         f"1.00 = perfectly parallel; median, range {spread('ratio_vs_slower')}"),
+        ("concurrent ÷ sequential", f"{med['ratio_vs_sequential']:.2f}",
+         f"0.50 = perfectly parallel; median, range {spread('ratio_vs_sequential')}"),
+    ])
 
 
 if __name__ == "__main__":

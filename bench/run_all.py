@@ -1,12 +1,20 @@
 """Run every benchmark under bench/ and print ONE table of their ratios, with the machine.
 
-Each benchmark runs in its own process, as a user would run it, with its defaults (`--quick`:
-its `--quick` flag if it has one, else the short settings below). Its table is captured from
-`bench.common.print_table` (patched in that process to also write the rows as JSON), or, for a
-benchmark that prints its own text, from its `--json` file. Writes the combined table, the
-full tables, the date and the machine to bench/results/latest.md.
+Each benchmark runs in its own process, as a user would run it, with its defaults: the real
+system (vLLM engine, embedded SmolLM2-135M). `--quick` passes its `--quick` flag (tiny sizes or
+models; its tables are titled as smoke figures) or, for one without, the short settings below.
+Its table is captured from `bench.common.print_table` (patched in that process to also write the
+rows as JSON), or, for a benchmark that prints its own text, from its `--json` file. Writes the
+combined table, the full tables, the date and the machine to bench/results/latest.md, and the
+same as data to latest.json beside it.
 
-    python bench/run_all.py                      # everything, default sizes
+One file, one machine: every row carries the CPU model, and `--only` (which adds to or replaces
+rows of an existing file) refuses to write into a file measured on another machine (exit 2);
+rerun everything there, or give another `--out`. Studies (`sample_efficiency`: tiny models by
+design, ~12 min) run only when named with `--only`.
+
+    python bench/run_all.py                      # every system benchmark, default sizes
+    python bench/run_all.py --only sample_efficiency
     python bench/run_all.py --quick --only parallel_turn --out /tmp/bench.md
 """
 
@@ -29,23 +37,16 @@ from bench.common import machine, print_table  # noqa: E402
 BENCH = REPO / "bench"
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # The benchmarks the issue lists (a missing one is reported, not an error), then any other.
-EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "sample_efficiency",
-            "packing"]
+EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "packing"]
+# Long studies, run only when named with --only (see the docstring).
+STUDIES = {"sample_efficiency"}
 # --quick for benchmarks without a --quick flag of their own
 QUICK_ARGS = {
-    "serve_overhead": ["--rounds", "1"],
-    "hot_swap": ["--swaps", "4", "--seconds", "5", "--phases", "1"],
     "lora_serving": ["--rounds", "1", "--max-tokens", "16"],
-    "parallel_turn": ["--reps", "2"],
     "train_throughput": ["--actions", "2", "--prompt-len", "32", "--response-len", "16", "--modes", "lora-cc,full-cc"],
 }
 # Benchmarks that print their own text: which fields of their --json file are the ratios.
-JSON_RATIOS = {
-    "parallel_turn": [
-        ("concurrent ÷ slower alone", ("median", "ratio_vs_slower"), "1.00 = perfectly parallel"),
-        ("concurrent ÷ sequential", ("median", "ratio_vs_sequential"), "0.50 = perfectly parallel"),
-    ],
-}
+JSON_RATIOS: dict[str, list] = {}
 RATIO_MARKS = ("÷", " / ", "ratio", "speed-up", "speedup")
 
 # Runs one benchmark with bench.common.print_table also appending its rows to a JSON file.
@@ -66,8 +67,19 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def discover() -> list[str]:
-    found = {p.stem for p in BENCH.glob("*.py")} - NOT_BENCHMARKS
+    """The benchmarks a plain run executes: EXPECTED first, then any other, never a study."""
+    found = {p.stem for p in BENCH.glob("*.py")} - NOT_BENCHMARKS - STUDIES
     return [n for n in EXPECTED if n in found] + sorted(found - set(EXPECTED))
+
+
+def cpu_model() -> str:
+    """The CPU model of this machine (the identity a results file is bound to), with its cores and GPU."""
+    return machine().rsplit(", Python", 1)[0]
+
+
+def load_previous(out: Path) -> dict | None:
+    data = out.with_suffix(".json")
+    return json.loads(data.read_text()) if data.exists() else None
 
 
 def bench_args(name: str, source: str, quick: bool) -> list[str]:
@@ -118,15 +130,16 @@ def ratio_rows(name: str, tables: list[dict]) -> list[list[str]]:
     return [[name, *r] for r in (ratios or rows)]
 
 
-def markdown(results: dict[str, dict], missing: list[str], command: str) -> str:
+def markdown(results: dict[str, dict], missing: list[str], command: str, cpu: str) -> str:
     lines = ["# Benchmark results", "", f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}", f"- machine: {machine()}",
-             f"- command: `{command}`", "", "| benchmark | metric | value | note |", "|---|---|---|---|"]
+             f"- command: `{command}`", "", "| benchmark | metric | value | note | machine |", "|---|---|---|---|---|"]
     for name, r in results.items():
         for row in ratio_rows(name, r["tables"]):
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
-    lines += ["", "## Runs", "", "| benchmark | arguments | status | seconds |", "|---|---|---|---|"]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [*row, cpu]) + " |")
+    lines += ["", "## Runs", "", "| benchmark | arguments | status | seconds | date |", "|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | `{' '.join(r['args']) or '(defaults)'}` | {r['status']} | {r['seconds']:.0f} |")
+        lines.append(f"| {name} | `{' '.join(r['args']) or '(defaults)'}` | {r['status']} | {r['seconds']:.0f} "
+                     f"| {r.get('date', '')} |")
     for name in missing:
         lines.append(f"| {name} | | skipped: bench/{name}.py does not exist | |")
     lines += ["", "## Full tables"]
@@ -137,20 +150,32 @@ def markdown(results: dict[str, dict], missing: list[str], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke checks; not for the record)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
-    ap.add_argument("--out", type=Path, default=BENCH / "results" / "latest.md")
-    args = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default bench/results/latest.md (--quick: bench/results/quick.md, never the record)")
+    args = ap.parse_args(argv)
+    args.out = args.out or BENCH / "results" / ("quick.md" if args.quick else "latest.md")
 
     available = discover()
+    runnable = set(available) | {n for n in STUDIES if (BENCH / f"{n}.py").exists()}
     wanted = args.only or available + [n for n in EXPECTED if n not in available]
-    missing = [n for n in wanted if n not in available]
+    missing = [n for n in wanted if n not in runnable]
+    cpu = cpu_model()
+    previous = load_previous(args.out) if args.only else None
+    if previous is not None and previous.get("cpu") != cpu:
+        print(f"run_all: {args.out} was measured on {previous.get('cpu')!r}, this is {cpu!r}; one file holds "
+              "one machine: rerun every benchmark here (no --only) or write elsewhere with --out", file=sys.stderr)
+        return 2
     for name in missing:
         print(f"note: bench/{name}.py does not exist; skipped", flush=True)
-    results = {name: run_one(name, args.quick, args.timeout) for name in wanted if name in available}
+    results = dict(previous["results"]) if previous else {}
+    for name in wanted:
+        if name in runnable:
+            results[name] = {**run_one(name, args.quick, args.timeout), "date": time.strftime("%Y-%m-%d %H:%M")}
 
     rows = [(f"{bench}: {metric}", value, note) for bench, metric, value, note in
             (r for name, res in results.items() for r in ratio_rows(name, res["tables"]))]
@@ -158,11 +183,12 @@ def main() -> int:
     rows += [(f"{name}: (no result)", "-", "skipped: not present") for name in missing]
     print()
     print_table("CoLLM benchmarks: ratios", rows)
-    command = "python bench/run_all.py " + " ".join(sys.argv[1:])
+    command = "python bench/run_all.py " + " ".join(sys.argv[1:] if argv is None else argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(markdown(results, missing, command.strip()))
+    args.out.write_text(markdown(results, missing, command.strip(), cpu))
+    args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "machine": machine(), "results": results}, indent=1))
     print(f"wrote {args.out}")
-    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+    return 0 if all(r["status"] == "ok" for name, r in results.items() if name in wanted) else 1
 
 
 if __name__ == "__main__":
