@@ -40,7 +40,7 @@ def machine() -> str:
 
 def smoke_title(title: str, quick: bool) -> str:
     """Mark a table made with `--quick` (tiny sizes) as smoke figures, never to be quoted."""
-    return f"{title} [smoke: --quick, not for the record]" if quick else title
+    return f"[smoke: --quick, not for the record] {title}" if quick else title
 
 
 def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:

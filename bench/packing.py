@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".collm"))
 
 from bench.common import print_table  # noqa: E402
-from collm_serve.launcher import AgentProcess  # noqa: E402
+from collm_serve.launcher import AgentProcess, start_all  # noqa: E402
 
 AGENTS = ("helper", "main")
 
@@ -109,24 +109,10 @@ def start(tmp: Path, args, packed: bool) -> list[AgentProcess]:
     if packed:
         return [AgentProcess(list(AGENTS), config=cfg, log_path=tmp / "packed.log").start(timeout=900)]
     procs = [AgentProcess(a, config=cfg, log_path=tmp / f"{a}.log") for a in AGENTS]
-    errors: list[BaseException] = []
-
-    def go(p: AgentProcess) -> None:
-        try:
-            p.start(timeout=900)
-        except BaseException as e:  # noqa: BLE001 — reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(p,)) for p in procs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        for p in procs:
-            p.kill()
-        raise SystemExit(f"agents failed to start: {errors[0]} (logs in {tmp})")
-    return procs
+    try:
+        return start_all(procs, timeout=900)
+    except Exception as e:
+        raise SystemExit(f"agents failed to start: {e} (logs in {tmp})") from None
 
 
 def run_side(tmp: Path, args, packed: bool) -> dict:

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".
 
 from bench.common import print_table, smoke_title  # noqa: E402
 from collm_serve.client import AsyncAgentClient  # noqa: E402
-from collm_serve.launcher import AgentProcess  # noqa: E402
+from collm_serve.launcher import AgentProcess, start_all  # noqa: E402
 
 AGENTS = ("helper", "main")
 PROMPTS = {
@@ -96,23 +95,10 @@ def start_agents(engine: str, model: str, threads: int, tmp: Path, max_tokens: i
         cfg = tmp / f"{name}.yaml"
         cfg.write_text(yaml.safe_dump({"agents": {name: {**settings, "state_dir": str(tmp / name)}}}))
         procs.append(AgentProcess(name, config=cfg, env=env, log_path=tmp / f"{name}.log"))
-    errors = []
-
-    def go(p: AgentProcess) -> None:
-        try:
-            p.start(timeout=900)
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-
-    threads_ = [threading.Thread(target=go, args=(p,)) for p in procs]
-    for t in threads_:
-        t.start()
-    for t in threads_:
-        t.join()
-    if errors:
-        for p in procs:
-            p.kill()
-        raise SystemExit(f"agents failed to start: {errors[0]} (logs in {tmp})")
+    try:
+        start_all(procs, timeout=900)
+    except Exception as e:
+        raise SystemExit(f"agents failed to start: {e} (logs in {tmp})") from None
     for i, p in enumerate(procs):
         cores = agent_cores(i, threads) if pin else None
         if cores:

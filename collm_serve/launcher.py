@@ -157,3 +157,26 @@ class AgentProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_all(procs: Sequence[AgentProcess], timeout: float = 300.0) -> list[AgentProcess]:
+    """Start agent processes in parallel (each start waits for its engine); if any fails, kill
+    them all and raise its error, so a half-started team never lingers."""
+    errors: list[BaseException] = []
+
+    def go(p: AgentProcess) -> None:
+        try:
+            p.start(timeout=timeout)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(p,)) for p in procs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        for p in procs:
+            p.kill()
+        raise errors[0]
+    return list(procs)

@@ -8,7 +8,6 @@ thread per core each oversubscribe it and every token gets ~6x slower.
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ os.environ.setdefault("COLLM_HOME", str(REPO / ".collm"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from collm_serve.launcher import AgentProcess  # noqa: E402
+from collm_serve.launcher import AgentProcess, start_all  # noqa: E402
 from collm_serve.team import TeamConfig  # noqa: E402
 
 MAX_TOKENS = 24
@@ -48,28 +47,6 @@ def agent_process(tmp: Path, name: str) -> AgentProcess:
     cfg = tmp / f"agents-{name}.yaml"
     cfg.write_text(yaml.safe_dump({"agents": {name: settings}}))
     return AgentProcess(name, config=cfg, log_path=tmp / f"{name}.log", env=AGENT_ENV)
-
-
-def start_all(procs: list[AgentProcess], timeout: float = 300.0) -> list[AgentProcess]:
-    """Start services in parallel (each start waits for its engine)."""
-    errors: list[BaseException] = []
-
-    def go(p: AgentProcess) -> None:
-        try:
-            p.start(timeout=timeout)
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-
-    threads = [threading.Thread(target=go, args=(p,)) for p in procs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        for p in procs:
-            p.kill()
-        raise errors[0]
-    return procs
 
 
 @pytest.fixture(scope="session")
