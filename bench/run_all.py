@@ -29,7 +29,8 @@ from bench.common import machine, print_table  # noqa: E402
 BENCH = REPO / "bench"
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # The benchmarks the issue lists (a missing one is reported, not an error), then any other.
-EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "sample_efficiency"]
+EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "sample_efficiency",
+            "peer"]
 # --quick for benchmarks without a --quick flag of their own
 QUICK_ARGS = {
     "serve_overhead": ["--rounds", "1"],
@@ -37,7 +38,18 @@ QUICK_ARGS = {
     "lora_serving": ["--rounds", "1", "--max-tokens", "16"],
     "parallel_turn": ["--reps", "2"],
     "train_throughput": ["--actions", "2", "--prompt-len", "32", "--response-len", "16", "--modes", "lora-cc,full-cc"],
+    "peer": ["--episodes", "2", "--max-tokens", "16"],
 }
+
+
+def _peer_skip() -> str | None:
+    from bench.peer import skip_reason
+
+    return skip_reason()
+
+
+# Benchmarks that need something this repository does not install: a reason to skip, or None to run.
+PRECONDITIONS = {"peer": _peer_skip}
 # Benchmarks that print their own text: which fields of their --json file are the ratios.
 JSON_RATIOS = {
     "parallel_turn": [
@@ -77,6 +89,10 @@ def bench_args(name: str, source: str, quick: bool) -> list[str]:
 
 def run_one(name: str, quick: bool, timeout: float) -> dict:
     """Run bench/<name>.py; returns {"status", "seconds", "tables"} (tables: title + rows)."""
+    skip = PRECONDITIONS[name]() if name in PRECONDITIONS else None
+    if skip:
+        print(f"\n=== {name}: {skip}", flush=True)
+        return {"status": skip, "seconds": 0.0, "args": [], "tables": []}
     path = BENCH / f"{name}.py"
     source = path.read_text()
     args = bench_args(name, source, quick)
@@ -161,7 +177,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(results, missing, command.strip()))
     print(f"wrote {args.out}")
-    return 0 if all(r["status"] == "ok" for r in results.values()) else 1
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in results.values()) else 1
 
 
 if __name__ == "__main__":
