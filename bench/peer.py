@@ -46,6 +46,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -213,6 +214,11 @@ def worker_comlrl(spec: dict) -> dict:
     tok = AutoTokenizer.from_pretrained(model_dir)
     if tok.pad_token is None:  # train_maac.py: pad = eos
         tok.pad_token = tok.eos_token
+    if tok.pad_token_id == tok.eos_token_id and tok.unk_token is not None:
+        # SmolLM2's pad is its EOS <|im_end|>, which every chat-templated prompt contains; MAGRPO
+        # cuts the prompt at its first pad token (reinforce/magrpo.py `_generate_completions`,
+        # "pad_positions") and would train on the prompt twice. <|endoftext|> never occurs in them.
+        tok.pad_token = tok.unk_token
     tok.padding_side = "left"  # configs/*_tldr_config.yaml tokenizer.padding_side
 
     def reward_fn(prompts, completions1, completions2):  # train_maac.py make_reward_function
@@ -339,6 +345,7 @@ def worker_collm(spec: dict) -> dict:
     finally:
         for p in procs:
             p.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     done = sum(1 for _ in history) * batch
     return {"side": "collm", "algo": algo, "episodes": done, "setup_s": setup_s, "loop_s": loop_s, **stats,
             "peak_rss_mb": _peak_rss_mb(), "services_rss_mb": services_mb, "threads": threads}
