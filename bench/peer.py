@@ -26,7 +26,9 @@ processes; their RSS is in the note). Measured per pair and per episode count N:
                     (comlrl: time in `_update` / `_update_from_samples`; its old log-probs and
                     values are computed during collection, ours inside the update)
   trainer peak RSS  ru_maxrss of the trainer process
-plus the physical limit: plain forward + backward (full model, batch 1, no optimizer) tokens/s
+comlrl pads with <|endoftext|>: SmolLM2's pad is its EOS, which the chat-templated prompts
+contain, and comlrl MAGRPO cuts a prompt at its first pad (docs/benchmarks.md).
+Plus the physical limit: plain forward + backward (full model, batch 1, no optimizer) tokens/s
 on the sequence lengths our runs trained, and our update tokens/s ÷ that limit.
 
 comlrl is NEVER installed by this script unless asked: it runs the comlrl side with
@@ -36,7 +38,7 @@ CPU wheel - then comlrl==1.4.3, checking that torch is still 2.13.0+cpu). Withou
 comlrl it prints "skipped: comlrl not importable (create with --create-peer-venv)" and exits 0.
 
     python bench/peer.py --create-peer-venv --only-venv        # once (downloads from PyPI)
-    python bench/peer.py --episodes 8,32 --max-tokens 48       # the full run (~1 h on 2 cores)
+    python bench/peer.py --episodes 8,32 --max-tokens 48       # the full run (about an hour, 2 idle cores)
     python bench/peer.py --episodes 2 --max-tokens 16 --algos cc   # smoke
 """
 
