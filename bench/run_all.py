@@ -37,14 +37,25 @@ from bench.common import machine, print_table  # noqa: E402
 BENCH = REPO / "bench"
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # The benchmarks the issue lists (a missing one is reported, not an error), then any other.
-EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "packing"]
+EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "packing", "peer"]
 # Long studies, run only when named with --only (see the docstring).
 STUDIES = {"sample_efficiency"}
 # --quick for benchmarks without a --quick flag of their own
 QUICK_ARGS = {
     "lora_serving": ["--rounds", "1", "--max-tokens", "16"],
     "train_throughput": ["--actions", "2", "--prompt-len", "32", "--response-len", "16", "--modes", "lora-cc,full-cc"],
+    "peer": ["--episodes", "2", "--max-tokens", "16"],
 }
+
+
+def _peer_skip() -> str | None:
+    from bench.peer import skip_reason
+
+    return skip_reason()
+
+
+# Benchmarks that need something this repository does not install: a reason to skip, or None to run.
+PRECONDITIONS = {"peer": _peer_skip}
 # Benchmarks that print their own text: which fields of their --json file are the ratios.
 JSON_RATIOS: dict[str, list] = {}
 RATIO_MARKS = ("÷", " / ", "ratio", "speed-up", "speedup")
@@ -90,6 +101,10 @@ def bench_args(name: str, source: str, quick: bool) -> list[str]:
 
 def run_one(name: str, quick: bool, timeout: float) -> dict:
     """Run bench/<name>.py; returns {"status", "seconds", "tables"} (tables: title + rows)."""
+    skip = PRECONDITIONS[name]() if name in PRECONDITIONS else None
+    if skip:
+        print(f"\n=== {name}: {skip}", flush=True)
+        return {"status": skip, "seconds": 0.0, "args": [], "tables": []}
     path = BENCH / f"{name}.py"
     source = path.read_text()
     args = bench_args(name, source, quick)
@@ -188,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(markdown(results, missing, command.strip(), cpu))
     args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "machine": machine(), "results": results}, indent=1))
     print(f"wrote {args.out}")
-    return 0 if all(r["status"] == "ok" for name, r in results.items() if name in wanted) else 1
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped")
+                    for name, r in results.items() if name in wanted) else 1
 
 
 if __name__ == "__main__":
