@@ -173,3 +173,25 @@ def test_threads_default_to_the_available_cores(monkeypatch):
     assert TrainConfig().num_threads == 1
     with pytest.raises(ValueError, match="threads"):
         TrainConfig(threads=0)
+
+
+def test_old_values_once_per_distinct_history(monkeypatch):
+    """V_old(h) (and so the TD bootstrap V_old(h_{t+1}), a child's V_old(h)) is one no-grad pass
+    per update over the DISTINCT histories: CC's agents share the joint history of a turn."""
+    from collm_train.models import Critic
+    from tests.train.conftest import tree_episode
+
+    rows = []
+    real = Critic.values
+
+    def spy(self, histories):
+        if not torch.is_grad_enabled():
+            rows.append([tuple(h) for h in histories])
+        return real(self, histories)
+
+    monkeypatch.setattr(Critic, "values", spy)
+    ep = tree_episode()
+    Trainer(TrainConfig(algo="cc", micro_batch_size=2), tiny_llama(), ["helper", "main"]).update([ep])
+    flat = [h for call in rows for h in call]
+    # 12 samples (6 turn rows x 2 agents) at 3 nodes (root, after a, after b): 3 histories
+    assert len(flat) == len(set(flat)) == 3
