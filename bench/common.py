@@ -38,6 +38,11 @@ def machine() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
 
 
+def smoke_title(title: str, quick: bool) -> str:
+    """Mark a table made with `--quick` (tiny sizes) as smoke figures, never to be quoted."""
+    return f"{title} [smoke: --quick, not for the record]" if quick else title
+
+
 def print_table(title: str, rows: list[tuple[str, str, str]]) -> None:
     """rows: (metric, value, note)"""
     from rich.console import Console

@@ -29,7 +29,8 @@ from bench.common import machine, print_table  # noqa: E402
 BENCH = REPO / "bench"
 NOT_BENCHMARKS = {"__init__", "common", "run_all"}
 # The benchmarks the issue lists (a missing one is reported, not an error), then any other.
-EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "sample_efficiency"]
+EXPECTED = ["serve_overhead", "hot_swap", "lora_serving", "parallel_turn", "train_throughput", "sample_efficiency",
+            "packing"]
 # --quick for benchmarks without a --quick flag of their own
 QUICK_ARGS = {
     "serve_overhead": ["--rounds", "1"],

@@ -192,7 +192,7 @@ class Node:
 def rollout(trainer, task: Task, cues_list: list[list[int]], k: int, store, generator, seed: int) -> list:
     """Sample episode trees (k joint actions per node, depth task.turns), write them to the store
     turn by turn, finish them, and return them as the store reads them back."""
-    from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, TurnRecord
+    from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
     ids = []
     for i, cues in enumerate(cues_list):
@@ -202,7 +202,7 @@ def rollout(trainer, task: Task, cues_list: list[list[int]], k: int, store, gene
         ids.append(store.begin_episode(ep))
     leaf_returns: list[list[float]] = [[] for _ in cues_list]
     nodes = [Node(ep=i, parent_turn_id=None) for i in range(len(cues_list))]
-    sampling = {"temperature": TEMPERATURE}
+    sampling = SamplingRecord(temperature=TEMPERATURE, top_p=1.0, top_k=0, max_tokens=task.tokens)
     for t in range(task.turns):
         sampled = {}
         for agent in AGENTS:

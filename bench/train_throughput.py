@@ -62,7 +62,7 @@ def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: i
                        spread: float = 0.1):
     """Depth-1 trees of K=2 joint actions (2 agents each): actions / 2 turn rows; prompt and
     response lengths uniform within +-spread of prompt_len / response_len."""
-    from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, TurnRecord
+    from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
     text = "\n".join(p.read_text() for p in sorted((REPO / "collm_train").glob("*.py")))
     ids = tokenizer(text)["input_ids"]
@@ -83,7 +83,9 @@ def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: i
                 response = window(max(1, rng.randint(round(response_len * (1 - spread)),
                                                      round(response_len * (1 + spread)))))
                 acts.append(ActionRecord(agent=a, observation=[], prompt_token_ids=prompt, response_text="",
-                                         response_token_ids=response, logprobs=[-1.0] * len(response)))
+                                         response_token_ids=response, logprobs=[-1.0] * len(response),
+                                         sampling=SamplingRecord(temperature=1.0, top_p=1.0, top_k=0,
+                                                                 max_tokens=response_len)))
             turns.append(TurnRecord(turn_index=0, actions=acts, reward=rng.random(), feedback={}, done=True,
                                     branch_index=k, turn_id=10 * e + k, parent_turn_id=None))
         episodes.append(EpisodeRecord(episode_id=f"e{e}", task="bench", split="train", problem_id="p", seed=0,

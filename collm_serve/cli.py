@@ -90,7 +90,12 @@ def main(log_level, log_format) -> None:
 
 
 @main.command()
-@click.option("--agent", required=True, help="agent name in the config (helper, main, coder, ...)")
+@click.option("--agent", default=None, help="agent name in the config (helper, main, coder, ...)")
+@click.option("--agents", "agent_list", default=None,
+              help="comma-separated agents to serve PACKED: one process, one engine (one copy of the model), "
+                   "each agent its own port, auth, metrics and adapters")
+@click.option("--engine-group", default=None,
+              help="serve packed every agent whose config sets engine_group to this name")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="agents YAML (default: the built-in agents)")
 @click.option("--port", type=int, default=None, help="override the configured port (0 = any free)")
@@ -101,14 +106,26 @@ def main(log_level, log_format) -> None:
 @click.option("--http-port", type=int, default=None,
               help="OpenAI-compatible HTTP port (/v1/chat/completions ...; 0 = any free; default off)")
 @click.option("--adapter-root", type=click.Path(file_okay=False), default=None)
-@click.option("--state-dir", type=click.Path(file_okay=False), default=None)
-def start(agent, config_path, port, host, engine, model, metrics_port, http_port, adapter_root, state_dir) -> None:
-    """Start one agent service in the foreground (SIGTERM drains and exits)."""
-    from collm_serve.config import ConfigError, load_agent_config
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="override the state dir (packed: a parent folder, agent X records in DIR/X)")
+def start(agent, agent_list, engine_group, config_path, port, host, engine, model, metrics_port, http_port,
+          adapter_root, state_dir) -> None:
+    """Start agent services in the foreground (SIGTERM drains and exits): one agent (--agent), or
+    several packed on one engine (--agents a,b or --engine-group NAME)."""
+    from collm_serve.config import ConfigError
+    from collm_serve.packing import group_members, load_packed_configs
 
+    if sum(x is not None for x in (agent, agent_list, engine_group)) != 1:
+        raise CliError("give one of --agent NAME, --agents a,b (packed) or --engine-group NAME (packed)")
     try:
-        config = load_agent_config(
-            agent, config_path, port=port, host=host, engine=engine, model=model,
+        if agent is not None:
+            names = [agent]
+        elif agent_list is not None:
+            names = [n.strip() for n in agent_list.split(",") if n.strip()]
+        else:
+            names = group_members(engine_group, config_path)
+        configs = load_packed_configs(
+            names, config_path, port=port, host=host, engine=engine, model=model,
             metrics_port=metrics_port, http_port=http_port, adapter_root=adapter_root, state_dir=state_dir,
         )
     except ConfigError as e:
@@ -116,14 +133,14 @@ def start(agent, config_path, port, host, engine, model, metrics_port, http_port
     from collm_serve.models import ModelUnavailableError, resolve_model
 
     try:
-        resolve_model(config.model)
+        resolve_model(configs[0].model)
     except ModelUnavailableError as e:
         raise CliError(str(e)) from None
     from collm_serve.rpc import BindError
     from collm_serve.server import run
 
     try:
-        code = run(config)
+        code = run(configs)
     except (BindError, ConfigError) as e:
         raise CliError(str(e)) from None
     sys.exit(code)
@@ -197,7 +214,7 @@ def _team_op(clients: dict, op, as_json: bool, what: str) -> None:
 @click.option("--adapter", "path", default=None,
               help="adapter folder (inside the agent's adapter root); with --team: the folder holding "
                    "<agent>/v<N> (default: <agent>/v<N> inside each agent's own adapter root)")
-@click.option("--version", "version", type=click.IntRange(min=0), default=0,
+@click.option("--version", "version", type=click.IntRange(min=1), default=None,
               help="expected version (default: the manifest's); required with --team")
 @click.option("--no-activate", is_flag=True, help="load only; activate later")
 def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, version, no_activate) -> None:
@@ -206,7 +223,7 @@ def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, v
     if _one_target(address, team_path):
         from collm_serve.adapters.team_ops import swap_team
 
-        if not version:
+        if version is None:
             raise CliError("--team needs --version N: every agent loads its <agent>/v<N>")
         if no_activate:
             raise CliError("--no-activate is for one agent; with --team, load with --address per agent")
@@ -243,10 +260,10 @@ def activate(address, token, ca, cert, key, server_name, team_path, as_json, ver
         from collm_serve.adapters.team_ops import activate_team
 
         clients = _team_clients(team_path, token, ca, cert, key, server_name)
-        _team_op(clients, lambda cs: activate_team(cs, 0 if use_base else version), as_json, "activate")
+        _team_op(clients, lambda cs: activate_team(cs, None if use_base else version), as_json, "activate")
         return
     with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(lambda: c.activate_adapter(version or 0, use_base_model=use_base))
+        r = _call(lambda: c.activate_adapter(version, use_base_model=use_base))
     _print_switch(r, as_json)
 
 

@@ -19,6 +19,7 @@ import grpc
 
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
+from collm_serve.traces.records import SamplingRecord
 
 # -- errors -------------------------------------------------------------------------------
 
@@ -101,6 +102,9 @@ class GenerateOutput:
     completion_tokens: int = 0
     queue_ms: float = 0.0
     engine_ms: float = 0.0
+    # the sampling the service ACTUALLY used (request + its defaults); None from a service
+    # older than the echo. This, not the request, is what a trace records.
+    sampling: SamplingRecord | None = None
     raw: Any = field(default=None, repr=False)
 
     # the single-choice view
@@ -124,6 +128,18 @@ class GenerateOutput:
 _FINISH_NAMES = {v: k.removeprefix("FINISH_REASON_").lower() for k, v in pb.FinishReason.items()}
 
 
+def sampling_from_pb(msg: pb.GenerateResponse | pb.GenerateStreamResponse) -> SamplingRecord | None:
+    """The echoed `sampling` of a response (or of a stream's first chunk); None if absent."""
+    if not msg.HasField("sampling"):
+        return None
+    s = msg.sampling
+    return SamplingRecord(
+        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens,
+        min_tokens=s.min_tokens, seed=s.seed if s.HasField("seed") else None, n=s.n,
+        stop=tuple(s.stop),
+    )
+
+
 def output_from_pb(r: pb.GenerateResponse) -> GenerateOutput:
     return GenerateOutput(
         request_id=r.request_id,
@@ -137,6 +153,7 @@ def output_from_pb(r: pb.GenerateResponse) -> GenerateOutput:
         completion_tokens=r.usage.completion_tokens,
         queue_ms=r.timings.queue_ms,
         engine_ms=r.timings.engine_ms,
+        sampling=sampling_from_pb(r),
         raw=r,
     )
 
@@ -153,10 +170,12 @@ def build_request(
     n: int | None = None,
     stop: list[str] | None = None,
     min_tokens: int | None = None,
-    adapter_version: int = 0,
+    adapter_version: int | None = None,
     use_base_model: bool = False,
     request_id: str | None = None,
 ) -> pb.GenerateRequest:
+    """adapter_version None: the active version; N >= 1 pins loaded version N; use_base_model: no
+    adapter (agent.proto, GenerateRequest). None leaves the proto3-optional field unset."""
     sampling = pb.SamplingParams(stop=stop or [])
     for name, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
                         ("top_k", top_k), ("seed", seed), ("n", n), ("min_tokens", min_tokens)):
@@ -261,7 +280,8 @@ class AgentClient(_ClientBase):
         return output_from_pb(self._call("Generate", build_request(messages, prompt, **kw), timeout))
 
     def generate_stream(self, messages=None, prompt=None, *, timeout: float | None = None, **kw):
-        """Yields raw `GenerateStreamResponse` chunks (first: prompt ids + adapter; last: usage)."""
+        """Yields raw `GenerateStreamResponse` chunks (first: prompt ids, adapter and the sampling
+        used, `sampling_from_pb(chunk)`; last: usage)."""
         request = build_request(messages, prompt, **kw)
         try:
             yield from self.stub.GenerateStream(request, timeout=timeout or self.timeout, metadata=self._opts.metadata())
@@ -275,9 +295,11 @@ class AgentClient(_ClientBase):
         return list(self._call("Abort", pb.AbortRequest(request_ids=request_ids)).aborted)
 
     def load_adapter(self, path: str | Path, version: int | None = None, activate: bool = True) -> pb.LoadAdapterResponse:
-        return self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version or 0, activate=activate))
+        """version None: the manifest's; N: refused unless the manifest says N."""
+        return self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version, activate=activate))
 
-    def activate_adapter(self, version: int = 0, use_base_model: bool = False) -> pb.ActivateAdapterResponse:
+    def activate_adapter(self, version: int | None = None, use_base_model: bool = False) -> pb.ActivateAdapterResponse:
+        """Exactly one target: a loaded `version` (>= 1) or `use_base_model=True`."""
         return self._call("ActivateAdapter", pb.ActivateAdapterRequest(version=version, use_base_model=use_base_model))
 
     def rollback_adapter(self) -> pb.RollbackAdapterResponse:
@@ -356,9 +378,9 @@ class AsyncAgentClient(_ClientBase):
         return list((await self._call("Abort", pb.AbortRequest(request_ids=request_ids))).aborted)
 
     async def load_adapter(self, path: str | Path, version: int | None = None, activate: bool = True):
-        return await self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version or 0, activate=activate))
+        return await self._call("LoadAdapter", pb.LoadAdapterRequest(path=str(path), version=version, activate=activate))
 
-    async def activate_adapter(self, version: int = 0, use_base_model: bool = False):
+    async def activate_adapter(self, version: int | None = None, use_base_model: bool = False):
         return await self._call("ActivateAdapter", pb.ActivateAdapterRequest(version=version, use_base_model=use_base_model))
 
     async def rollback_adapter(self):

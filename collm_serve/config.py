@@ -32,8 +32,14 @@ class ConfigError(ValueError):
 
 
 class SamplingDefaults(BaseModel):
+    """The sampling settings of an agent, in ONE model for both files that set them: an agent's
+    `sampling:` (agents YAML: what its service uses for a field a request leaves unset) and a
+    team member's `sampling:` (team YAML: what the orchestrator asks that agent for each turn).
+    What a response was actually sampled with is echoed by the service and recorded in the
+    trace (`collm_serve.traces.records.SamplingRecord`); these are only the settings."""
+
     model_config = ConfigDict(extra="forbid")
-    max_tokens: int = Field(256, gt=0, description="Tokens generated when a request sets none.")
+    max_tokens: int = Field(256, gt=0, description="Completion budget per turn (tokens).")
     temperature: float = Field(0.7, ge=0, description="0 = greedy. The paper uses 0.6-0.7.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass kept (0, 1].")
     top_k: int = Field(0, ge=0, description="0 disables top-k.")
@@ -125,10 +131,15 @@ class AgentConfig(BaseModel):
         None, description="Where the active adapter version is recorded. Default $COLLM_HOME/state/<name>."
     )
     keep_versions: int = Field(3, ge=1, description="Adapter versions kept loaded (pinned requests finish on them).")
+    swap_slots: int = Field(
+        2, ge=0,
+        description="Engine adapter slots beyond keep_versions, for old versions still finishing requests "
+                    "while a new one loads: a swap under load then loads at once instead of waiting for "
+                    "them to drain (bench/hot_swap.py). A slot costs one LoRA's weights in the engine.")
     adapter_slot_wait_s: float = Field(
         30.0, ge=0,
         description="How long LoadAdapter waits for an old version's in-flight requests to end when all "
-                    "keep_versions slots are busy, before FAILED_PRECONDITION.")
+                    "keep_versions + swap_slots slots are busy, before FAILED_PRECONDITION.")
     max_lora_rank: int = Field(16, gt=0, description="Largest LoRA rank the engine accepts.")
     auth_token: str | None = Field(
         None, description="Bearer token required on every AgentService RPC. Env: COLLM_AUTH_TOKEN. "
@@ -157,6 +168,12 @@ class AgentConfig(BaseModel):
     cpu_threads: int | None = Field(
         None, gt=0, description="torch threads of the transformers engine; 1 per agent when agents share few cores."
     )
+    engine_group: str | None = Field(
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="Agents with the same engine_group share ONE engine (one copy of the base model) in one "
+                    "process, each still its own gRPC endpoint: start them with `collm-serve start "
+                    "--engine-group NAME` (or `--agents a,b`). They must agree on every engine setting "
+                    "(collm_serve/packing.py ENGINE_FIELDS). None = the agent runs its own engine.")
     cpu_affinity: list[int] | None = Field(
         None, min_length=1,
         description="CPU cores the agent and its engine run on (default: all it may use). Agents that "
@@ -196,6 +213,12 @@ class AgentConfig(BaseModel):
     def auth(self):
         """Who may call what (collm_serve.auth.AuthPolicy); disabled when nothing is configured."""
         return auth_policy(self.auth_token, self.admin_token, self.tls)
+
+    @property
+    def adapter_slots(self) -> int:
+        """The engine's adapter capacity for this agent: the kept versions plus the swap slots
+        (the one definition; collm_serve/server.py and packing.py size the engine with it)."""
+        return self.keep_versions + self.swap_slots
 
     @property
     def resolved_adapter_root(self) -> Path:

@@ -1,4 +1,5 @@
-"""One formatter for every config validation error (agent files, team files, train configs).
+"""One formatter for every pydantic validation error (agent files, team files, train configs,
+and the HTTP API's request bodies, which report the first problem with `first_error`).
 
 Pydantic stops at nothing: `ValidationError.errors()` holds every problem of one model. All of
 them are shown at once, one line each, so a user fixes a file in one pass, not one key per run:
@@ -77,12 +78,23 @@ def _message(err: Mapping[str, Any], model: type[BaseModel] | None) -> str:
     return msg
 
 
+def _ordered(err: ValidationError) -> list[Mapping[str, Any]]:
+    # unknown keys first: a misspelled key usually explains the "required" that follows
+    return sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+
+
+def first_error(err: ValidationError, model: type[BaseModel] | None = None) -> tuple[str, str, str]:
+    """(dotted location, message, pydantic type) of the problem to report when only one fits
+    (an HTTP 400 names one `param`); the same wording as `error_lines`."""
+    e = _ordered(err)[0]
+    return ".".join(str(p) for p in e["loc"]), _message(e, model), e["type"]
+
+
 def error_lines(err: ValidationError, model: type[BaseModel] | None = None, *, loc_prefix: str = "",
                 flags: Mapping[str, str] | None = None) -> list[str]:
     """One `where: what` line per problem. `flags`: top-level field -> the flag that set it."""
     lines = []
-    # unknown keys first: a misspelled key usually explains the "required" that follows
-    for e in sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden"):
+    for e in _ordered(err):
         loc = tuple(e["loc"])
         dotted = ".".join(str(p) for p in loc)
         if flags and loc and str(loc[0]) in flags:

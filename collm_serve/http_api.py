@@ -35,6 +35,7 @@ import grpc
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from collm_serve.config_errors import first_error
 from collm_serve.errors import CollmError, InvalidArgument, NotFound
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 
@@ -150,13 +151,10 @@ def parse_body(raw: bytes, model: type[_Body]) -> _Body:
     try:
         body = model.model_validate_json(raw)
     except ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        if first["type"] == "json_invalid":
-            raise HTTPError(400, "BadRequestError", f"request body is not valid JSON: {first['msg']}") from None
-        if first["type"] == "extra_forbidden":
-            raise HTTPError(400, "BadRequestError", f"{param}: unknown field", param) from None
-        raise HTTPError(400, "BadRequestError", f"{param}: {first['msg']}", param) from None
+        where, message, kind = first_error(e, model)  # the one formatter (collm_serve/config_errors.py)
+        if kind == "json_invalid":
+            raise HTTPError(400, "BadRequestError", f"request body is not valid JSON: {e.errors()[0]['msg']}") from None
+        raise HTTPError(400, "BadRequestError", f"{where}: {message}" if where else message, where or None) from None
     for name, neutral in NEUTRAL.items():
         if name not in type(body).model_fields:
             continue
@@ -277,12 +275,13 @@ class OpenAIEndpoint:
         return web.json_response({"object": "list", "data": data})
 
     # -- generation --------------------------------------------------------------------
-    def _selector(self, model: str) -> tuple[int, bool]:
-        """`model` -> (adapter_version, use_base_model); unknown names are 404 naming `model`."""
+    def _selector(self, model: str) -> tuple[int | None, bool]:
+        """`model` -> (adapter_version, use_base_model) of GenerateRequest: None leaves the version
+        unset (the active one, agent.proto); unknown names are 404 naming `model`."""
         if model == self.agent:
-            return 0, False
+            return None, False
         if model == self.agent + BASE_SUFFIX:
-            return 0, True
+            return None, True
         prefix = self.agent + "@v"
         if model.startswith(prefix) and model[len(prefix):].isdigit() and int(model[len(prefix):]) > 0:
             return int(model[len(prefix):]), False
@@ -348,7 +347,7 @@ class OpenAIEndpoint:
         route = "http:" + request.path
         start = time.perf_counter()
         outcome = {"code": grpc.StatusCode.OK}
-        stream = self.servicer.open_stream(req)
+        stream = self.servicer.open_stream(req, stream=body.stream)
         try:
             try:  # validation, admission and adapter selection happen here: errors are still HTTP statuses
                 engine_request, sel, queue_ms = await anext(stream)

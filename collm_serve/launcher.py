@@ -2,7 +2,9 @@
 
 Used by the demo, the orchestrator's `collect --spawn`, benchmarks and tests: each agent is
 its own `python -m collm_serve start` process (its own engine, its own GIL), exactly as in
-production. Life-cycle events are the JSON lines `collm_serve.rpc.announce` prints.
+production; or several agents packed in one process on one engine (`AgentProcess(["helper",
+"main"])` runs `start --agents helper,main`; collm_serve/packing.py), each with its own
+`endpoint(name)`. Life-cycle events are the JSON lines `collm_serve.rpc.announce` prints.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -22,15 +26,34 @@ class AgentStartError(RuntimeError):
     pass
 
 
+@dataclass
+class Endpoint:
+    """Where one agent of a process listens (from its `listening` event)."""
+
+    agent: str
+    port: int
+    metrics_port: int | None = None
+    http_port: int | None = None
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.port}"
+
+
 class AgentProcess:
+    """One agent service process; `agent` a list = those agents packed on one engine. `port`,
+    `metrics_port`, `http_port` and `address` are the (first) agent's; packed: `endpoint(name)`."""
+
     def __init__(
-        self, agent: str, *, config: str | os.PathLike[str] | None = None, port: int = 0,
+        self, agent: str | Sequence[str], *, config: str | os.PathLike[str] | None = None, port: int = 0,
         engine: str | None = None, model: str | None = None, metrics_port: int | None = None,
         adapter_root: str | os.PathLike[str] | None = None, state_dir: str | os.PathLike[str] | None = None,
         log_path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
     ):
-        self.agent = agent
-        args = [sys.executable, "-m", "collm_serve", "start", "--agent", agent, "--port", str(port)]
+        self.agents = [agent] if isinstance(agent, str) else list(agent)
+        self.agent = ",".join(self.agents)
+        select = ["--agent", self.agent] if isinstance(agent, str) else ["--agents", self.agent]
+        args = [sys.executable, "-m", "collm_serve", "start", *select, "--port", str(port)]
         for flag, value in (("--config", config), ("--engine", engine), ("--model", model),
                             ("--metrics-port", metrics_port), ("--adapter-root", adapter_root),
                             ("--state-dir", state_dir)):
@@ -45,10 +68,15 @@ class AgentProcess:
         self.metrics_port: int | None = None
         self.http_port: int | None = None
         self.serving_event: dict | None = None
+        self.endpoints: dict[str, Endpoint] = {}
+        self.serving_events: dict[str, dict] = {}
 
     @property
     def address(self) -> str:
         return f"localhost:{self.port}"
+
+    def endpoint(self, agent: str) -> Endpoint:
+        return self.endpoints[agent]
 
     @property
     def running(self) -> bool:
@@ -57,6 +85,7 @@ class AgentProcess:
     def start(self, timeout: float = 600.0) -> "AgentProcess":
         if self.running:
             raise RuntimeError(f"agent {self.agent} is already running (pid {self.proc.pid}); stop() it first")
+        self.endpoints, self.serving_events = {}, {}  # a restart reports every agent afresh
         stderr = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=stderr, env=self.env,
                                      text=True, start_new_session=True)
@@ -68,12 +97,18 @@ class AgentProcess:
             except queue.Empty:
                 self.kill()
                 raise AgentStartError(f"agent {self.agent} not serving after {timeout:.0f}s") from None
+            name = event.get("agent", self.agents[0])
             if event.get("event") == "listening":
-                self.port, self.metrics_port = event["port"], event.get("metrics_port")
-                self.http_port = event.get("http_port")
+                self.endpoints[name] = Endpoint(name, event["port"], event.get("metrics_port"), event.get("http_port"))
+                if name == self.agents[0]:
+                    self.port, self.metrics_port = event["port"], event.get("metrics_port")
+                    self.http_port = event.get("http_port")
             elif event.get("event") == "serving":
-                self.serving_event = event
-                return self
+                self.serving_events[name] = event
+                if name == self.agents[0]:
+                    self.serving_event = event
+                if set(self.serving_events) >= set(self.agents):
+                    return self
             elif event.get("event") in ("failed", "exited"):
                 self.stop()
                 raise AgentStartError(f"agent {self.agent} failed to start: {event.get('reason', event)}")

@@ -49,6 +49,15 @@ def adapter_ref(loaded: LoadedVersion | None) -> pb.AdapterRef:
     return pb.AdapterRef(name=loaded.checked.manifest.name, version=loaded.version, sha256=loaded.sha256)
 
 
+def sampling_used(sp: SamplingParams) -> pb.SamplingUsed:
+    """The echo of the sampling a request was served with (`_sampling`'s resolution: request +
+    agent defaults). Built once per request, with its first (or only) response message."""
+    return pb.SamplingUsed(
+        max_tokens=sp.max_tokens, temperature=sp.temperature, top_p=sp.top_p, top_k=sp.top_k,
+        seed=sp.seed, n=sp.n, stop=sp.stop, min_tokens=sp.min_tokens,
+    )
+
+
 def adapter_info(loaded: LoadedVersion, active: LoadedVersion | None) -> pb.AdapterInfo:
     m = loaded.checked.manifest
     return pb.AdapterInfo(
@@ -101,6 +110,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self.admission = admission
         self.metrics = metrics
         self.state = state
+        self._tokens_generated = metrics.tokens.labels(self.agent)  # one child, not a lookup per delta
 
     # -- helpers ---------------------------------------------------------------------------
     def _engine_dead_check(self, error: Exception) -> None:
@@ -114,6 +124,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise Unavailable("agent is draining (shutting down); retry on another replica")
 
     def _sampling(self, request: pb.GenerateRequest) -> SamplingParams:
+        """The sampling this request is served with: its fields, the agent's `sampling` defaults
+        for those unset. Echoed to the caller (`sampling_used`), who records it in traces."""
         s, d, c = request.sampling, self.config.sampling, self.config
         max_tokens = s.max_tokens if s.HasField("max_tokens") else d.max_tokens
         if max_tokens > c.max_tokens_limit:
@@ -171,9 +183,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidArgument("request_id", f"must be printable and at most {MAX_REQUEST_ID} characters")
         if rid in self.state.in_flight:
             raise InvalidArgument("request_id", f"{rid!r} is already in flight")
-        if request.adapter_version < 0:
-            raise InvalidArgument("adapter_version", "must be >= 0 (0 = the active version)")
-        if request.adapter_version and request.use_base_model:
+        pinned = request.HasField("adapter_version")  # unset = the active version (agent.proto)
+        if pinned and request.adapter_version < 1:
+            raise InvalidArgument("adapter_version", f"{request.adapter_version} is not a version (they start at 1); "
+                                  "leave it unset for the active version, or set use_base_model")
+        if pinned and request.use_base_model:
             raise InvalidArgument("adapter_version", "pin a version or use_base_model, not both")
         sampling = self._sampling(request)
         ids = self._prompt_ids(request)
@@ -182,18 +196,19 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 "sampling.max_tokens",
                 f"prompt ({len(ids)} tokens) + max_tokens ({sampling.max_tokens}) exceeds the context ({self.config.max_model_len})",
             )
-        if request.adapter_version:  # fail fast, before queueing, on an unknown pinned version
+        if pinned:  # fail fast, before queueing, on an unknown pinned version
             with self.registry.acquire(request.adapter_version):
                 pass
         return EngineRequest(rid, ids, sampling)
 
-    def open_stream(self, request: pb.GenerateRequest):
+    def open_stream(self, request: pb.GenerateRequest, stream: bool = True):
         """The generation path every front end shares (gRPC here, HTTP in collm_serve/http_api.py):
         validation, admission, adapter pinning, engine. Yields (engine_request, selection,
-        queue_ms) first, then ChoiceDeltas; raises CollmError subclasses."""
-        return self._stream(request, None)
+        queue_ms) first, then ChoiceDeltas; raises CollmError subclasses. `stream=False`: the
+        caller only wants the whole answer, so the engine may deliver it in one delta."""
+        return self._stream(request, stream)
 
-    async def _stream(self, request: pb.GenerateRequest, context):
+    async def _stream(self, request: pb.GenerateRequest, stream: bool):
         """Yields (engine_request, selection, queue_ms) first, then ChoiceDeltas."""
         prepared = self._prepare(request)
         queued_at = time.perf_counter()
@@ -201,13 +216,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             queue_ms = (time.perf_counter() - queued_at) * 1000
             with self.registry.acquire(request.adapter_version, request.use_base_model) as sel:
                 engine_request = EngineRequest(
-                    prepared.request_id, prepared.prompt_token_ids, prepared.sampling, sel.engine_adapter
+                    prepared.request_id, prepared.prompt_token_ids, prepared.sampling, sel.engine_adapter, stream
                 )
                 self.state.in_flight[prepared.request_id] = time.time()
                 try:
                     yield engine_request, sel, queue_ms
+                    tokens = self._tokens_generated
                     async for delta in self.engine.generate(engine_request):
-                        self.metrics.tokens.labels(self.agent).inc(len(delta.token_ids))
+                        tokens.inc(len(delta.token_ids))
                         yield delta
                 finally:
                     self.state.in_flight.pop(prepared.request_id, None)
@@ -215,7 +231,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     # -- RPCs ------------------------------------------------------------------------------
     @_rpc("Generate")
     async def Generate(self, request, context):
-        stream = self._stream(request, context)
+        stream = self._stream(request, False)
         try:
             engine_request, sel, queue_ms = await anext(stream)
             started = time.perf_counter()
@@ -243,10 +259,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 completion_tokens=sum(len(c.token_ids) for c in choices),
             ),
             timings=pb.Timings(queue_ms=queue_ms, engine_ms=(time.perf_counter() - started) * 1000),
+            sampling=sampling_used(engine_request.sampling),
         )
 
     async def GenerateStream(self, request, context):
-        stream = self._stream(request, context)
+        stream = self._stream(request, True)
         async with _outcome(self, "GenerateStream", context):
             try:
                 engine_request, sel, _ = await anext(stream)
@@ -254,6 +271,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     request_id=engine_request.request_id,
                     prompt_token_ids=engine_request.prompt_token_ids,
                     adapter=adapter_ref(sel.loaded),
+                    sampling=sampling_used(engine_request.sampling),
                 )
                 completion = 0
                 async for delta in stream:
@@ -305,11 +323,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @_rpc("LoadAdapter")
     async def LoadAdapter(self, request, context):
         self._require_not_loading()
-        if request.version < 0:
-            raise InvalidArgument("version", "must be >= 0 (0 = from the manifest)")
+        expected = request.version if request.HasField("version") else None  # unset = the manifest's
+        if expected is not None and expected < 1:
+            raise InvalidArgument("version", f"{expected} is not a version (they start at 1); "
+                                  "leave it unset to take the manifest's")
         start = time.perf_counter()
         try:
-            loaded = await self.registry.load(request.path, request.version, request.activate)
+            loaded = await self.registry.load(request.path, expected or 0, request.activate)
         except CollmError as e:
             self._swap_metric("load", e.code.name.lower())
             raise
@@ -328,8 +348,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     @_rpc("ActivateAdapter")
     async def ActivateAdapter(self, request, context):
         self._require_not_loading()
-        if request.version < 0 or (request.version == 0) == (not request.use_base_model):
-            raise InvalidArgument("version", "give a loaded version > 0, or use_base_model, not both")
+        has_version = request.HasField("version")  # exactly one target (agent.proto)
+        if has_version and request.version < 1:
+            raise InvalidArgument("version", f"{request.version} is not a version (they start at 1); "
+                                  "set use_base_model instead to serve the base model")
+        if has_version == request.use_base_model:
+            raise InvalidArgument("version", "give a loaded version (>= 1) or use_base_model, exactly one")
         active, previous = await self.registry.activate(request.version, request.use_base_model)
         self._swap_metric("activate", "ok")
         return pb.ActivateAdapterResponse(active=adapter_ref(active), previous=adapter_ref(previous))

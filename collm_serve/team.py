@@ -12,26 +12,31 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from collm_serve.addresses import check_address
-from collm_serve.config import ConfigError, TLSConfig, auth_policy, env_default, not_blank
+from collm_serve.config import (
+    ConfigError,
+    SamplingDefaults,
+    TLSConfig,
+    auth_policy,
+    env_default,
+    not_blank,
+)
 from collm_serve.config_errors import flag_names, format_validation_error, read_yaml_mapping
-
-
-class AgentSampling(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_tokens: int = Field(256, gt=0, description="Completion budget per turn.")
-    temperature: float = Field(0.7, ge=0, description="Paper: 0.6-0.7.")
-    top_p: float = Field(0.9, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
 
 
 class TeamAgent(BaseModel):
     model_config = ConfigDict(extra="forbid")
     address: str = Field(description="host:port of the agent service.")
-    sampling: AgentSampling = Field(default_factory=AgentSampling)
+    sampling: SamplingDefaults = Field(
+        default_factory=SamplingDefaults, description="What the orchestrator asks this agent for.")
     timeout_s: float = Field(180.0, gt=0, description="Deadline of one generate call.")
     gpu: int | None = Field(None, ge=0, description="GPU id the agent runs on (deployment only).")
     engine: str = Field("vllm", description="Engine of the service (deployment only).")
     model: str | None = Field(None, description="Model of the service (deployment only; default: the agent config's).")
+    engine_group: str | None = Field(
+        None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
+        description="Deployment only (default: the agent config's engine_group): agents with the same group "
+                    "run packed in ONE container/pod on one GPU, one engine, each on its own port "
+                    "(collm_serve/packing.py).")
 
     _address = field_validator("address")(lambda v: check_address(v, "address"))  # bare host -> 443
 

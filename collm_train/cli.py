@@ -30,9 +30,8 @@ from typing import Any
 
 import click
 
-from collm_train.config import ALGO_NAMES, PRESETS, TrainConfig
+from collm_train.config import PRESETS, TrainConfig
 
-ALGOS = list(ALGO_NAMES)
 TRAIN_FIELDS = tuple(TrainConfig.model_fields)
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -179,14 +178,14 @@ def _load_team(team_path):
 
 def _refuse_small_groups(algo, team=None, episodes=None) -> None:
     """K >= 2 for group baselines, checked on the team / the traces BEFORE any model loads."""
-    from collm_train.data import GroupSizeError, check_team_group_size, check_traces
+    from collm_train.data import UnusableTraceError, check_team_group_size, check_traces
 
     try:
         if episodes is not None:
             check_traces(algo, episodes, list(team.agents))
         else:
             check_team_group_size(algo, team.group_size)
-    except GroupSizeError as e:
+    except UnusableTraceError as e:  # groups too small, an action without its sampling
         raise CliError(str(e)) from None
 
 

@@ -1,7 +1,8 @@
 """TrainConfig: every knob of one CoLLM update, one docstring per field, validated once.
 
 The docstrings double as the field descriptions (pydantic `use_attribute_docstrings`), so a CLI
-can print them without a second copy that drifts. The config is frozen: derived values are
+can print them without a second copy that drifts. The algorithm names, their traits and the
+`algo` help come from `collm_train.algorithms.spec` (torch-free), the registry's one definition. The config is frozen: derived values are
 computed in properties here, never by mutating the config at run time.
 
 Presets (`preset`): a preset fills every field it names that the caller did not set.
@@ -26,9 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-ALGO_NAMES = ("cc", "dc", "magrpo", "mareinforce", "marloo", "maremax")
-CRITIC_ALGOS = ("cc", "dc")  # kept equal to the registry's critic algorithms by a test; no torch import here
-GROUP_BASELINE_ALGOS = ("magrpo", "marloo", "maremax")  # a baseline over K siblings: K >= 2 (registry test)
+from collm_train.algorithms.spec import AlgoName, algo_help, spec
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(clip_eps=None, truncated_is=1.0, ratio_on="stale", normalize_adv="auto",
@@ -56,10 +55,7 @@ class TrainConfig(BaseModel):
     """Defaults for the update rules: `paper` (CoMLRL 1.3.6's rules) or `collm` (PPO-style
     extensions); see the module docstring. Fields given explicitly override the preset."""
 
-    algo: Literal["cc", "dc", "magrpo", "mareinforce", "marloo", "maremax"] = "cc"
-    """Algorithm: `cc` centralized critic V(h_t), `dc` one critic V_i(h_{i,t}) per agent, or a Monte
-    Carlo baseline over the branching tree (`magrpo` R - group mean, `mareinforce` R, `marloo`
-    leave-one-out, `maremax` R - group max)."""
+    algo: AlgoName = Field("cc", description=algo_help())  # names and help: algorithms/spec.py
 
     gamma: float = Field(0.9, ge=0.0, le=1.0)
     """Discount between turns (paper: 0.9)."""
@@ -98,7 +94,9 @@ class TrainConfig(BaseModel):
     `rescore` says whether it is read from the log (auto) or recomputed (always)."""
 
     max_staleness: int | None = Field(None, ge=0)
-    """Drop actions whose adapter version is more than this many versions behind the learner."""
+    """Drop actions whose adapter version is more than this many versions away from the weights the
+    learner holds (collm_train.data.staleness: behind it, or ahead of a learner that never held
+    that version, e.g. a fresh trainer on traces of v3)."""
 
     value_coef: float = Field(0.6, ge=0.0)
     """c_v, weight of the critic loss c_v * (y - V)^2 (paper: 0.6, maac.py:34, iac.py:35)."""
@@ -284,7 +282,7 @@ class TrainConfig(BaseModel):
 
     @property
     def has_critic(self) -> bool:
-        return self.algo in CRITIC_ALGOS
+        return spec(self.algo).critic is not None
 
     @property
     def adv_norm(self) -> str:

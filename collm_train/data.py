@@ -3,7 +3,9 @@
 A turn row is one joint action at a tree node (records.py). For each trained agent it becomes a
 sample holding: the prompt / response token ids exactly as served (no re-tokenisation), the
 behaviour log-prob of the macro action (sum of the logged token log-probs), the sampling
-parameters that produced it, its adapter version (staleness = learner version - that version),
+parameters that produced it (its SamplingRecord, as the service echoed them: `_sampling` refuses
+an action without one rather than assume defaults), its adapter version and staleness
+(`staleness` below, never < 0),
 the joint reward, the critic inputs h_t (joint and own) and the links of the tree: `children`
 (the same agent's samples at the node this joint action led to: h_{t+1}) and `group` (its
 Monte Carlo siblings: same parent node, same turn).
@@ -23,7 +25,7 @@ build histories; CoMLRL tokenizes with `truncation=True` at the model's limit
 the served ids, and the agent service refuses prompts over its max_prompt_tokens.
 
 Monte Carlo group size: `check_group_sizes` refuses traces whose sibling groups are smaller
-than the algorithm's baseline needs (config.GROUP_BASELINE_ALGOS), without torch or a model.
+than the algorithm's baseline needs (algorithms/spec.py group_baseline), without torch or a model.
 """
 
 from __future__ import annotations
@@ -33,11 +35,31 @@ from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
-from collm_serve.traces.records import EPISODE_OK, EpisodeRecord
-from collm_train.config import GROUP_BASELINE_ALGOS
+from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord
+from collm_train.algorithms.spec import ALGO_NAMES, GROUP_BASELINE_ALGOS
 
 if TYPE_CHECKING:  # torch is imported lazily: the group-size check must run before any heavy import
     import torch
+
+
+def staleness(learner_version: int, served_version: int) -> int:
+    """How many published versions separate the learner's weights from the served ones; >= 0.
+
+    Versions are numbered by one function, collm_serve.adapters.manifest.next_version (the
+    trainer publishes with it, trainer.save_adapters), and `learner_version` is the published
+    version whose weights the learner holds (0 = the base model). 0 means the same version;
+    only such an action can be on-policy (the trainer also needs its weights unchanged since).
+
+    served < learner: the action is that many updates behind the learner (the usual case).
+    served > learner: the learner never held those weights, e.g. a fresh trainer starting from
+    the base model (version 0) on traces served by v3 of an earlier run, or agents serving
+    another learner's versions. This learner did not produce the action, so it is off-policy
+    like an old one; its distance is served - learner. Before issue 16 it was reported as a
+    negative staleness, which max_staleness never dropped. Either way a stale action gets the
+    behaviour log-probs as pi_old and the ratio (TrainConfig.off_policy / ratio_on), and
+    max_staleness bounds the distance in both directions.
+    """
+    return abs(int(learner_version) - int(served_version))
 
 
 @dataclass
@@ -53,7 +75,7 @@ class ActionSample:
     top_k: int
     top_p: float
     adapter_version: int
-    staleness: int  # learner version - adapter_version
+    staleness: int  # versions between the learner and adapter_version, >= 0 (`staleness`)
     reward: float  # joint reward r_t of the turn row
     done: bool
     joint_ids: list[int]  # h_t for the CC critic (see module docstring), cut to critic_max_len
@@ -88,16 +110,22 @@ class Batch:
         return torch.tensor([getattr(s, name) for s in self.samples], dtype=dtype or torch.float32)
 
 
-class GroupSizeError(ValueError):
+class UnusableTraceError(ValueError):
+    """Traces the trainer cannot learn from as they are; the message names what and the fix
+    (`collm-train` prints it as a one-line error before loading a model)."""
+
+
+class GroupSizeError(UnusableTraceError):
     """Traces (or a team set-up) whose Monte Carlo groups are too small for the algorithm."""
 
 
 def group_size_message(algo: str, found: str) -> str:
+    others = ", ".join(a for a in ALGO_NAMES if a not in GROUP_BASELINE_ALGOS)
     return (
         f"--algo {algo} needs group_size >= 2 (K samples per agent per node): its baseline compares "
         f"each return with its siblings', so a group of one sample gets advantage 0 and nothing is "
         f"learned; {found}. Fix: collect with `group_size: 4` in the team YAML (or `collm-serve "
-        f"collect --group-size 4`), or train these traces with --algo mareinforce, cc or dc."
+        f"collect --group-size 4`), or train these traces with an --algo without one ({others})."
     )
 
 
@@ -204,16 +232,31 @@ def _turn_ids(episode: EpisodeRecord) -> tuple[list[int], list[int | None]]:
     return ids, parents
 
 
-def _sampling(action) -> tuple[float, int, float]:
-    s = action.sampling or {}
-    temperature = s.get("temperature")
-    top_k = s.get("top_k")
-    top_p = s.get("top_p")
-    return (
-        1.0 if temperature is None else float(temperature),
-        0 if top_k is None else int(top_k),
-        1.0 if top_p is None else float(top_p),
-    )
+def _sampling(episode_id: str, turn_index: int, action: ActionRecord) -> SamplingRecord:
+    """The sampling the action was drawn with, as the agent service echoed it and the trace
+    recorded it. Never a default: a learner log-prob under a guessed temperature / top-p would
+    bias every importance ratio without a trace of it.
+
+    Legacy traces (written before the service echoed its sampling) hold the orchestrator's
+    request; the store loads those that name temperature, top_p, top_k and max_tokens as a
+    SamplingRecord (the old orchestrator always sent all four, so the service used exactly
+    them) and anything less as None, which is refused here with the episode named.
+    """
+    s = action.sampling
+    where = f"episode {episode_id} turn {turn_index}: the action of {action.agent!r}"
+    if s is None:
+        raise UnusableTraceError(
+            f"{where} has no sampling record (a trace written before collm recorded the sampling a "
+            "service used, or built by hand), so its behaviour distribution is unknown and the "
+            "trainer will not guess it; recollect the episode with `collm-serve collect`, or give "
+            "the ActionRecord a SamplingRecord"
+        )
+    if s.min_tokens:
+        raise UnusableTraceError(
+            f"{where} was sampled with min_tokens={s.min_tokens} (end-of-sequence masked), which "
+            "the learner's log-probs do not model; train on episodes collected without min_tokens"
+        )
+    return s
 
 
 def build_batch(
@@ -223,7 +266,10 @@ def build_batch(
     critic_max_len: int | None = None,
     max_staleness: int | None = None,
 ) -> Batch:
-    """Turn episodes into per-(agent, turn) samples with tree links and MC groups."""
+    """Turn episodes into per-(agent, turn) samples with tree links and MC groups.
+
+    learner_version: the published version whose weights the learner holds (Trainer.version);
+    each sample's staleness is `staleness(learner_version, its adapter_version)`."""
     samples: list[ActionSample] = []
     groups: dict[tuple, list[int]] = {}
     n_skipped = 0
@@ -273,8 +319,8 @@ def build_batch(
             next_joint = joint(child_rows[0]) if first_child is not None else None
             for agent in agents:
                 a = turn.action(agent)
-                temperature, top_k, top_p = _sampling(a)
-                staleness = learner_version - a.adapter_version
+                sp = _sampling(ep.episode_id, turn.turn_index, a)
+                stale_by = staleness(learner_version, a.adapter_version)
                 key = (ep.episode_id, parents[pos], turn.turn_index, agent)
                 groups.setdefault(key, []).append(len(samples))
                 index[(ids[pos], agent)] = len(samples)
@@ -287,11 +333,11 @@ def build_batch(
                         prompt_ids=list(a.prompt_token_ids),
                         response_ids=list(a.response_token_ids),
                         logp_behaviour=float(sum(a.logprobs)),
-                        temperature=temperature,
-                        top_k=top_k,
-                        top_p=top_p,
+                        temperature=sp.temperature,
+                        top_k=sp.top_k,
+                        top_p=sp.top_p,
                         adapter_version=a.adapter_version,
-                        staleness=staleness,
+                        staleness=stale_by,
                         reward=float(turn.reward),
                         done=bool(turn.done),
                         joint_ids=joint_ids,
@@ -300,7 +346,7 @@ def build_batch(
                             list(first_child.action(agent).prompt_token_ids) if first_child else None
                         ),
                         own_ids=cut_middle(a.prompt_token_ids, critic_max_len, *layout(pos, agent)),
-                        trainable=max_staleness is None or staleness <= max_staleness,
+                        trainable=max_staleness is None or stale_by <= max_staleness,
                     )
                 )
         for pos in range(len(ep.turns)):

@@ -8,7 +8,9 @@ print before / after as mean ± 95% CI and the paired difference's CI, write `su
 PNG learning curve. Services are always shut down (SIGTERM, then their process groups are
 reaped), so nothing is left running.
 
-    python -m collm_train.demo [--task writing] [--iterations 5] [--episodes 8] [--eval-episodes 32]
+    python -m collm_train.demo [--task writing] [--iterations 5] [--episodes 8] [--eval-episodes 32] [--pack]
+
+`--pack` serves the agents from ONE engine in one process (collm_serve/packing.py).
 
 Why writing (CoMLRL's TLDR reward) is the default task, and what a run measures: docs/learning-curves.md.
 """
@@ -31,8 +33,10 @@ from pathlib import Path
 import yaml
 
 
-def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_tokens: int) -> Path:
-    """An agents file for `agents` served from `model` on `engine`, adapters under workdir."""
+def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_tokens: int,
+                pack: bool = False) -> Path:
+    """An agents file for `agents` served from `model` on `engine`, adapters under workdir;
+    `pack`: one engine for all of them (collm_serve/packing.py), on all the cores."""
     settings = {
         "engine": engine, "model": model, "port": 0, "max_model_len": 2048, "max_prompt_tokens": 1536,
         "max_tokens_limit": 512, "kv_cache_bytes": 256 << 20, "keep_versions": 3,
@@ -45,7 +49,8 @@ def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_t
     cores = sorted(os.sched_getaffinity(0))
     data = {"agents": {a: {**settings, "system_prompt": builtin[a]["system_prompt"],
                            "state_dir": str((workdir / "state" / a).resolve()),
-                           "cpu_affinity": _share(cores, len(agents), i)} for i, a in enumerate(agents)}}
+                           "cpu_affinity": cores if pack else _share(cores, len(agents), i)}
+                       for i, a in enumerate(agents)}}
     path = workdir / "agents.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -103,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/demo")
+    ap.add_argument("--pack", action="store_true",
+                    help="serve every agent from ONE engine (one process, one copy of the model, each agent its "
+                         "own port; collm_serve/packing.py) instead of one engine per agent")
     args = ap.parse_args(argv)
     for name in ("iterations", "episodes", "eval_episodes", "max_tokens"):
         if getattr(args, name) < 1:
@@ -143,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with phase("prepare model"):
         base_dir = resolve_model(args.model)  # converts the packaged GGUF once
-    cfg_path = agents_yaml(workdir, agents, args.engine, args.model, args.max_tokens)
-    procs = [AgentProcess(a, config=cfg_path, log_path=workdir / f"{a}.log") for a in agents]
+    cfg_path = agents_yaml(workdir, agents, args.engine, args.model, args.max_tokens, pack=args.pack)
+    if args.pack:
+        procs = [AgentProcess(agents, config=cfg_path, log_path=workdir / "agents.log")]
+    else:
+        procs = [AgentProcess(a, config=cfg_path, log_path=workdir / f"{a}.log") for a in agents]
     # SIGTERM (a job runner's stop, `kill`) unwinds like Ctrl-C, so `finally` stops the agents:
     # by default Python dies on SIGTERM without running it and the agents would outlive us.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -152,13 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         with phase("start agent services"):
             with ThreadPoolExecutor(len(procs)) as pool:
                 list(pool.map(lambda p: p.start(timeout=900), procs))
+            address = {a: p.endpoint(a).address for p in procs for a in p.agents}
             for p in procs:
-                console.print(f"{p.agent}: serving on {p.address} ({p.serving_event['engine']})")
+                for a in p.agents:
+                    console.print(f"{a}: serving on {address[a]} ({p.serving_events[a]['engine']}"
+                                  f"{', packed' if args.pack else ''})")
         team = TeamConfig(
             task=args.task, traces=str(workdir / "traces.db"), seed=args.seed,
-            agents={p.agent: {"address": p.address, "timeout_s": 600,
-                              "sampling": {"max_tokens": args.max_tokens, "temperature": 0.7, "top_p": 0.9}}
-                    for p in procs},
+            agents={a: {"address": address[a], "timeout_s": 600,
+                        "sampling": {"max_tokens": args.max_tokens, "temperature": 0.7, "top_p": 0.9}}
+                    for a in agents},
         )
         (workdir / "team.yaml").write_text(yaml.safe_dump(team.model_dump(mode="json")))
         with phase("evaluate before (eval split)"):
@@ -188,12 +202,12 @@ def main(argv: list[str] | None = None) -> int:
                           curves=("charts/eval_return", "charts/collect_return", "losses/actor", "losses/critic"))
 
         served = {}
-        for p in procs:
-            with AgentClient(p.address) as c:
+        for a in agents:
+            with AgentClient(address[a]) as c:
                 active = c.info().active_adapter
-            served[p.agent] = {"version": active.version, "sha256": active.sha256}
+            served[a] = {"version": active.version, "sha256": active.sha256}
         summary = {
-            "task": args.task, "algo": "cc", "model": args.model, "engine": args.engine,
+            "task": args.task, "algo": "cc", "model": args.model, "engine": args.engine, "packed": args.pack,
             "iterations": len(history), "episodes_per_iteration": args.episodes, "lr": args.lr,
             "eval_split": "eval", "n": cmp.delta.n, "unmatched": cmp.unmatched,
             "before": cmp.before.to_dict(), "after": cmp.after.to_dict(),

@@ -11,7 +11,7 @@ Attention mask, position ids and response mask come from the LENGTHS, never from
 for the pad id: SmolLM2's pad id is its end-of-turn id `<|im_end|>`, which occurs inside
 chat prompts and closes every response (the closing token is part of the action and is kept).
 
-Token log-probs are those of the sampling distribution (`collm_serve.engines.sampling`:
+Token log-probs are those of the sampling distribution (`collm_serve.sampling`:
 temperature -> top-k -> top-p), so for on-policy data the learner's log-prob equals the logged
 behaviour log-prob and the importance ratio is exactly 1.
 """
@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import torch
 
-from collm_serve.engines.sampling import processed_logprobs
+from collm_serve.sampling import processed_logprobs
 
 
 class SeqLogprobs(NamedTuple):

@@ -1,7 +1,7 @@
 """The online loop: collect on the live team → update → push, with a staleness bound.
 
 Episodes are collected through the orchestrator (each agent in its own service, pinned to the
-adapter version it started on); actions more than `max_staleness` versions older than the
+adapter version it started on); actions more than `max_staleness` versions away from the
 learner are dropped by the trainer and counted (`charts/dropped_stale`), the rest corrected
 by the importance ratio against their logged behaviour log-probs.
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from collm_serve.adapters.manifest import next_version, read_manifest
+from collm_serve.adapters.manifest import read_manifest
 from collm_serve.adapters.team_ops import TeamChangeError, change_team
 from collm_serve.client import AgentClient, AgentError
 
@@ -134,8 +134,8 @@ def publish(trainer, out_dir: str | Path, agents: list[str], metrics: dict[str, 
     """Save the team's next adapter version; push it when `addresses` are given (rank 0 only)."""
     from collm_train.distributed import is_main_process
 
-    version = next_version(out_dir, agents)
-    dirs = trainer.save_adapters(out_dir, version, metrics)
+    dirs = trainer.save_adapters(out_dir, metrics=metrics)  # numbered by manifest.next_version
+    version = trainer.version
     if addresses is None or not is_main_process():  # under torchrun only rank 0 pushes
         return version, dirs, []
     return version, dirs, push_team(dirs, addresses, team)

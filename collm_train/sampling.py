@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from collm_serve.engines.sampling import processed_logprobs
+from collm_serve.sampling import processed_logprobs
 
 
 @torch.no_grad()

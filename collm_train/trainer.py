@@ -2,7 +2,7 @@
 
     trainer = Trainer(TrainConfig(algo="cc"), "HuggingFaceTB/SmolLM2-135M-Instruct", ["helper", "main"])
     metrics = trainer.update(episodes)           # list[EpisodeRecord] from the trace store
-    trainer.save_adapters("adapters", version=trainer.version + 1)
+    trainer.save_adapters("adapters")            # the team's next version (manifest.next_version)
 
 One `update`:
   1. samples per (agent, turn) from the traces (data.build_batch)
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from collm_serve.adapters.manifest import write_manifest
+from collm_serve.adapters.manifest import next_version, write_manifest
 from collm_serve.traces.records import EpisodeRecord
 from collm_train.algorithms import get_algorithm
 from collm_train.config import TrainConfig
@@ -126,7 +126,9 @@ class Trainer:
             for name, critic in self.models.critics.items()
         }
         self.dist.broadcast_([p for o in self._opts() for g in o.param_groups for p in g["params"]])
-        self.version = 0  # adapter version the learner last published (0 = base model)
+        # the published version whose weights the learner holds (0 = base model); set only by
+        # save_adapters (numbered by manifest.next_version), load_adapters and load_checkpoint
+        self.version = 0
         self.step = 0  # number of update() calls
         self.dirty = False  # weights changed since `version` was published
         self.rng = torch.Generator().manual_seed(config.seed)  # minibatch shuffling
@@ -267,7 +269,7 @@ class Trainer:
         if len(train_idx) == 0:
             raise ValueError(
                 f"all {len(samples)} samples are more than max_staleness={cfg.max_staleness} versions "
-                f"behind the learner (version {self.version}); sample with a newer adapter"
+                f"away from the learner's (version {self.version}); sample with the learner's adapter"
             )
         stats: dict[str, list[float]] = defaultdict(list)
         n_steps = cfg.epochs * math.ceil(len(train_idx) / cfg.minibatch_size)
@@ -396,13 +398,17 @@ class Trainer:
         return any("embed" in m or "lm_head" in m for m in self.config.lora_target_modules)
 
     def save_adapters(
-        self, out_dir: str | os.PathLike, version: int, metrics: dict[str, float] | None = None
+        self, out_dir: str | os.PathLike, version: int | None = None, metrics: dict[str, float] | None = None
     ) -> dict[str, Path]:
         """Write out_dir/<agent>/v<version>/ (plain single-adapter peft folder + manifest) per agent.
 
-        Each folder is assembled under a temp name and renamed into place, so a reader never sees
-        a half-written version; an existing version is never overwritten (versions are immutable).
+        version None: the team's next version in out_dir (collm_serve.adapters.manifest.next_version,
+        the one numbering; a fresh trainer after v3 publishes v4, never a second v1). Each folder
+        is assembled under a temp name and renamed into place, so a reader never sees a
+        half-written version; an existing version is never overwritten (versions are immutable).
         """
+        if version is None:
+            version = next_version(out_dir, self.agents)
         if int(version) < 1:
             raise ValueError(f"adapter version must be >= 1, got {version}")
         clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}

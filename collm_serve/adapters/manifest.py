@@ -67,7 +67,10 @@ def next_version(root: str | os.PathLike[str], agents: list[str]) -> int:
     """One version number for the whole team: 1 + the highest existing version of any agent.
 
     A team publishes under one number so `collm-serve swap --team --version N` finds every
-    agent's folder; staging folders (`.v3.tmp…`) do not count.
+    agent's folder; staging folders (`.v3.tmp…`) do not count. The one numbering of adapter
+    versions: the trainer publishes with it (collm_train.trainer.Trainer.save_adapters, which
+    sets Trainer.version, the learner's version that staleness is measured from) and so does
+    `collm-serve import-adapter`.
     """
     highest = 0
     for agent in agents:

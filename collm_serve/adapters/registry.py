@@ -2,13 +2,17 @@
 
 Invariants (tests/serve/test_hot_swap.py proves them on both engines):
 - Every version gets an engine id from one counter that is never reused, so nothing cached
-  for v2 (vLLM LoRA cache, prefix cache keyed by LoRA) can serve v3.
+  for v2 (vLLM LoRA cache, prefix cache keyed by LoRA) can serve v3. The counter belongs to the
+  ENGINE: agents packed on one engine share it (`lora_ids`, from engines/shared.py
+  `SharedEngine`), so no two agents' versions ever get the same id.
 - `active` is ONE reference replaced in one assignment; `acquire()` reads it once, so a
   request sees the old or the new version, never a mix, and keeps its version to the end.
 - Load/activate/unload/rollback are serialised by one lock; generation never takes it.
 - A version stays loaded while any request holds it; beyond `keep_versions` the oldest idle,
-  inactive versions are evicted from the engine (and the engine's own list is checked). A load
-  that finds every slot busy waits (bounded) for an in-flight request to end, then evicts.
+  inactive versions are evicted from the engine (and the engine's own list is checked). The
+  engine has `keep_versions + swap_slots` slots: the extra ones hold old versions still finishing
+  requests, so a swap under load loads at once. Only a load that finds every slot busy waits
+  (bounded) for an in-flight request to end, then evicts.
 - The active version is persisted in the state dir and restored at start-up.
 """
 
@@ -19,6 +23,7 @@ import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +82,10 @@ class AdapterRegistry:
         state_dir: Path,
         keep_versions: int,
         max_lora_rank: int,
+        swap_slots: int = 0,
         slot_wait_s: float = 30.0,
         on_change=None,
+        lora_ids: Iterator[int] | None = None,
     ):
         self.engine = engine
         self.agent = agent
@@ -86,11 +93,12 @@ class AdapterRegistry:
         self.adapter_root = adapter_root
         self.state_dir = state_dir
         self.keep_versions = keep_versions
+        self.slots = keep_versions + swap_slots  # the engine's adapter capacity (its max_loras)
         self.max_lora_rank = max_lora_rank
         self.slot_wait_s = slot_wait_s
         self._released = asyncio.Event()  # an inactive version's last in-flight request ended
         self._base_shapes = base_model_shapes(base_model_dir)
-        self._ids = itertools.count(1)
+        self._ids = lora_ids if lora_ids is not None else itertools.count(1)  # the engine's, when shared
         self._versions: dict[int, LoadedVersion] = {}
         self._active: LoadedVersion | None = None
         self.history: list[int] = []  # activated versions, oldest first (0 = base)
@@ -218,9 +226,10 @@ class AdapterRegistry:
             raise FailedPrecondition(f"engine still lists v{loaded.version} after unloading it")
 
     async def _make_room(self, keep: LoadedVersion | None) -> None:
-        """Evict oldest idle inactive versions so that one more fits in keep_versions.
+        """Evict oldest idle inactive versions so that one more fits in keep_versions; versions
+        still serving requests are never evicted and may use the `swap_slots` beyond it.
 
-        When every slot holds the active version or versions still serving requests, wait up
+        When all `slots` hold the active version or versions still serving requests, wait up
         to `slot_wait_s` for one of those requests to end: unpinned requests go to the active
         version, so an old version drains within one request's time. Pushing new versions faster
         than requests finish (a trainer publishing every second) then slows the pushes down
@@ -230,11 +239,11 @@ class AdapterRegistry:
         while True:
             for loaded in sorted(self._versions.values(), key=lambda lv: lv.loaded_at):
                 if len(self._versions) < self.keep_versions:
-                    return
+                    break
                 if loaded is keep or loaded is self._active or loaded.in_flight:
                     continue
                 await self._evict(loaded)
-            if len(self._versions) < self.keep_versions:
+            if len(self._versions) < self.slots:
                 return
             remaining = deadline - time.monotonic()
             draining = any(lv.in_flight for lv in self._versions.values() if lv is not keep and lv is not self._active)
@@ -242,9 +251,9 @@ class AdapterRegistry:
                 busy = ", ".join(f"v{lv.version} ({lv.in_flight} in flight)" for lv in self.versions()
                                  if lv is not self._active)
                 raise FailedPrecondition(
-                    f"all {self.keep_versions} adapter slots hold the active version or versions still "
+                    f"all {self.slots} adapter slots hold the active version or versions still "
                     f"serving requests ({busy}) after waiting {self.slot_wait_s:g} s; retry, or raise "
-                    "keep_versions / adapter_slot_wait_s"
+                    "swap_slots / adapter_slot_wait_s"
                 )
             self._released.clear()  # no await since the last in_flight check: no release is missed
             try:

@@ -64,9 +64,9 @@ def put_back(changed: list[AgentChange], clients: Mapping[str, AgentClient]) -> 
     for ch in changed:
         if ch.status != CHANGED or ch.before is None:
             continue
-        version = ch.before.version
+        base = ch.before.is_base
         try:
-            r = clients[ch.agent].activate_adapter(version, use_base_model=version == 0)
+            r = clients[ch.agent].activate_adapter(None if base else ch.before.version, use_base_model=base)
         except AgentError as e:
             ch.status, ch.error = PUT_BACK_FAILED, f"could not re-activate {ch.before}: {e}"
             continue
@@ -140,9 +140,9 @@ def swap_team(clients: Mapping[str, AgentClient], paths: Mapping[str, str], vers
     return change_team(clients, lambda agent, c: c.activate_adapter(version).active, prepare=load)
 
 
-def activate_team(clients: Mapping[str, AgentClient], version: int) -> list[AgentChange]:
-    """Activate an already loaded `version` on every agent (0 = the base model)."""
-    return change_team(clients, lambda agent, c: c.activate_adapter(version, use_base_model=version == 0).active)
+def activate_team(clients: Mapping[str, AgentClient], version: int | None) -> list[AgentChange]:
+    """Activate an already loaded `version` on every agent (None = the base model)."""
+    return change_team(clients, lambda agent, c: c.activate_adapter(version, use_base_model=version is None).active)
 
 
 def rollback_team(clients: Mapping[str, AgentClient]) -> list[AgentChange]:

@@ -44,6 +44,7 @@ from collm_serve.deploy.plan import (
     RESERVED_NAMES,
     AgentPlan,
     DeployPlan,
+    ServicePlan,
     build_plan,
     dns_name,
     split_address,
@@ -51,7 +52,7 @@ from collm_serve.deploy.plan import (
 
 __all__ = [
     "AGENT_SERVICE", "DATA", "HEADER_MARK", "METRICS_PORT_OFFSET", "RESERVED_NAMES", "SHM_SIZE", "TLS_DIR",
-    "TOKEN_ENV", "VOLUMES", "AgentPlan", "Backend", "DeployPlan", "RenderOptions", "build_plan", "differences",
+    "TOKEN_ENV", "VOLUMES", "AgentPlan", "Backend", "DeployPlan", "RenderOptions", "ServicePlan", "build_plan", "differences",
     "dns_name", "dump", "k8s_agent", "k8s_orchestrator", "k8s_overlay", "k8s_secret_example", "k8s_storage",
     "k8s_trainer", "regenerate_command", "render", "render_compose", "scrape_annotations", "source_checkout",
     "split_address", "write",

@@ -54,19 +54,19 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
         return {k: keys[k] for k in _COMPOSE_KEYS if k in keys}
 
     services: dict[str, Any] = {}
-    for a in plan.agents:
-        ports = [a.port] + [p for p in (a.metrics_port, a.http_port) if p is not None]
-        services[a.dns] = service(
+    for svc in plan.services:  # one agent, or an engine group packed in one container on one GPU
+        a = svc.probed
+        services[svc.dns] = service(
             "agent", ("models", "adapters", "state"),
-            command=["start", "--agent", a.name, "--config", "/config/agents.yaml"],
-            ports=[f"127.0.0.1:{p}:{p}" for p in ports],  # loopback only; publish wider on purpose
+            command=svc.command,
+            ports=[f"127.0.0.1:{p}:{p}" for m in svc.agents for p in m.ports],  # loopback only; publish wider on purpose
             shm_size=SHM_SIZE, restart="unless-stopped",
             healthcheck={
-                "test": ["CMD", *_healthcheck_cmd(a.port, AGENT_SERVICE, a.tls, a.mtls, a.dns)],
+                "test": ["CMD", *_healthcheck_cmd(a.port, AGENT_SERVICE, a.tls, a.mtls, svc.dns)],
                 # the first start converts the embedded model and starts vLLM: minutes, not seconds
                 "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "15m",
             },
-            **({"deploy": _gpu_reservation(str(a.gpu))} if gpu else {}),
+            **({"deploy": _gpu_reservation(str(svc.gpu))} if gpu else {}),
         )
     port = plan.orchestrator_port
     services["orchestrator"] = service(
@@ -74,7 +74,7 @@ def render_compose(plan: DeployPlan, gpu: bool, opts: RenderOptions) -> dict[str
         command=["orchestrate", "--config", "/config/team.yaml", "--port", str(port)],
         ports=[f"127.0.0.1:{p}:{p}" for p in (port, plan.orchestrator_metrics_port) if p is not None],
         restart="unless-stopped",
-        depends_on={a.dns: {"condition": "service_healthy"} for a in plan.agents},
+        depends_on={svc.dns: {"condition": "service_healthy"} for svc in plan.services},
         healthcheck={"test": ["CMD", *_healthcheck_cmd(port, "", plan.orchestrator_tls, plan.orchestrator_mtls,
                                                        "orchestrator")],
                      "interval": "10s", "timeout": "5s", "retries": 3, "start_period": "60s"},

@@ -35,9 +35,9 @@ def render(plan: DeployPlan, opts: RenderOptions | None = None) -> dict[str, str
         files["compose.cpu.yaml"] = dump(render_compose(plan, False, opts), header=head)
 
     agent_files = []
-    for a in plan.agents:
-        path = f"agents/{a.dns}.yaml"
-        files[f"k8s/base/{path}"] = dump(*k8s_agent(a), header=head)
+    for svc in plan.services:
+        path = f"agents/{svc.dns}.yaml"
+        files[f"k8s/base/{path}"] = dump(*k8s_agent(svc), header=head)
         agent_files.append(path)
     files["k8s/base/namespace.yaml"] = dump(
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "collm"}}, header=head)

@@ -15,7 +15,7 @@ import yaml
 
 from collm_serve.deploy.layout import AGENT_SERVICE, TLS_DIR, TOKEN_ENV, VOLUMES, _TOKENS_OF, _healthcheck_cmd
 from collm_serve.deploy.output import _Dumper
-from collm_serve.deploy.plan import AgentPlan, DeployPlan
+from collm_serve.deploy.plan import DeployPlan, ServicePlan
 
 _PART_OF = {"app.kubernetes.io/part-of": "collm"}
 
@@ -69,41 +69,47 @@ def _service(name: str, labels: dict[str, str], ports: list[tuple[str, int]]) ->
                 {"name": pname, "port": p, "targetPort": pname, "protocol": "TCP"} for pname, p in ports]}}
 
 
-def k8s_agent(a: AgentPlan) -> list[dict[str, Any]]:
-    labels = _labels("agent", a.dns)
-    ports = [("grpc", a.port)] + [(n, p) for n, p in (("metrics", a.metrics_port), ("http", a.http_port))
-                                  if p is not None]
+def k8s_agent(svc: ServicePlan) -> list[dict[str, Any]]:
+    """Deployment + Service of one agent, or of an engine group packed in one pod (ports of agent i
+    named grpc-i, metrics-i, http-i; probes ask the agent that turns SERVING last)."""
+    labels = _labels("agent", svc.dns)
+    ports: list[tuple[str, int]] = []
+    for i, m in enumerate(svc.agents):
+        suffix = f"-{i}" if svc.group else ""
+        ports += [(f"grpc{suffix}", m.port)] + [(n + suffix, p) for n, p in (("metrics", m.metrics_port),
+                                                                              ("http", m.http_port)) if p is not None]
+    a = svc.probed
     container = {
         "name": "agent", "image": "collm",
-        "args": ["start", "--agent", a.name, "--config", "/config/agents.yaml"],
+        "args": svc.command,
         "ports": [{"name": n, "containerPort": p} for n, p in ports],
         "env": _token_env("agent"),
         # loading (model conversion, engine start) reports NOT_SERVING: give it 15 minutes
-        "startupProbe": _probe(a.port, AGENT_SERVICE, a.tls, a.mtls, a.dns, periodSeconds=10, failureThreshold=90),
-        "readinessProbe": _probe(a.port, AGENT_SERVICE, a.tls, a.mtls, a.dns, periodSeconds=10, failureThreshold=2),
-        "livenessProbe": _probe(a.port, "", a.tls, a.mtls, a.dns, periodSeconds=20, failureThreshold=3,
+        "startupProbe": _probe(a.port, AGENT_SERVICE, a.tls, a.mtls, svc.dns, periodSeconds=10, failureThreshold=90),
+        "readinessProbe": _probe(a.port, AGENT_SERVICE, a.tls, a.mtls, svc.dns, periodSeconds=10, failureThreshold=2),
+        "livenessProbe": _probe(a.port, "", a.tls, a.mtls, svc.dns, periodSeconds=20, failureThreshold=3,
                                 timeoutSeconds=5),
         "volumeMounts": _mounts("models", "adapters", "state"),
         "securityContext": _CONTAINER_SECURITY,
     }
     template_meta: dict[str, Any] = {"labels": labels}
-    if a.metrics_port is not None:
-        template_meta["annotations"] = scrape_annotations(a.metrics_port)
+    if svc.metrics_port is not None:
+        template_meta["annotations"] = scrape_annotations(svc.metrics_port)
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": a.dns, "labels": labels},
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": svc.dns, "labels": labels},
         "spec": {
             "replicas": 1,
-            "strategy": {"type": "Recreate"},  # one GPU per agent: a rolling update would need a second
+            "strategy": {"type": "Recreate"},  # one GPU per service: a rolling update would need a second
             "selector": {"matchLabels": labels},
             "template": {"metadata": template_meta, "spec": {
                 "securityContext": _POD_SECURITY,
-                "terminationGracePeriodSeconds": int(a.drain_seconds) + 15,  # drain, then the engine shutdown
+                "terminationGracePeriodSeconds": int(svc.drain_seconds) + 15,  # drain, then the engine shutdown
                 "containers": [container],
                 "volumes": _pod_volumes("models", "adapters", "state"),
             }},
         },
     }
-    return [deployment, _service(a.dns, labels, ports)]
+    return [deployment, _service(svc.dns, labels, ports)]
 
 
 def scrape_annotations(port: int) -> dict[str, str]:

@@ -4,9 +4,13 @@ Compose and Kubernetes renderers read one validated `DeployPlan`, never the raw 
 
 Checked once, with one-line errors (`ConfigError`): every team agent exists in the agents config;
 each address is `host:port` and its port is the port the agent listens on; ports are fixed and
-unique on one host (agents, metrics, HTTP, orchestrator); for GPU output every agent has a GPU id and
-no two agents share one; names give valid, distinct DNS-1123 names (Compose service = Kubernetes
+unique on one host (agents, metrics, HTTP, orchestrator); for GPU output every service has a GPU id and
+no two services share one; names give valid, distinct DNS-1123 names (Compose service = Kubernetes
 Service = the host in the rewritten team file).
+
+Packing: agents with the same `engine_group` (team file, else agents file) become ONE service
+(`ServicePlan`: one container/pod, one GPU, one engine, `collm-serve start --engine-group G`), each
+agent still on its own ports; they must agree on every engine setting (collm_serve/packing.py).
 
 Metrics are on: each agent and the orchestrator get a metrics port (their gRPC port +
 `METRICS_PORT_OFFSET` unless configured). Tokens found in either config are dropped with a warning
@@ -28,6 +32,7 @@ from pydantic import ValidationError
 from collm_serve.config import AgentConfig, ConfigError, load_agents_file
 from collm_serve.config_errors import format_validation_error
 from collm_serve.deploy.layout import TLS_DIR, TOKEN_ENV, VOLUMES, Backend
+from collm_serve.packing import check_packable
 from collm_serve.team import TeamConfig, load_team_config
 
 RESERVED_NAMES = ("orchestrator", "trainer")
@@ -52,6 +57,43 @@ class AgentPlan:
     mtls: bool
     drain_seconds: float
     http_port: int | None = None  # the OpenAI-compatible endpoint, when the agent config turns it on
+    service: str = ""  # dns of the service (container/pod) that serves it: its own, or its engine group's
+    group: str | None = None  # engine_group: packed with the other agents of the group
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port] + [p for p in (self.metrics_port, self.http_port) if p is not None]
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """One container / pod: one agent, or the agents of an engine group packed on one engine."""
+
+    dns: str
+    agents: tuple[AgentPlan, ...]
+    group: str | None = None
+
+    @property
+    def command(self) -> list[str]:
+        select = ["--engine-group", self.group] if self.group else ["--agent", self.agents[0].name]
+        return ["start", *select, "--config", "/config/agents.yaml"]
+
+    @property
+    def gpu(self) -> int | None:
+        return self.agents[0].gpu
+
+    @property
+    def probed(self) -> AgentPlan:
+        """The agent health checks ask: the last of the group, which turns SERVING last."""
+        return self.agents[-1]
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.agents[0].metrics_port  # the engine's vllm:* families are on every agent's port
+
+    @property
+    def drain_seconds(self) -> float:
+        return max(a.drain_seconds for a in self.agents)
 
 
 @dataclass(frozen=True)
@@ -68,6 +110,15 @@ class DeployPlan:
     warnings: tuple[str, ...] = field(default=())
     orchestrator_tls: bool = False
     orchestrator_mtls: bool = False
+
+    @property
+    def services(self) -> tuple[ServicePlan, ...]:
+        """The containers / pods, in team order: an engine group where its first agent is."""
+        out: dict[str, list[AgentPlan]] = {}
+        for a in self.agents:
+            out.setdefault(a.service or a.dns, []).append(a)
+        groups = {a.service or a.dns: a.group for a in self.agents}
+        return tuple(ServicePlan(dns, tuple(members), groups[dns]) for dns, members in out.items())
 
     @property
     def tls(self) -> bool:
@@ -129,6 +180,7 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
                             f"or key {TOKEN_ENV[env][0]!r} of the collm-auth Secret (Kubernetes)")
     agents_doc: dict[str, Any] = {"agents": {}}
     plans: list[AgentPlan] = []
+    configs: dict[str, AgentConfig] = {}
     used_ports: dict[int, str] = {}
     used_dns: dict[str, str] = {}
 
@@ -155,7 +207,7 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         settings = dict(agents_raw[name])
         settings.pop("name", None)
         raw_member = raw_team["agents"][name] or {}
-        for key in ("engine", "model"):  # team-level deployment overrides win, as `start --engine` would
+        for key in ("engine", "model", "engine_group"):  # team-level deployment overrides win, as `start --engine` would
             if key in raw_member and raw_member[key] is not None:
                 settings[key] = raw_member[key]
         for key in ("auth_token", "admin_token"):
@@ -183,25 +235,28 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
             settings["tls"] = _tls_paths(tls, mtls)
         settings.update(host="0.0.0.0", adapter_root=VOLUMES["adapters"], state_dir=f"{VOLUMES['state']}/{name}")
         agents_doc["agents"][name] = settings
-        team_doc["agents"][name]["address"] = f"{dns}:{cfg.port}"
+        service = dns if cfg.engine_group is None else dns_name(cfg.engine_group)
+        team_doc["agents"][name]["address"] = f"{service}:{cfg.port}"
         plans.append(AgentPlan(name, dns, cfg.port, member.gpu, metrics_port, bool(tls), mtls, cfg.drain_seconds,
-                               cfg.http_port))
+                               cfg.http_port, service, cfg.engine_group))
+        configs[name] = cfg
 
+    _check_groups(team_path, plans, configs, used_dns)
     take_port(team.orchestrator_port, "orchestrator_port")
     orch_metrics = team.orchestrator_metrics_port
     if orch_metrics is None:
         orch_metrics = team.orchestrator_port + METRICS_PORT_OFFSET
     take_port(orch_metrics, "orchestrator_metrics_port")
     if backend in ("all", "gpu"):
-        by_gpu: dict[int, str] = {}
+        by_gpu: dict[int, AgentPlan] = {}
         for a in plans:
             if a.gpu is None:
                 raise ConfigError(f"{team_path}: agents.{a.name}.gpu: not set; GPU deployment pins each agent "
                                   "to one GPU (set gpu: N, or generate with --backend cpu)")
-            if a.gpu in by_gpu:
-                raise ConfigError(f"{team_path}: agents.{a.name}.gpu: GPU {a.gpu} is also agents.{by_gpu[a.gpu]}'s; "
-                                  "one agent per GPU on one host")
-            by_gpu[a.gpu] = a.name
+            if a.gpu in by_gpu and by_gpu[a.gpu].service != a.service:
+                raise ConfigError(f"{team_path}: agents.{a.name}.gpu: GPU {a.gpu} is also agents.{by_gpu[a.gpu].name}'s; "
+                                  "one agent per GPU on one host, unless packed (the same engine_group: one engine)")
+            by_gpu[a.gpu] = a
 
     team_doc["orchestrator_host"] = "0.0.0.0"
     team_doc["orchestrator_metrics_port"] = orch_metrics
@@ -221,6 +276,27 @@ def build_plan(team_path: str | os.PathLike[str], agents_path: str | os.PathLike
         agents_label=None if agents_file is None else Path(agents_file).as_posix(),
         warnings=tuple(warnings), orchestrator_tls=bool(orch_tls), orchestrator_mtls=orch_mtls,
     )
+
+
+def _check_groups(team_path: Path, plans: list[AgentPlan], configs: dict[str, AgentConfig],
+                  used_dns: dict[str, str]) -> None:
+    """Agents of one engine group can share an engine and a GPU; its service name is free."""
+    groups: dict[str, list[AgentPlan]] = {}
+    for a in plans:
+        if a.group is not None:
+            groups.setdefault(a.group, []).append(a)
+    for group, members in groups.items():
+        where = f"{team_path}: agents.{members[0].name}.engine_group"
+        dns = dns_name(group)
+        if not _DNS.match(dns) or dns in RESERVED_NAMES:
+            raise ConfigError(f"{where}: {group!r} gives {dns!r}, not a usable DNS-1123 service name")
+        if dns in used_dns and used_dns[dns] not in {m.name for m in members}:
+            raise ConfigError(f"{where}: service name {dns!r} is also that of agent {used_dns[dns]}; rename the group")
+        check_packable([configs[m.name] for m in members])
+        gpus = {m.gpu for m in members}
+        if len(gpus) > 1:
+            raise ConfigError(f"{where}: the agents of engine group {group} run on one GPU but set gpu "
+                              f"{sorted(g for g in gpus if g is not None)}; give them the same gpu")
 
 
 def _tls_paths(tls: dict[str, Any], mtls: bool) -> dict[str, Any]:

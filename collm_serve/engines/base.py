@@ -80,6 +80,9 @@ class EngineRequest:
     prompt_token_ids: list[int]
     sampling: SamplingParams
     adapter: EngineAdapter | None = None  # None = base model
+    # False: the caller wants the whole answer at once (unary Generate); the engine may then skip
+    # per-step deltas (vLLM: RequestOutputKind.FINAL_ONLY), which costs the front end far less CPU.
+    stream: bool = True
 
 
 @dataclass

@@ -113,7 +113,7 @@ class TransformersEngine(Engine):
     def _sample(self, request: EngineRequest, emit, cancel: threading.Event) -> None:
         import torch
 
-        from collm_serve.engines.sampling import process_logits
+        from collm_serve.sampling import process_logits
 
         sp = request.sampling
         n = sp.n

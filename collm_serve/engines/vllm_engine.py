@@ -173,7 +173,9 @@ class VLLMEngine(Engine):
             stop=list(sp.stop) or None,
             min_tokens=sp.min_tokens,
             logprobs=0,  # the sampled token's own log-prob
-            output_kind=RequestOutputKind.DELTA,
+            # a unary caller gets the whole answer once: no per-step RequestOutput, queue hand-off
+            # and generator wake-up in this process (measured in bench/serve_overhead.py)
+            output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
             skip_special_tokens=True,
         )
 

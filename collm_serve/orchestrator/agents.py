@@ -39,6 +39,7 @@ from collm_serve.client import (
     UnavailableError,
 )
 from collm_serve.team import TeamConfig
+from collm_serve.traces.records import SamplingRecord
 
 RETRYABLE = (UnavailableError, DeadlineExceededError)
 ABORT_TIMEOUT_S = 5.0
@@ -83,10 +84,17 @@ class AgentReply:
 
     agent: str
     output: GenerateOutput
-    sampling: dict[str, Any]  # what was asked for (recorded with every action)
+    selector: dict[str, Any]  # the adapter pin the successful attempt sent ({} = active)
     latency_ms: float  # wall time of the successful attempt
     attempts: int = 1
     pin_fallback: str = ""  # set when the pinned version was gone and the active one served
+
+    @property
+    def sampling(self) -> SamplingRecord | None:
+        """What the service ACTUALLY sampled with (its echo), recorded with every action; not
+        the request (`AgentPool.sampling`), whose unset fields the service fills from its own
+        defaults. None only from a service older than the echo."""
+        return self.output.sampling
 
 
 @dataclass
@@ -133,6 +141,7 @@ class AgentPool:
         await self.aclose()
 
     def sampling(self, agent: str, n: int, seed: int) -> dict[str, Any]:
+        """The sampling fields asked of `agent` (its team `sampling:`, this node's n and seed)."""
         s = self.team.agents[agent].sampling
         return {"max_tokens": s.max_tokens, "temperature": s.temperature, "top_p": s.top_p,
                 "top_k": s.top_k, "seed": seed, "n": n}
@@ -157,7 +166,7 @@ class AgentPool:
                     out = await client.generate(messages=messages, timeout=spec.timeout_s,
                                                 request_id=rid, **sampling, **selector)
                 except NotFoundError as e:
-                    if not selector.get("adapter_version") or fallback:
+                    if "adapter_version" not in selector or fallback:
                         raise AgentCallError(agent, spec.address, attempt + 1, e) from None
                     fallback = (f"pinned adapter version {selector['adapter_version']} is no longer "
                                 f"loaded ({e.details}); fell back to the active version")
@@ -171,7 +180,7 @@ class AgentPool:
                     latency_ms = (time.perf_counter() - started) * 1000
                     if pins is not None:
                         pins.observe(agent, out.adapter, replace=bool(fallback))
-                    return AgentReply(agent, out, {**sampling, **selector}, latency_ms,
+                    return AgentReply(agent, out, dict(selector), latency_ms,
                                       attempts=attempt + 1, pin_fallback=fallback)
             attempt += 1
             if not isinstance(error, RETRYABLE) or attempt >= policy.attempts:

@@ -270,6 +270,6 @@ class EpisodeRunner:
             agent=reply.agent, observation=observation, prompt_token_ids=list(out.prompt_token_ids),
             response_text=c.text, response_token_ids=list(c.token_ids), logprobs=list(c.logprobs),
             adapter_name=out.adapter.name, adapter_version=out.adapter.version,
-            adapter_sha256=out.adapter.sha256, sampling=dict(reply.sampling),
+            adapter_sha256=out.adapter.sha256, sampling=reply.sampling,
             finish_reason=c.finish_reason, latency_ms=reply.latency_ms,
         )

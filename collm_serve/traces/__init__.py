@@ -1,5 +1,6 @@
 """Traces: episode → turns → actions records (records.py), their SQLite store (store.py; its
-file format in schema.py, its row ↔ record encoding in codec.py), flat JSONL / Parquet export
+file format in schema.py, the field table every column, INSERT, row reader and export column
+derives from in codec.py), flat JSONL / Parquet export
 and import (export.py) and the `collm-traces` CLI (cli.py).
 
 The trainer reads traces only through this package. Importing it is cheap (stdlib only).
@@ -12,6 +13,7 @@ from collm_serve.traces.records import (
     EPISODE_STATUSES,
     ActionRecord,
     EpisodeRecord,
+    SamplingRecord,
     TurnRecord,
 )
 from collm_serve.traces.schema import SCHEMA_VERSION, TraceSchemaError, TraceStoreError
@@ -25,6 +27,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ActionRecord",
     "EpisodeRecord",
+    "SamplingRecord",
     "TraceSchemaError",
     "TraceStore",
     "TraceStoreError",

@@ -1,10 +1,16 @@
-"""Row ↔ record codecs of the trace store: column lists, BLOB packing, JSON text, and the
-mapping between SQLite rows and EpisodeRecord / TurnRecord / ActionRecord.
+"""The field table of the trace records: ONE declaration per stored field, from which the SQL
+columns (schema.py's CREATE TABLEs), the INSERTs and row readers (store.py) and the flat export
+and its Arrow schema (export.py) are all derived.
 
-Separate from store.py so the encoding of one record (which column holds what, how token ids
-and log-probs are packed) is pure functions without a connection, testable on their own; the
-store keeps transactions, validation of the episode tree and the queries. The column lists fix
-the order of the tuples built and read here; the DDL they match is in schema.py.
+A `Column` names a record field, its SQL column and type, and a `Codec` (record value <-> SQL
+value <-> export value). `EPISODES`, `TURNS` and `ACTIONS` list the columns of the three tables
+in on-disk order; `_check_covers` proves at import that each table maps exactly the fields of
+its dataclass in records.py (plus the store's own keys), so a field added to a record without a
+column (or the reverse) fails at import, not in a trace file. Rows are read by column name
+(sqlite3.Row), never by position.
+
+Pure functions without a connection, testable on their own; the store keeps transactions,
+validation of the episode tree and the queries.
 """
 
 from __future__ import annotations
@@ -14,24 +20,11 @@ import math
 import sys
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
-from collm_serve.traces.records import ActionRecord, EpisodeRecord, TurnRecord
-
-EPISODE_COLS = (
-    "episode_id, task, split, problem_id, seed, agents, group_size, protocol, status, "
-    "failure_reason, final_return, created_at, finished_at, metadata"
-)
-TURN_INSERT_COLS = (
-    "episode_id, parent_turn_id, turn_index, branch_index, reward, feedback, done, info"
-)
-TURN_COLS = "turn_id, " + TURN_INSERT_COLS
-ACTION_COLS = (
-    "turn_id, agent_index, agent, observation, prompt_token_ids, response_text, "
-    "response_token_ids, logprobs, adapter_name, adapter_version, adapter_sha256, sampling, "
-    "finish_reason, latency_ms"
-)
+from collm_serve.traces.records import ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
 # ---------------------------------------------------------------------------------------------
 # packing helpers
@@ -90,119 +83,212 @@ def finite(x: float, what: str) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# record → row (values in the order of the column lists above)
+# codecs: record value <-> SQL value <-> export value
 
 
-def episode_row(e: EpisodeRecord) -> tuple[Any, ...]:
-    """The EPISODE_COLS values of `e`; ValueError for non-JSON metadata / non-finite return."""
-    return (
-        e.episode_id,
-        e.task,
-        e.split,
-        e.problem_id,
-        int(e.seed),
-        dumps(list(e.agents), "episode agents"),
-        int(e.group_size),
-        e.protocol,
-        e.status,
-        e.failure_reason,
-        None if e.final_return is None else finite(e.final_return, "final_return"),
-        float(e.created_at or time.time()),
-        e.finished_at,
-        dumps(e.metadata, "episode metadata"),
-    )
+def _same(v: Any, what: str = "") -> Any:
+    return v
 
 
-def turn_row(episode_id: str, parent: int | None, t: TurnRecord, where: str) -> tuple[Any, ...]:
-    """The TURN_INSERT_COLS values of `t` under `parent`; `where` names the turn in errors."""
-    return (
-        episode_id,
-        parent,
-        int(t.turn_index),
-        int(t.branch_index),
-        finite(t.reward, f"{where} reward"),
-        dumps(t.feedback, f"{where} feedback"),
-        int(bool(t.done)),
-        dumps(t.info, f"{where} info"),
-    )
+def _nullable(fn: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    return lambda v, what: None if v is None else fn(v, what)
 
 
-def action_row(turn_id: int, agent_index: int, a: ActionRecord, what: str) -> tuple[Any, ...]:
-    """The ACTION_COLS values of `a`; `what` names the action in errors."""
-    return (
-        turn_id,
-        agent_index,
-        a.agent,
-        dumps(a.observation, f"{what} observation"),
-        pack_token_ids(a.prompt_token_ids),
-        a.response_text,
-        pack_token_ids(a.response_token_ids),
-        pack_logprobs(a.logprobs),
-        a.adapter_name,
-        int(a.adapter_version),
-        a.adapter_sha256,
-        dumps(a.sampling, f"{what} sampling"),
-        a.finish_reason,
-        float(a.latency_ms),
-    )
+@dataclass(frozen=True)
+class Codec:
+    """How one field's value is stored and exported.
+
+    to_sql(value, what) / from_sql(sql): record <-> SQLite (`what` names the field in errors).
+    to_export(value) / from_export(value): record <-> a flat export row (JSON / Arrow).
+    arrow: the Arrow type name of the export column (resolved in export.arrow_schema).
+    """
+
+    to_sql: Callable[[Any, str], Any] = _same
+    from_sql: Callable[[Any], Any] = lambda v: v
+    to_export: Callable[[Any], Any] = lambda v: v
+    from_export: Callable[[Any], Any] = lambda v: v
+    arrow: str = "string"
+
+
+def chat(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Chat messages as exported: {"role", "content"} only, both strings (a fixed Arrow struct)."""
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+
+
+def completion(text: str) -> list[dict[str, str]]:
+    """A response as exported: one assistant message (TRL's conversational completion)."""
+    return [{"role": "assistant", "content": text}]
+
+
+def completion_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    if len(messages) != 1 or messages[0].get("role") != "assistant":
+        raise ValueError(f"completion must be one assistant message, got {messages!r}")
+    return messages[0]["content"]
+
+
+def export_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _sampling_json(s: SamplingRecord | None) -> dict[str, Any]:
+    return {} if s is None else s.to_json()
+
+
+TEXT = Codec()
+INT = Codec(to_sql=lambda v, what: int(v), arrow="int64")
+ID = Codec(arrow="int64")  # ids the store assigns (turn_id, parent_turn_id): None or int
+REAL = Codec(to_sql=lambda v, what: float(v), arrow="float64")
+NULLABLE_REAL = Codec(arrow="float64")
+FINITE = Codec(to_sql=_nullable(finite), arrow="float64")
+CREATED = Codec(to_sql=lambda v, what: float(v or time.time()), arrow="float64")
+BOOL = Codec(to_sql=lambda v, what: int(bool(v)), from_sql=bool, to_export=bool, arrow="bool")
+JSON = Codec(to_sql=dumps, from_sql=json.loads, to_export=export_json, from_export=json.loads)
+NAMES = Codec(  # a list of names: JSON text in SQLite, a list of strings in exports
+    to_sql=lambda v, what: dumps(list(v), what), from_sql=json.loads, to_export=list,
+    from_export=list, arrow="list<string>",
+)
+CHAT = Codec(  # chat messages: JSON text in SQLite, a list of {role, content} in exports
+    to_sql=dumps, from_sql=json.loads, to_export=chat,
+    from_export=lambda v: [dict(m) for m in v], arrow="messages",
+)
+COMPLETION = Codec(to_export=completion, from_export=completion_text, arrow="messages")
+TOKEN_IDS = Codec(
+    to_sql=lambda v, what: pack_token_ids(v), from_sql=unpack_token_ids, to_export=list,
+    from_export=list, arrow="list<int32>",
+)
+LOGPROBS = Codec(
+    to_sql=lambda v, what: pack_logprobs(v), from_sql=unpack_logprobs, to_export=list,
+    from_export=list, arrow="list<float64>",
+)
+SAMPLING = Codec(  # a SamplingRecord: a JSON object in SQLite and exports ({} = not recorded)
+    to_sql=lambda v, what: dumps(_sampling_json(v), what),
+    from_sql=lambda v: SamplingRecord.from_json(json.loads(v)),
+    to_export=lambda v: export_json(_sampling_json(v)),
+    from_export=lambda v: SamplingRecord.from_json(json.loads(v)),
+)
 
 
 # ---------------------------------------------------------------------------------------------
-# row → record
+# the field table
 
 
-def episode_from_row(r: Sequence[Any]) -> EpisodeRecord:
-    """An EPISODE_COLS row → its EpisodeRecord, without turns."""
-    return EpisodeRecord(
-        episode_id=r[0],
-        task=r[1],
-        split=r[2],
-        problem_id=r[3],
-        seed=r[4],
-        agents=json.loads(r[5]),
-        group_size=r[6],
-        protocol=r[7],
-        status=r[8],
-        failure_reason=r[9],
-        final_return=r[10],
-        created_at=r[11],
-        finished_at=r[12],
-        metadata=json.loads(r[13]),
-    )
+@dataclass(frozen=True)
+class Column:
+    """One stored field. field: the record attribute (None: a key the store supplies, such as
+    a row's parent id); name: the SQL column; ddl: its SQL type and constraints; export: the
+    flat export's column name ("" = not exported: the episode / turn row already carries it);
+    insert: False for ids SQLite assigns."""
+
+    field: str | None
+    name: str
+    ddl: str
+    codec: Codec = TEXT
+    export: str | None = None  # None = the SQL name
+    insert: bool = True
+
+    @property
+    def export_name(self) -> str:
+        return self.name if self.export is None else self.export
 
 
-def turn_from_row(r: Sequence[Any]) -> tuple[str, TurnRecord]:
-    """A TURN_COLS row → (episode_id, its TurnRecord without actions)."""
-    tid, eid, parent, t_index, b_index, reward, feedback, done, info = r
-    return (
-        eid,
-        TurnRecord(
-            turn_index=t_index,
-            actions=[],
-            reward=reward,
-            feedback=json.loads(feedback),
-            done=bool(done),
-            branch_index=b_index,
-            parent_turn_id=parent,
-            info=json.loads(info),
-            turn_id=tid,
-        ),
-    )
+EPISODES: tuple[Column, ...] = (
+    Column("episode_id", "episode_id", "TEXT PRIMARY KEY"),
+    Column("task", "task", "TEXT NOT NULL"),
+    Column("split", "split", "TEXT NOT NULL"),
+    Column("problem_id", "problem_id", "TEXT NOT NULL"),
+    Column("seed", "seed", "INTEGER NOT NULL", INT),
+    Column("agents", "agents", "TEXT NOT NULL", NAMES),  # JSON list[str]
+    Column("group_size", "group_size", "INTEGER NOT NULL", INT),
+    Column("protocol", "protocol", "TEXT NOT NULL"),
+    Column("status", "status", "TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed'))"),
+    Column("failure_reason", "failure_reason", "TEXT NOT NULL"),
+    Column("final_return", "final_return", "REAL", FINITE),
+    Column("created_at", "created_at", "REAL NOT NULL", CREATED),
+    Column("finished_at", "finished_at", "REAL", NULLABLE_REAL),
+    Column("metadata", "metadata", "TEXT NOT NULL", JSON, export="episode_metadata"),
+)
+TURNS: tuple[Column, ...] = (
+    Column("turn_id", "turn_id", "INTEGER PRIMARY KEY AUTOINCREMENT", ID, insert=False),
+    Column(None, "episode_id", "TEXT NOT NULL REFERENCES episodes (episode_id) ON DELETE CASCADE",
+           export=""),
+    Column("parent_turn_id", "parent_turn_id", "INTEGER REFERENCES turns (turn_id)", ID),
+    Column("turn_index", "turn_index", "INTEGER NOT NULL CHECK (turn_index >= 0)", INT),
+    Column("branch_index", "branch_index", "INTEGER NOT NULL CHECK (branch_index >= 0)", INT),
+    Column("reward", "reward", "REAL NOT NULL", FINITE),
+    Column("feedback", "feedback", "TEXT NOT NULL", JSON),  # agent -> text
+    Column("done", "done", "INTEGER NOT NULL", BOOL),
+    Column("info", "info", "TEXT NOT NULL", JSON, export="turn_info"),
+)
+ACTIONS: tuple[Column, ...] = (
+    Column(None, "turn_id", "INTEGER NOT NULL REFERENCES turns (turn_id) ON DELETE CASCADE",
+           export=""),
+    Column(None, "agent_index", "INTEGER NOT NULL", INT),  # position in TurnRecord.actions
+    Column("agent", "agent", "TEXT NOT NULL"),
+    Column("observation", "observation", "TEXT NOT NULL", CHAT, export="prompt"),
+    Column("prompt_token_ids", "prompt_token_ids", "BLOB NOT NULL", TOKEN_IDS),  # LE int32
+    Column("response_text", "response_text", "TEXT NOT NULL", COMPLETION, export="completion"),
+    Column("response_token_ids", "response_token_ids", "BLOB NOT NULL", TOKEN_IDS),  # LE int32
+    Column("logprobs", "logprobs", "BLOB NOT NULL", LOGPROBS),  # LE float64
+    Column("adapter_name", "adapter_name", "TEXT NOT NULL"),
+    Column("adapter_version", "adapter_version", "INTEGER NOT NULL", INT),
+    Column("adapter_sha256", "adapter_sha256", "TEXT NOT NULL"),
+    Column("sampling", "sampling", "TEXT NOT NULL", SAMPLING),  # JSON object
+    Column("finish_reason", "finish_reason", "TEXT NOT NULL"),
+    Column("latency_ms", "latency_ms", "REAL NOT NULL", REAL),
+)
+# record fields that are child rows, not columns
+_CHILDREN = {EpisodeRecord: {"turns"}, TurnRecord: {"actions"}, ActionRecord: set()}
+TABLES = {"episodes": (EpisodeRecord, EPISODES), "turns": (TurnRecord, TURNS),
+          "actions": (ActionRecord, ACTIONS)}
 
 
-def action_from_row(r: Sequence[Any]) -> ActionRecord:
-    """An ACTION_COLS row → its ActionRecord (r[0] is the turn id, r[1] the agent index)."""
-    return ActionRecord(
-        agent=r[2],
-        observation=json.loads(r[3]),
-        prompt_token_ids=unpack_token_ids(r[4]),
-        response_text=r[5],
-        response_token_ids=unpack_token_ids(r[6]),
-        logprobs=unpack_logprobs(r[7]),
-        adapter_name=r[8],
-        adapter_version=r[9],
-        adapter_sha256=r[10],
-        sampling=json.loads(r[11]),
-        finish_reason=r[12],
-        latency_ms=r[13],
+def _check_covers() -> None:
+    """Each table maps every field of its record exactly once (and nothing else)."""
+    for table, (record, columns) in TABLES.items():
+        mapped = [c.field for c in columns if c.field is not None]
+        want = {f.name for f in fields(record)} - _CHILDREN[record]
+        if len(mapped) != len(set(mapped)) or set(mapped) != want:
+            raise RuntimeError(
+                f"trace table {table} maps fields {sorted(mapped)} but {record.__name__} has "
+                f"{sorted(want)}: add or remove the Column in collm_serve/traces/codec.py"
+            )
+
+
+_check_covers()
+
+
+def names(columns: Sequence[Column], *, prefix: str = "") -> str:
+    """`a, b, c` (or `t.a AS a, ...` with a table prefix): a SELECT list read back by name."""
+    return ", ".join(f"{prefix}{c.name} AS {c.name}" if prefix else c.name for c in columns)
+
+
+def insert_sql(table: str) -> str:
+    """`INSERT INTO table (cols) VALUES (:cols)`: named parameters, filled by `record_values`."""
+    cols = [c.name for c in TABLES[table][1] if c.insert]
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join(':' + c for c in cols)})"
+
+
+def record_values(table: str, record: Any, what: str, **keys: Any) -> dict[str, Any]:
+    """The inserted columns of `record` by name; `keys` supplies the store's keys and overrides
+    (a remapped parent_turn_id). ValueError naming `what` for a value that cannot be stored."""
+    out = {}
+    for c in TABLES[table][1]:
+        if not c.insert:
+            continue
+        if c.name in keys:
+            out[c.name] = keys[c.name]
+        elif c.field is None:
+            raise TypeError(f"{table}.{c.name} is the store's key; pass it to record_values")
+        else:
+            out[c.name] = c.codec.to_sql(getattr(record, c.field), f"{what} {c.field}")
+    return out
+
+
+def record_from_row(table: str, row: Mapping[str, Any], **children: Any) -> Any:
+    """A row (sqlite3.Row or dict, read by column name) → its record; `children` fills the
+    child lists (turns=[] / actions=[])."""
+    record, columns = TABLES[table]
+    return record(
+        **{c.field: c.codec.from_sql(row[c.name]) for c in columns if c.field is not None},
+        **children,
     )

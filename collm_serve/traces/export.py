@@ -1,7 +1,8 @@
 """Export traces as flat rows that `datasets.load_dataset("json" | "parquet")` reads as-is.
 
 Row shape: ONE ROW PER ACTION (agent × turn), each carrying its episode's and turn's columns,
-in the order of `COLUMNS`. Flat rows with a fixed schema are what Arrow-based readers want: no
+in the order of `COLUMNS`: the stored fields of codec.py's field table (one declaration per
+field: its export name and its export codec live there), plus the derived `logprob_sum`. Flat rows with a fixed schema are what Arrow-based readers want: no
 free-form nesting to infer, and every file of a sharded export has the same columns and types.
 - `prompt` and `completion` are chat messages, lists of {"role", "content"}: TRL's
   "conversational prompt-completion" format (SFTTrainer, GRPOTrainer, ... read these column
@@ -14,8 +15,9 @@ free-form nesting to infer, and every file of a sharded export has the same colu
   the store holds) under the sampling distribution of the policy `adapter_version` names;
   `logprob_sum` is their sum, log π_behaviour(completion | prompt) of the whole macro action.
 - Token ids (`prompt_token_ids`, `response_token_ids`) are lists of ints.
-- Free-form dicts (`sampling`, `feedback`, `turn_info`, `episode_metadata`) are JSON strings:
-  their keys vary by task, and inferring a struct type from them makes shards disagree.
+- Free-form dicts (`feedback`, `turn_info`, `episode_metadata`) are JSON strings: their keys
+  vary by task, and inferring a struct type from them makes shards disagree. `sampling` is the
+  action's SamplingRecord as a JSON string too (`{}` = not recorded).
   `feedback` is the whole turn's {agent: text}.
 - An episode without turns (e.g. failed at its first generation) is one row whose turn and
   action columns are null, so `import_jsonl` restores it too.
@@ -32,120 +34,62 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from collm_serve.traces.codec import (
+    ACTIONS,
+    EPISODES,
+    TURNS,
+    Column,
+    chat,
+    completion,
+    export_json,
+)
 from collm_serve.traces.records import ActionRecord, EpisodeRecord, TurnRecord
 from collm_serve.traces.store import TraceStore
 
-EPISODE_COLUMNS = (
-    "episode_id",
-    "task",
-    "split",
-    "problem_id",
-    "seed",
-    "agents",
-    "group_size",
-    "protocol",
-    "status",
-    "failure_reason",
-    "final_return",
-    "created_at",
-    "finished_at",
-    "episode_metadata",
-)
-TURN_COLUMNS = (
-    "turn_id",
-    "parent_turn_id",
-    "turn_index",
-    "branch_index",
-    "reward",
-    "done",
-    "feedback",
-    "turn_info",
-)
-ACTION_COLUMNS = (
-    "agent_index",
-    "agent",
-    "prompt",
-    "completion",
-    "prompt_token_ids",
-    "response_token_ids",
-    "logprobs",
-    "logprob_sum",
-    "adapter_name",
-    "adapter_version",
-    "adapter_sha256",
-    "sampling",
-    "finish_reason",
-    "latency_ms",
+__all__ = ["COLUMNS", "arrow_schema", "chat", "completion", "episode_rows", "export_jsonl",
+           "export_parquet", "import_jsonl", "rows_to_episodes"]
+
+
+def _exported(columns: tuple[Column, ...]) -> tuple[Column, ...]:
+    return tuple(c for c in columns if c.export_name)
+
+
+# the export's columns: codec.py's field table, in table order, under their export names;
+# `logprob_sum` (derived, not stored) follows `logprobs`
+_EPISODE, _TURN, _ACTION = _exported(EPISODES), _exported(TURNS), _exported(ACTIONS)
+LOGPROB_SUM = "logprob_sum"
+EPISODE_COLUMNS = tuple(c.export_name for c in _EPISODE)
+TURN_COLUMNS = tuple(c.export_name for c in _TURN)
+ACTION_COLUMNS = tuple(
+    n for c in _ACTION for n in ((c.export_name, LOGPROB_SUM) if c.name == "logprobs" else (c.export_name,))
 )
 COLUMNS = EPISODE_COLUMNS + TURN_COLUMNS + ACTION_COLUMNS
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+def _values(columns: tuple[Column, ...], record: Any, **keys: Any) -> dict[str, Any]:
+    """A record's export columns by name (`keys`: the store's keys, e.g. agent_index)."""
+    return {
+        c.export_name: keys[c.name] if c.field is None else c.codec.to_export(getattr(record, c.field))
+        for c in columns
+    }
 
 
-def chat(messages: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
-    """Chat messages as exported: {"role", "content"} only, both strings (a fixed Arrow struct)."""
-    return [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
-
-
-def completion(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
+def _fields(columns: tuple[Column, ...], row: dict[str, Any]) -> dict[str, Any]:
+    """An export row's values of a record's fields, by field name (the inverse of `_values`)."""
+    return {c.field: c.codec.from_export(row[c.export_name]) for c in columns if c.field is not None}
 
 
 def episode_rows(ep: EpisodeRecord) -> Iterator[dict[str, Any]]:
     """The flat rows of one episode (see the module docstring)."""
-    head = {
-        "episode_id": ep.episode_id,
-        "task": ep.task,
-        "split": ep.split,
-        "problem_id": ep.problem_id,
-        "seed": ep.seed,
-        "agents": list(ep.agents),
-        "group_size": ep.group_size,
-        "protocol": ep.protocol,
-        "status": ep.status,
-        "failure_reason": ep.failure_reason,
-        "final_return": ep.final_return,
-        "created_at": ep.created_at,
-        "finished_at": ep.finished_at,
-        "episode_metadata": _json(ep.metadata),
-    }
+    head = _values(_EPISODE, ep)
     if not ep.turns:
         yield head | dict.fromkeys(TURN_COLUMNS + ACTION_COLUMNS)
         return
     for t in ep.turns:
-        turn = {
-            "turn_id": t.turn_id,
-            "parent_turn_id": t.parent_turn_id,
-            "turn_index": t.turn_index,
-            "branch_index": t.branch_index,
-            "reward": t.reward,
-            "done": t.done,
-            "feedback": _json(t.feedback),
-            "turn_info": _json(t.info),
-        }
+        turn = _values(_TURN, t)
         for i, a in enumerate(t.actions):
-            yield (
-                head
-                | turn
-                | {
-                    "agent_index": i,
-                    "agent": a.agent,
-                    "prompt": chat(a.observation),
-                    "completion": completion(a.response_text),
-                    "prompt_token_ids": a.prompt_token_ids,
-                    "response_token_ids": a.response_token_ids,
-                    "logprobs": a.logprobs,
-                    "logprob_sum": math.fsum(a.logprobs),
-                    "adapter_name": a.adapter_name,
-                    "adapter_version": a.adapter_version,
-                    "adapter_sha256": a.adapter_sha256,
-                    "sampling": _json(a.sampling),
-                    "finish_reason": a.finish_reason,
-                    "latency_ms": a.latency_ms,
-                }
-            )
+            action = _values(_ACTION, a, agent_index=i) | {LOGPROB_SUM: math.fsum(a.logprobs)}
+            yield head | turn | {c: action[c] for c in ACTION_COLUMNS}  # in COLUMNS order
 
 
 @contextmanager
@@ -174,42 +118,31 @@ def export_jsonl(store: TraceStore, out_path: str | os.PathLike[str], **filters:
     with _atomic_output(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for ep in store.iter_episodes(**filters):
             for row in episode_rows(ep):
-                f.write(_json(row))
+                f.write(export_json(row))
                 f.write("\n")
                 n += 1
     return n
 
 
 def arrow_schema() -> Any:
-    """The pyarrow schema of the Parquet export (int32 token ids, float64 log-probs)."""
+    """The pyarrow schema of the Parquet export, from the field table's codecs (int32 token ids,
+    float64 log-probs, chat messages as lists of {role, content})."""
     import pyarrow as pa
 
-    s, i64, f64 = pa.string(), pa.int64(), pa.float64()
-    messages = pa.list_(pa.struct([("role", s), ("content", s)]))
+    s = pa.string()
     types = {
-        "prompt": messages,
-        "completion": messages,
-        "logprob_sum": f64,
-        "agents": pa.list_(s),
-        "seed": i64,
-        "group_size": i64,
-        "final_return": f64,
-        "created_at": f64,
-        "finished_at": f64,
-        "turn_id": i64,
-        "parent_turn_id": i64,
-        "turn_index": i64,
-        "branch_index": i64,
-        "reward": f64,
-        "done": pa.bool_(),
-        "agent_index": i64,
-        "prompt_token_ids": pa.list_(pa.int32()),
-        "response_token_ids": pa.list_(pa.int32()),
-        "logprobs": pa.list_(f64),
-        "adapter_version": i64,
-        "latency_ms": f64,
+        "string": s,
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "bool": pa.bool_(),
+        "list<string>": pa.list_(s),
+        "list<int32>": pa.list_(pa.int32()),
+        "list<float64>": pa.list_(pa.float64()),
+        "messages": pa.list_(pa.struct([("role", s), ("content", s)])),
     }
-    return pa.schema([(c, types.get(c, s)) for c in COLUMNS])
+    by_name = {c.export_name: types[c.codec.arrow] for c in _EPISODE + _TURN + _ACTION}
+    by_name[LOGPROB_SUM] = pa.float64()
+    return pa.schema([(c, by_name[c]) for c in COLUMNS])
 
 
 def export_parquet(
@@ -261,61 +194,29 @@ def rows_to_episodes(rows: Iterable[dict[str, Any]]) -> Iterator[EpisodeRecord]:
                 yield current
             seen.add(eid)
             turns = {}
-            current = EpisodeRecord(
-                episode_id=eid,
-                task=row["task"],
-                split=row["split"],
-                problem_id=row["problem_id"],
-                seed=row["seed"],
-                agents=list(row["agents"]),
-                group_size=row["group_size"],
-                protocol=row["protocol"],
-                status=row["status"],
-                failure_reason=row["failure_reason"],
-                final_return=row["final_return"],
-                created_at=row["created_at"],
-                finished_at=row["finished_at"],
-                metadata=json.loads(row["episode_metadata"]),
-            )
+            current = _record(line_no, EpisodeRecord, _EPISODE, row)
         tid = row["turn_id"]
         if tid is None:
             continue
         turn = turns.get(tid)
         if turn is None:
-            turn = turns[tid] = TurnRecord(
-                turn_index=row["turn_index"],
-                actions=[],
-                reward=row["reward"],
-                feedback=json.loads(row["feedback"]),
-                done=row["done"],
-                branch_index=row["branch_index"],
-                parent_turn_id=row["parent_turn_id"],
-                info=json.loads(row["turn_info"]),
-                turn_id=tid,
-            )
+            turn = turns[tid] = _record(line_no, TurnRecord, _TURN, row, actions=[])
             current.turns.append(turn)
         if row["agent_index"] != len(turn.actions):
             raise ValueError(
                 f"row {line_no}: action {row['agent_index']} of turn {tid} out of order"
             )
-        turn.actions.append(
-            ActionRecord(
-                agent=row["agent"],
-                observation=[dict(m) for m in row["prompt"]],
-                prompt_token_ids=list(row["prompt_token_ids"]),
-                response_text=_completion_text(row["completion"], line_no),
-                response_token_ids=list(row["response_token_ids"]),
-                logprobs=list(row["logprobs"]),
-                adapter_name=row["adapter_name"],
-                adapter_version=row["adapter_version"],
-                adapter_sha256=row["adapter_sha256"],
-                sampling=json.loads(row["sampling"]),
-                finish_reason=row["finish_reason"],
-                latency_ms=row["latency_ms"],
-            )
-        )
+        turn.actions.append(_record(line_no, ActionRecord, _ACTION, row))
     if current is not None:
         yield current
+
+
+def _record(line_no: int, cls: type, columns: tuple[Column, ...], row: dict[str, Any], **kw: Any) -> Any:
+    """`cls` from the row's values of `columns`; a bad value is a ValueError naming the row."""
+    try:
+        return cls(**_fields(columns, row), **kw)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"row {line_no}: {e}") from e
 
 
 def _upgrade(row: dict[str, Any]) -> dict[str, Any]:
@@ -329,12 +230,6 @@ def _upgrade(row: dict[str, Any]) -> dict[str, Any]:
     row["completion"] = None if text is None else completion(text)
     row.setdefault("logprob_sum", None if row.get("logprobs") is None else math.fsum(row["logprobs"]))
     return row
-
-
-def _completion_text(messages: list[dict[str, Any]], line_no: int) -> str:
-    if len(messages) != 1 or messages[0].get("role") != "assistant":
-        raise ValueError(f"row {line_no}: completion must be one assistant message, got {messages!r}")
-    return messages[0]["content"]
 
 
 def import_jsonl(

@@ -2,8 +2,10 @@
 
 Separate from store.py so the file format lives in one place that can be read (and reviewed for
 a version bump) without the connection / query code; store.py calls `prepare_schema` once per
-open. A change here is a change of the file format: bump SCHEMA_VERSION and add a MIGRATIONS
-entry from the previous version.
+open. The record tables' columns come from the field table in codec.py (EPISODES, TURNS,
+ACTIONS); this module adds the meta table, multi-column constraints and indexes. A change of a
+column there or of the DDL here is a change of the file format: bump SCHEMA_VERSION and add a
+MIGRATIONS entry from the previous version. Rows are read as sqlite3.Row (by column name).
 
 Storage layout (schema version 1):
 - meta(key, value): `schema_version`.
@@ -12,17 +14,19 @@ Storage layout (schema version 1):
   `parent_turn_id` → turns; a unique index on (episode, parent, branch_index) keeps a Monte
   Carlo group's branch indices distinct; `feedback` and `info` as JSON text.
 - actions: one row per (turn, agent) in the order of `TurnRecord.actions`; observation and
-  sampling as JSON text. Token ids are packed little-endian int32 BLOBs (4 bytes a token);
+  sampling (a SamplingRecord, `{}` when not recorded) as JSON text. Token ids are packed little-endian int32 BLOBs (4 bytes a token);
   log-probs are packed little-endian float64 BLOBs (8 bytes a token). float64 holds every
   Python float — and so every float32 an engine returned — exactly, so log-probs read back
   bit-identical to what was written. A CHECK ties the two blob lengths together.
-The packing and the row ↔ record mapping are in codec.py.
+The packing and the field ↔ column mapping are in codec.py.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+
+from collm_serve.traces.codec import TABLES
 
 SCHEMA_VERSION = 1
 
@@ -39,76 +43,52 @@ class TraceSchemaError(TraceStoreError):
     """The file's schema version is not one this code can read."""
 
 
-_SCHEMA = """
+# what the field table (codec.py) cannot say about a table: its multi-column constraints
+_CONSTRAINTS = {
+    "actions": (
+        "PRIMARY KEY (turn_id, agent_index)",
+        "UNIQUE (turn_id, agent)",
+        "CHECK (length(logprobs) = 2 * length(response_token_ids))",
+    ),
+}
+_META = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-CREATE TABLE episodes (
-    episode_id     TEXT PRIMARY KEY,
-    task           TEXT NOT NULL,
-    split          TEXT NOT NULL,
-    problem_id     TEXT NOT NULL,
-    seed           INTEGER NOT NULL,
-    agents         TEXT NOT NULL,             -- JSON list[str]
-    group_size     INTEGER NOT NULL,
-    protocol       TEXT NOT NULL,
-    status         TEXT NOT NULL CHECK (status IN ('running', 'ok', 'failed')),
-    failure_reason TEXT NOT NULL,
-    final_return   REAL,
-    created_at     REAL NOT NULL,
-    finished_at    REAL,
-    metadata       TEXT NOT NULL              -- JSON object
-);
+"""
+_INDEXES = """
 CREATE INDEX episodes_task_split ON episodes (task, split, status, problem_id, seed);
 CREATE INDEX episodes_status_created ON episodes (status, created_at);
-CREATE TABLE turns (
-    turn_id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    episode_id     TEXT NOT NULL REFERENCES episodes (episode_id) ON DELETE CASCADE,
-    parent_turn_id INTEGER REFERENCES turns (turn_id),
-    turn_index     INTEGER NOT NULL CHECK (turn_index >= 0),
-    branch_index   INTEGER NOT NULL CHECK (branch_index >= 0),
-    reward         REAL NOT NULL,
-    feedback       TEXT NOT NULL,             -- JSON object agent -> text
-    done           INTEGER NOT NULL,
-    info           TEXT NOT NULL              -- JSON object
-);
 CREATE INDEX turns_episode ON turns (episode_id, turn_id);
 CREATE INDEX turns_parent ON turns (parent_turn_id);
 CREATE UNIQUE INDEX turns_sibling ON turns (episode_id, ifnull(parent_turn_id, -1), branch_index);
-CREATE TABLE actions (
-    turn_id            INTEGER NOT NULL REFERENCES turns (turn_id) ON DELETE CASCADE,
-    agent_index        INTEGER NOT NULL,      -- position in TurnRecord.actions
-    agent              TEXT NOT NULL,
-    observation        TEXT NOT NULL,         -- JSON list of chat messages
-    prompt_token_ids   BLOB NOT NULL,         -- little-endian int32
-    response_text      TEXT NOT NULL,
-    response_token_ids BLOB NOT NULL,         -- little-endian int32
-    logprobs           BLOB NOT NULL,         -- little-endian float64
-    adapter_name       TEXT NOT NULL,
-    adapter_version    INTEGER NOT NULL,
-    adapter_sha256     TEXT NOT NULL,
-    sampling           TEXT NOT NULL,         -- JSON object
-    finish_reason      TEXT NOT NULL,
-    latency_ms         REAL NOT NULL,
-    PRIMARY KEY (turn_id, agent_index),
-    UNIQUE (turn_id, agent),
-    CHECK (length(logprobs) = 2 * length(response_token_ids))
-);
 CREATE INDEX actions_adapter ON actions (agent, adapter_name, adapter_version);
 """
 
 
+def create_table_sql(table: str) -> str:
+    """The CREATE TABLE of one record table, from its columns in codec.py's field table."""
+    lines = [f"    {c.name} {c.ddl}" for c in TABLES[table][1]]
+    lines += [f"    {x}" for x in _CONSTRAINTS.get(table, ())]
+    return f"CREATE TABLE {table} (\n" + ",\n".join(lines) + "\n)"
+
+
+def schema_sql() -> str:
+    """The whole schema script of a new file (version SCHEMA_VERSION)."""
+    return _META + "".join(create_table_sql(t) + ";\n" for t in TABLES) + _INDEXES
+
+
 def read_version(conn: sqlite3.Connection, path: str) -> int | None:
     """None for an empty database; raises for a non-empty database that is not ours."""
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = {r["name"] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if not tables:
         return None
     if "meta" not in tables:
         raise TraceSchemaError(f"{path}: not a CoLLM trace store (no meta table)")
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     try:
-        return int(row[0])
+        return int(row["value"])
     except (TypeError, ValueError) as e:
         raise TraceSchemaError(f"{path}: meta has no valid schema_version") from e
 
@@ -129,7 +109,7 @@ def prepare_schema(conn: sqlite3.Connection, path: str) -> None:
         version = read_version(conn, path)
         check_version(version, path)
         if version is None:
-            for stmt in _split_sql(_SCHEMA):
+            for stmt in _split_sql(schema_sql()):
                 conn.execute(stmt)
             conn.execute(
                 "INSERT INTO meta (key, value) VALUES ('schema_version', ?)",

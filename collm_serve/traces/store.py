@@ -10,9 +10,11 @@ crash but may lose the last commits on power loss). An episode is "complete" onl
 turns what a dead collector left behind into `failed` / "interrupted".
 
 This module holds connections, transactions, validation of the episode tree and the queries.
-The storage layout, schema version and migrations are in schema.py; the row ↔ record encoding
-(column lists, token-id / log-prob BLOB packing, JSON text) is in codec.py. The names other code
-imports from here (SCHEMA_VERSION, TraceSchemaError, the packing helpers) are re-exported.
+The storage layout, schema version and migrations are in schema.py; the field table (which
+record field is which column, token-id / log-prob BLOB packing, JSON text) is in codec.py, and
+every INSERT and row reader here is derived from it. Rows come back as sqlite3.Row and are read
+by column name. The names other code imports from here (SCHEMA_VERSION, TraceSchemaError, the
+packing helpers) are re-exported.
 
 Threads: one connection guarded by a re-entrant lock, so one store can be shared by executor
 threads; iterators release the lock between pages. Several processes may open the same file
@@ -34,19 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from collm_serve.traces.codec import (
-    ACTION_COLS,
-    EPISODE_COLS,
-    TURN_COLS,
-    TURN_INSERT_COLS,
-    action_from_row,
-    action_row,
-    episode_from_row,
-    episode_row,
+    ACTIONS,
+    EPISODES,
+    TURNS,
     finite,
+    insert_sql,
+    names,
     pack_logprobs,
     pack_token_ids,
-    turn_from_row,
-    turn_row,
+    record_from_row,
+    record_values,
     unpack_logprobs,
     unpack_token_ids,
 )
@@ -81,6 +80,9 @@ __all__ = [
 SUPPORTED_URLS = "a file path, 'sqlite:///relative/path', 'sqlite:////absolute/path' or ':memory:'"
 _INTERRUPTED = "interrupted"
 _PAGE = 64  # episodes loaded per query by iter_episodes
+# the episode head `list_episodes` returns (plus "turns", the count)
+_LIST_KEYS = ("episode_id", "task", "split", "problem_id", "seed", "status", "failure_reason",
+              "final_return", "created_at", "finished_at")
 
 
 def _episode_filter(
@@ -160,12 +162,13 @@ class TraceStore:
         except sqlite3.Error as e:
             raise TraceStoreError(f"{self.path}: cannot open ({e})") from e
         try:
+            conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             prepare_schema(conn, self.path)
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()["journal_mode"]
             if not memory and str(mode).lower() != "wal":  # switching writes: only when needed
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()["journal_mode"]
                 if str(mode).lower() != "wal":
                     raise TraceStoreError(f"{self.path}: cannot switch to WAL (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {sync}")
@@ -240,12 +243,12 @@ class TraceStore:
 
         def tx(c: sqlite3.Connection) -> int:
             ep = self._episode_head(c, episode_id)
-            if ep[0] != EPISODE_RUNNING:
+            if ep["status"] != EPISODE_RUNNING:
                 raise ValueError(
-                    f"episode {episode_id!r} is {ep[0]}; turns can only be appended "
+                    f"episode {episode_id!r} is {ep['status']}; turns can only be appended "
                     "while it is running"
                 )
-            agents = set(json.loads(ep[2]))
+            agents = set(json.loads(ep["agents"]))
             return self._insert_turn(c, episode_id, agents, turn, turn.parent_turn_id)
 
         turn_id = self._write(tx)
@@ -262,9 +265,10 @@ class TraceStore:
 
         def tx(c: sqlite3.Connection) -> None:
             ep = self._episode_head(c, episode_id)
-            if ep[0] != EPISODE_RUNNING:
+            if ep["status"] != EPISODE_RUNNING:
+                why = ep["failure_reason"]
                 raise ValueError(
-                    f"episode {episode_id!r} is already {ep[0]}" + (f" ({ep[1]})" if ep[1] else "")
+                    f"episode {episode_id!r} is already {ep['status']}" + (f" ({why})" if why else "")
                 )
             c.execute(
                 "UPDATE episodes SET status = ?, final_return = ?, failure_reason = ?, "
@@ -333,11 +337,9 @@ class TraceStore:
             raise ValueError(f"episode group_size {e.group_size}; it must be >= 1")
         if not e.agents or len(set(e.agents)) != len(e.agents):
             raise ValueError(f"episode agents {e.agents!r} must be non-empty and distinct")
+        values = record_values("episodes", e, f"episode {e.episode_id!r}")
         try:
-            c.execute(
-                f"INSERT INTO episodes ({EPISODE_COLS}) VALUES ({', '.join('?' * 14)})",
-                episode_row(e),
-            )
+            c.execute(insert_sql("episodes"), values)
         except sqlite3.IntegrityError as err:
             raise ValueError(f"episode {e.episode_id!r} cannot be inserted ({err})") from err
 
@@ -361,19 +363,19 @@ class TraceStore:
             row = c.execute(
                 "SELECT episode_id, turn_index FROM turns WHERE turn_id = ?", (parent,)
             ).fetchone()
-            if row is None or row[0] != episode_id:
+            if row is None or row["episode_id"] != episode_id:
                 raise ValueError(
                     f"{where}: parent_turn_id {parent} is not a turn of episode {episode_id!r}"
                 )
-            if t.turn_index != row[1] + 1:
-                raise ValueError(f"{where}: turn_index must be the parent's ({row[1]}) + 1")
+            if t.turn_index != row["turn_index"] + 1:
+                raise ValueError(
+                    f"{where}: turn_index must be the parent's ({row['turn_index']}) + 1"
+                )
         if t.branch_index < 0:
             raise ValueError(f"{where}: branch_index {t.branch_index} must be >= 0")
+        values = record_values("turns", t, where, episode_id=episode_id, parent_turn_id=parent)
         try:
-            cur = c.execute(
-                f"INSERT INTO turns ({TURN_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                turn_row(episode_id, parent, t, where),
-            )
+            cur = c.execute(insert_sql("turns"), values)
         except sqlite3.IntegrityError as err:
             raise ValueError(
                 f"{where}: branch_index {t.branch_index} already used by a sibling ({err})"
@@ -391,18 +393,16 @@ class TraceStore:
                     f"{what}: non-finite behaviour log-prob; a sampled token must have "
                     "probability > 0 under the sampling distribution (engine bug?)"
                 )
-            rows.append(action_row(turn_id, i, a, what))
+            rows.append(record_values("actions", a, what, turn_id=turn_id, agent_index=i))
         try:
-            c.executemany(
-                f"INSERT INTO actions ({ACTION_COLS}) VALUES ({', '.join('?' * 14)})", rows
-            )
+            c.executemany(insert_sql("actions"), rows)
         except sqlite3.IntegrityError as err:
             raise ValueError(f"{where}: one action per agent ({err})") from err
         return turn_id
 
     @staticmethod
-    def _episode_head(c: sqlite3.Connection, episode_id: str) -> tuple[str, str, str]:
-        """(status, failure_reason, agents JSON) of an episode; KeyError if unknown."""
+    def _episode_head(c: sqlite3.Connection, episode_id: str) -> sqlite3.Row:
+        """status, failure_reason and agents (JSON) of an episode; KeyError if unknown."""
         row = c.execute(
             "SELECT status, failure_reason, agents FROM episodes WHERE episode_id = ?",
             (episode_id,),
@@ -417,7 +417,7 @@ class TraceStore:
         """The episode with its turns (in write order) and actions; KeyError if unknown."""
         with self._lock:
             row = self.conn.execute(
-                f"SELECT {EPISODE_COLS} FROM episodes WHERE episode_id = ?", (episode_id,)
+                f"SELECT {names(EPISODES)} FROM episodes WHERE episode_id = ?", (episode_id,)
             ).fetchone()
             if row is None:
                 raise KeyError(f"no episode {episode_id!r} in {self.path}")
@@ -439,7 +439,8 @@ class TraceStore:
         where, args = _episode_filter(task, status, split, since, limit)
         where.insert(0, "rowid > ?")
         sql = (
-            f"SELECT rowid, {EPISODE_COLS} FROM episodes WHERE {' AND '.join(where)} "
+            f"SELECT rowid AS page_key, {names(EPISODES)} FROM episodes "
+            f"WHERE {' AND '.join(where)} "
             "ORDER BY rowid LIMIT ?"
         )
         last, left = 0, limit
@@ -447,10 +448,10 @@ class TraceStore:
             page = _PAGE if left is None else min(_PAGE, left)
             with self._lock:
                 rows = self.conn.execute(sql, [last, *args, page]).fetchall()
-                episodes = self._load(self.conn, [r[1:] for r in rows])
+                episodes = self._load(self.conn, rows)
             if not rows:
                 return
-            last = rows[-1][0]
+            last = rows[-1]["page_key"]
             if left is not None:
                 left -= len(rows)
             yield from episodes
@@ -469,18 +470,16 @@ class TraceStore:
         task, split, problem_id, seed, status, failure_reason, final_return, created_at,
         finished_at, turns. Filters as `iter_episodes`, but status=None (all) by default."""
         where, args = _episode_filter(task, status, split, since, limit)
+        head = [c for c in EPISODES if c.name in _LIST_KEYS]
         sql = (
-            "SELECT e.episode_id, e.task, e.split, e.problem_id, e.seed, e.status, e.failure_reason, "
-            "e.final_return, e.created_at, e.finished_at, "
-            "(SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id) "
+            f"SELECT {names(head, prefix='e.')}, "
+            "(SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id) AS turns "
             f"FROM episodes e {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY e.rowid DESC"
             + ("" if limit is None else " LIMIT ?")
         )
-        keys = ("episode_id", "task", "split", "problem_id", "seed", "status", "failure_reason",
-                "final_return", "created_at", "finished_at", "turns")
         with self._lock:
             rows = self.conn.execute(sql, [*args] + ([] if limit is None else [limit])).fetchall()
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [dict(r) for r in rows]
 
     def completed_keys(self, task: str, split: str) -> set[tuple[str, int]]:
         """(problem_id, seed) of the ok episodes of (task, split): what `collect --resume` skips."""
@@ -489,7 +488,7 @@ class TraceStore:
                 "SELECT problem_id, seed FROM episodes WHERE task = ? AND split = ? AND status = ?",
                 (task, split, EPISODE_OK),
             ).fetchall()
-        return {(p, int(s)) for p, s in rows}
+        return {(r["problem_id"], int(r["seed"])) for r in rows}
 
     def stats(self) -> dict[str, Any]:
         """Counts and mean returns (over ok episodes with a final return).
@@ -502,42 +501,33 @@ class TraceStore:
         with self._lock:
             c = self.conn
             by_status = dict.fromkeys(EPISODE_STATUSES, 0)
-            by_status.update(c.execute("SELECT status, COUNT(*) FROM episodes GROUP BY status"))
-            n_turns = c.execute("SELECT COUNT(*) FROM turns").fetchone()[0]
-            n_actions = c.execute("SELECT COUNT(*) FROM actions").fetchone()[0]
+            by_status.update(
+                (r["status"], r["n"])
+                for r in c.execute("SELECT status, COUNT(*) AS n FROM episodes GROUP BY status")
+            )
+            n_turns = c.execute("SELECT COUNT(*) AS n FROM turns").fetchone()["n"]
+            n_actions = c.execute("SELECT COUNT(*) AS n FROM actions").fetchone()["n"]
             by_task = [
-                {
-                    "task": task,
-                    "ok": ok,
-                    "failed": failed,
-                    "running": running,
-                    "turns": turns,
-                    "mean_return": mean,
-                }
-                for task, ok, failed, running, turns, mean in c.execute(
+                dict(r)
+                for r in c.execute(
                     """
-                    SELECT e.task,
-                           SUM(e.status = 'ok'), SUM(e.status = 'failed'),
-                           SUM(e.status = 'running'),
-                           SUM((SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id)),
-                           AVG(CASE WHEN e.status = 'ok' THEN e.final_return END)
+                    SELECT e.task AS task,
+                           SUM(e.status = 'ok') AS ok, SUM(e.status = 'failed') AS failed,
+                           SUM(e.status = 'running') AS running,
+                           SUM((SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id))
+                               AS turns,
+                           AVG(CASE WHEN e.status = 'ok' THEN e.final_return END) AS mean_return
                     FROM episodes e GROUP BY e.task ORDER BY e.task
                     """
                 )
             ]
             by_adapter = [
-                {
-                    "agent": agent,
-                    "adapter_name": name,
-                    "adapter_version": version,
-                    "episodes": n_ep,
-                    "actions": n_act,
-                    "mean_return": mean,
-                }
-                for agent, name, version, n_ep, n_act, mean in c.execute(
+                dict(r)
+                for r in c.execute(
                     """
-                    SELECT u.agent, u.adapter_name, u.adapter_version, COUNT(*), SUM(u.n),
-                           AVG(e.final_return)
+                    SELECT u.agent AS agent, u.adapter_name AS adapter_name,
+                           u.adapter_version AS adapter_version, COUNT(*) AS episodes,
+                           SUM(u.n) AS actions, AVG(e.final_return) AS mean_return
                     FROM (SELECT t.episode_id, a.agent, a.adapter_name, a.adapter_version,
                                  COUNT(*) AS n
                           FROM actions a JOIN turns t ON t.turn_id = a.turn_id
@@ -560,8 +550,8 @@ class TraceStore:
     def integrity_check(self) -> str:
         """ "ok", or SQLite's list of problems (PRAGMA integrity_check + foreign_key_check)."""
         with self._lock:
-            problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
-            fk = self.conn.execute("PRAGMA foreign_key_check").fetchall()
+            problems = [r["integrity_check"] for r in self.conn.execute("PRAGMA integrity_check")]
+            fk = [dict(r) for r in self.conn.execute("PRAGMA foreign_key_check")]
         if problems == ["ok"] and not fk:
             return "ok"
         return "; ".join([p for p in problems if p != "ok"] + [f"foreign key: {r}" for r in fk])
@@ -569,25 +559,26 @@ class TraceStore:
     # -- row → record ---------------------------------------------------------------------------
 
     @staticmethod
-    def _load(c: sqlite3.Connection, episode_rows: list[Sequence[Any]]) -> list[EpisodeRecord]:
-        """EPISODE_COLS rows → their records with turns and actions (two queries for all)."""
+    def _load(c: sqlite3.Connection, episode_rows: Sequence[sqlite3.Row]) -> list[EpisodeRecord]:
+        """Episode rows (EPISODES columns, by name) → their records with turns and actions (two
+        queries for all)."""
         if not episode_rows:
             return []
-        episodes = {r[0]: episode_from_row(r) for r in episode_rows}
+        episodes = {r["episode_id"]: record_from_row("episodes", r) for r in episode_rows}
         marks = ", ".join("?" * len(episodes))
         turns: dict[int, tuple[str, TurnRecord]] = {}
         for r in c.execute(
-            f"SELECT {TURN_COLS} FROM turns WHERE episode_id IN ({marks}) ORDER BY turn_id",
+            f"SELECT {names(TURNS)} FROM turns WHERE episode_id IN ({marks}) ORDER BY turn_id",
             list(episodes),
         ):
-            turns[r[0]] = turn_from_row(r)
+            turns[r["turn_id"]] = (r["episode_id"], record_from_row("turns", r, actions=[]))
         for r in c.execute(
-            f"SELECT a.{ACTION_COLS.replace(', ', ', a.')} FROM actions a "
+            f"SELECT {names(ACTIONS, prefix='a.')} FROM actions a "
             f"JOIN turns t ON t.turn_id = a.turn_id WHERE t.episode_id IN ({marks}) "
             "ORDER BY a.turn_id, a.agent_index",
             list(episodes),
         ):
-            turns[r[0]][1].actions.append(action_from_row(r))
+            turns[r["turn_id"]][1].actions.append(record_from_row("actions", r))
         for eid, t in turns.values():
             episodes[eid].turns.append(t)
         return list(episodes.values())

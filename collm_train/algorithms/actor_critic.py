@@ -26,8 +26,7 @@ class ActorCritic(Algorithm):
 class CentralizedCritic(ActorCritic):
     """CoLLM-CC: one critic V_phi(h_t) over the joint history of all agents."""
 
-    name = "cc"
-    critic = "joint"
+    name = "cc"  # critic "joint" (spec.py)
 
     def history(self, sample):
         return sample.joint_ids
@@ -37,8 +36,7 @@ class CentralizedCritic(ActorCritic):
 class DecentralizedCritics(ActorCritic):
     """CoLLM-DC: critic V_phi_i(h_{i,t}) per agent over its own history."""
 
-    name = "dc"
-    critic = "own"
+    name = "dc"  # critic "own" (spec.py)
 
     def history(self, sample):
         return sample.own_ids

@@ -1,10 +1,15 @@
-"""The algorithm interface: which critic (if any), how advantages are computed, what data it needs."""
+"""The algorithm interface: how advantages are computed and what data it needs.
+
+Names and traits (critic kind, group baseline) come from `spec.SPECS`, the one definition:
+`register` copies them onto the class and refuses a name the table lacks."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+
+from collm_train.algorithms.spec import SPECS, AlgorithmSpec, CriticKind
 
 if TYPE_CHECKING:
     from collm_train.config import TrainConfig
@@ -16,6 +21,10 @@ ALGORITHMS: dict[str, type["Algorithm"]] = {}
 def register(cls: type["Algorithm"]) -> type["Algorithm"]:
     if cls.name in ALGORITHMS:
         raise ValueError(f"algorithm {cls.name!r} registered twice")
+    if cls.name not in SPECS:
+        raise ValueError(f"algorithm {cls.name!r} has no entry in collm_train/algorithms/spec.py SPECS; add it there")
+    cls.spec = SPECS[cls.name]
+    cls.critic = cls.spec.critic
     ALGORITHMS[cls.name] = cls
     return cls
 
@@ -29,7 +38,8 @@ def get_algorithm(name: str) -> "Algorithm":
 
 class Algorithm:
     name: ClassVar[str]
-    critic: ClassVar[str | None] = None  # "joint" (one critic on h_t), "own" (V_i on h_{i,t}), None
+    spec: ClassVar[AlgorithmSpec]  # set by register, from spec.SPECS
+    critic: ClassVar[CriticKind | None] = None  # spec.critic: "joint" (V on h_t), "own" (V_i on h_{i,t}), None
 
     def train_advantages(
         self, batch: "Batch", values: torch.Tensor | None, config: "TrainConfig"

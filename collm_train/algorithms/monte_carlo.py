@@ -3,7 +3,7 @@
 R(node) = r + gamma * mean(child returns); the K siblings (same parent node and turn, joint
 actions aligned by branch index) form the group a baseline is computed in (CoMLRL
 reinforce/magrpo.py:917-928 for R, 1379-1393 for the baselines, `joint_mode="aligned"` at
-magrpo.py:820-827). MAGRPO, MARLOO and MAReMax need K >= 2 (config.GROUP_BASELINE_ALGOS, checked by
+magrpo.py:820-827). MAGRPO, MARLOO and MAReMax need K >= 2 (spec.py group_baseline, checked by
 data.check_group_sizes before any model loads): their baseline over one sample is the sample
 itself (advantage 0), and CoMLRL refuses num_generations < 2 (magrpo.py:62-65). MAREINFORCE has
 no baseline, so K = 1 is meaningful for it and allowed here (CoMLRL's shared config refuses it
@@ -17,7 +17,6 @@ from collm_train.returns import group_advantages, grpo_adv, loo_adv, reinforce_a
 
 
 class MonteCarlo(Algorithm):
-    critic = None
     baseline = staticmethod(reinforce_adv)
 
     def advantages(self, batch, values, config):

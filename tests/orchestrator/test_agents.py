@@ -21,6 +21,7 @@ from collm_serve.orchestrator import AdapterPins, AgentCallError, AgentPool, Epi
 from collm_serve.tasks import get_task
 from collm_serve.team import TeamConfig
 from collm_serve.traces import TraceStore
+from collm_serve.traces.records import SamplingRecord
 
 V3 = AdapterRef("helper", 3, "3" * 64)
 V4 = AdapterRef("helper", 4, "4" * 64)
@@ -28,10 +29,13 @@ V4 = AdapterRef("helper", 4, "4" * 64)
 
 class FakeClient:
     """Answers generate() from a script: each entry an exception to raise or an AdapterRef that
-    serves the call; the last entry repeats. Pinned versions in `evicted` answer NOT_FOUND."""
+    serves the call; the last entry repeats. Pinned versions in `evicted` answer NOT_FOUND.
+    Echoes the sampling asked for, as a service does, with `served` overriding fields (what a
+    service resolves differently from the request, e.g. a float32 temperature)."""
 
-    def __init__(self, script=(AdapterRef("", 0, ""),), delay: float = 0.0, evicted=()):
+    def __init__(self, script=(AdapterRef("", 0, ""),), delay: float = 0.0, evicted=(), served=None):
         self.script, self.delay, self.evicted = list(script), delay, set(evicted)
+        self.served = dict(served or {})
         self.calls: list[dict] = []
         self.aborted: list[str] = []
 
@@ -45,7 +49,9 @@ class FakeClient:
             raise step
         n = kw.get("n", 1)
         choices = [ChoiceOutput(i, f"answer {i}", [10 + i, 11], [-0.5, -0.25], "stop") for i in range(n)]
-        return GenerateOutput(kw["request_id"], choices, [1, 2, 3], step)
+        asked = {k: kw[k] for k in ("temperature", "top_p", "top_k", "max_tokens", "seed")}
+        used = SamplingRecord(**{**asked, "n": n, **self.served})
+        return GenerateOutput(kw["request_id"], choices, [1, 2, 3], step, sampling=used)
 
     async def abort(self, ids):
         self.aborted += ids
@@ -84,7 +90,9 @@ async def test_unavailable_is_retried_then_succeeds():
     reply = await act(pool_with(helper=fake))
     assert reply.attempts == 3 and len(fake.calls) == 3
     assert len({c["request_id"] for c in fake.calls}) == 3  # a fresh request id per attempt
-    assert reply.sampling == {"max_tokens": 256, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 7, "n": 1}
+    assert fake.calls[-1] | {"request_id": ""} == {  # what the team asks for
+        "max_tokens": 256, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "seed": 7, "n": 1, "request_id": ""}
+    assert reply.sampling == SamplingRecord(temperature=0.7, top_p=0.9, top_k=0, max_tokens=256, seed=7)
 
 
 async def test_retries_exhausted_raise_with_the_reason():
@@ -109,7 +117,7 @@ async def test_first_turn_pins_the_adapter_version():
     fake.script = [V4]  # a newer version was activated meanwhile
     reply = await act(pool, pins=pins)
     assert "adapter_version" not in fake.calls[0]
-    assert fake.calls[1]["adapter_version"] == 3 and reply.sampling["adapter_version"] == 3
+    assert fake.calls[1]["adapter_version"] == 3 and reply.selector == {"adapter_version": 3}
     assert pins.pins["helper"] == V3
 
 
@@ -170,6 +178,20 @@ async def test_pin_fallback_is_recorded_in_the_turn():
         assert "orchestrator" not in t0.info
         assert "no longer loaded" in t1.info["orchestrator"]["helper"]["pin_fallback"]
         assert store.get_episode(out.episode_id).turns[1].info == t1.info
+
+
+async def test_the_trace_records_the_sampling_the_service_used_not_the_request():
+    served = {"temperature": 0.699999988079071, "min_tokens": 0, "stop": ("<|im_end|>",)}
+    pool = pool_with(helper=FakeClient(served=served), main=FakeClient())
+    task = get_task("toy")
+    with TraceStore(":memory:") as store:
+        out = await EpisodeRunner(task, "toy", pool, store).run(task.problems("train")[0], seed=1)
+        assert out.ok, out.failure_reason
+        (turn,) = store.get_episode(out.episode_id).turns[:1]
+    helper, main = turn.action("helper").sampling, turn.action("main").sampling
+    assert pool.sampling("helper", 1, 0)["temperature"] == 0.7  # asked for
+    assert (helper.temperature, helper.stop) == (0.699999988079071, ("<|im_end|>",))  # recorded
+    assert (main.temperature, main.top_p, main.max_tokens, main.n) == (0.7, 0.9, 256, 1)
 
 
 async def test_cancelled_episode_rolls_back_the_turn_in_flight():

@@ -39,7 +39,7 @@ async def test_group_size_2_on_two_turns_builds_the_tree(team_for):
             a0, a1 = (k.action(agent) for k in kids)
             assert a0.prompt_token_ids == a1.prompt_token_ids and a0.observation == a1.observation
             assert a0.response_token_ids != a1.response_token_ids
-            assert a0.sampling["n"] == 2
+            assert a0.sampling.n == 2 and a0.sampling == a1.sampling
             # each branch continues from its own joint action: the agent's own parent response
             assert a0.observation[-2] == {"role": "assistant", "content": root.action(agent).response_text}
     r0, r1 = roots[0].action("helper"), roots[1].action("helper")

@@ -10,6 +10,8 @@ import pytest
 from collm_serve.orchestrator import collect, plan_episodes
 from collm_serve.orchestrator.teams import build_task
 from collm_serve.traces import TraceStore
+from tests.orchestrator.conftest import MAX_TOKENS
+from tests.traces.helpers import f32
 
 EPISODES = 2
 
@@ -30,7 +32,10 @@ def _assert_episode_well_formed(ep, num_turns: int, tokenizer) -> None:
             assert all(math.isfinite(x) and x <= 1e-6 for x in a.logprobs)
             assert a.prompt_token_ids and a.observation
             assert a.finish_reason in ("stop", "length")
-            assert a.sampling["n"] == 1 and "seed" in a.sampling
+            # the sampling the service echoed: the team's request (conftest), float32 on the wire
+            assert (a.sampling.n, a.sampling.max_tokens, a.sampling.top_k) == (1, MAX_TOKENS, 0)
+            assert a.sampling.temperature == f32(0.7) and a.sampling.top_p == f32(0.9)
+            assert a.sampling.seed is not None
             assert a.latency_ms > 0
     assert ep.final_return == pytest.approx(sum(t.reward for t in ep.turns))
 
@@ -70,7 +75,7 @@ async def test_collect_each_task(task, team_for, tokenizer, tmp_path):
                 _assert_isolated(ep)
             if num_turns > 1:  # turn 0 ran on the base model: later turns pin it
                 for turn in ep.turns[1:]:
-                    assert all(a.sampling.get("use_base_model") is True for a in turn.actions)
+                    assert all(a.adapter_version == 0 for a in turn.actions)
 
 
 async def test_resume_skips_completed(team_for):

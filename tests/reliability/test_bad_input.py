@@ -99,7 +99,7 @@ def one_field_off(draw) -> pb.GenerateRequest:
         messages=[pb.ChatMessage(role="user", content=draw(st.text(min_size=1, max_size=30).filter(str.strip)))]
         if chat else [],
         prompt="" if chat else draw(st.text(min_size=1, max_size=30)),
-        sampling=draw(sampling(SANE_SAMPLING)), adapter_version=draw(st.sampled_from([0, 0, 1, 2])),
+        sampling=draw(sampling(SANE_SAMPLING)), adapter_version=draw(st.sampled_from([None, None, 1, 2])),
     )
     del r.sampling.stop[:]
     field = draw(st.sampled_from(["none", "none", "request_id", "messages", "prompt", "sampling",

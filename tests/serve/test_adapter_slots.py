@@ -1,4 +1,5 @@
-"""When every adapter slot is busy, LoadAdapter waits (bounded) for a version to drain.
+"""When every adapter slot is busy, LoadAdapter waits (bounded) for a version to drain; with
+`swap_slots` beyond keep_versions a swap under load does not wait at all.
 
 Found by bench/hot_swap.py: a trainer publishing a new version every second while four
 clients generate filled all `keep_versions` slots with versions that still had requests in
@@ -31,20 +32,23 @@ def versions(tmp_path_factory) -> tuple[Path, dict[int, Path]]:
     first = make_adapter(tiny_model_dir(), root / "helper" / "v1", name="helper", version=1,
                          base_model_id=TINY_ID, prompt_ids=[1], target="", steps=0)
     out = {1: first}
-    for v in (2, 3):
+    for v in (2, 3, 4):
         out[v] = Path(shutil.copytree(first, root / "helper" / f"v{v}"))
         write_manifest(out[v], name="helper", version=v, base_model=TINY_ID, algorithm="test")
     return root, out
 
 
-async def _serving_v1(versions, tmp: Path, keep: int, wait_s: float) -> tuple[AdapterRegistry, dict[int, Path]]:
-    """A registry on a real engine with v1 loaded and active."""
+async def _serving_v1(versions, tmp: Path, keep: int, wait_s: float,
+                     swap_slots: int = 0) -> tuple[AdapterRegistry, dict[int, Path]]:
+    """A registry on a real engine with v1 loaded and active; the engine has exactly the
+    registry's slots (as collm_serve/server.py builds it), so an over-full registry would fail there."""
     root, paths = versions
-    engine = TransformersEngine(tiny_model_dir(), TINY_ID, max_model_len=256, max_loras=keep, cpu_threads=1)
+    engine = TransformersEngine(tiny_model_dir(), TINY_ID, max_model_len=256, max_loras=keep + swap_slots,
+                                cpu_threads=1)
     await engine.start()
     reg = AdapterRegistry(engine, agent="helper", base_model_id=TINY_ID, base_model_dir=tiny_model_dir(),
                           adapter_root=root, state_dir=tmp / "state", keep_versions=keep,
-                          max_lora_rank=16, slot_wait_s=wait_s)
+                          swap_slots=swap_slots, max_lora_rank=16, slot_wait_s=wait_s)
     await reg.load(str(paths[1]), activate=True)
     return reg, paths
 
@@ -95,6 +99,45 @@ def test_load_fails_at_once_when_nothing_can_drain(versions, tmp_path):
             await reg.load(str(paths[2]), activate=True)
         assert time.monotonic() - start < 5
         assert reg.active.version == 1
+        await reg.engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_swap_slot_loads_at_once_while_an_old_version_serves(versions, tmp_path):
+    """keep_versions=2 + 1 swap slot: v1 still serving and v2 active do not hold up v3; the next
+    load after v1's request ends evicts the idle old versions back down to keep_versions."""
+    async def run():
+        reg, paths = await _serving_v1(versions, tmp_path, keep=2, wait_s=30, swap_slots=1)
+        with reg.acquire() as held:
+            assert held.loaded.version == 1
+            await reg.load(str(paths[2]), activate=True)
+            start = time.monotonic()
+            await reg.load(str(paths[3]), activate=True)  # v1 busy, v2 active: v3 in the swap slot
+            assert time.monotonic() - start < 5
+            assert [lv.version for lv in reg.versions()] == [1, 2, 3]
+            with reg.acquire() as on_v3:
+                await reg.load(str(paths[4]), activate=True)  # v2 idle: evicted; v1 and v3 busy
+                assert on_v3.loaded.version == 3
+            assert [lv.version for lv in reg.versions()] == [1, 3, 4]
+            assert time.monotonic() - start < 10
+        assert reg.active.version == 4
+        engine_ids = await reg.engine.loaded_adapter_ids()
+        assert engine_ids == {lv.engine_adapter.engine_id for lv in reg.versions()}
+        await reg.engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_one_kept_version_can_still_be_swapped_with_a_swap_slot(versions, tmp_path):
+    """keep_versions=1: without a swap slot a new version can never load (test above); with one
+    it loads and the old version is evicted on the next load."""
+    async def run():
+        reg, paths = await _serving_v1(versions, tmp_path, keep=1, wait_s=30, swap_slots=1)
+        await reg.load(str(paths[2]), activate=True)
+        assert reg.active.version == 2 and [lv.version for lv in reg.versions()] == [1, 2]
+        await reg.load(str(paths[3]), activate=True)
+        assert [lv.version for lv in reg.versions()] == [2, 3]
         await reg.engine.shutdown()
 
     asyncio.run(run())

@@ -171,7 +171,7 @@ def test_bad_adapters_are_rejected_and_old_version_keeps_serving(agent, adapters
         before = greedy(c)
         bad = root / "bad" / f"{agent.port}-{case}"
         expected: type[AgentError]
-        version = 0
+        version = None  # unset: the manifest's version (agent.proto LoadAdapterRequest)
         if case == "outside_root":
             bad = _copy(adapters[2], tmp_path / "elsewhere")
             expected, words = PermissionDeniedError, "outside the adapter root"

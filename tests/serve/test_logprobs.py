@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from collm_serve.client import AgentClient
-from collm_serve.engines.sampling import processed_logprobs
+from collm_serve.sampling import processed_logprobs
 from collm_serve.models import embedded_model_dir
 
 PER_TOKEN_TOL = 2e-3

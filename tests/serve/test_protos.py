@@ -33,3 +33,23 @@ def test_every_rpc_has_its_own_request_and_response():
     for method in service.methods:
         assert method.input_type.name == f"{method.name}Request" or method.name == "GenerateStream"
         assert method.output_type.name.startswith(method.name)
+
+
+def test_adapter_targets_have_presence_and_stay_wire_compatible():
+    """agent.proto: a version field that is unset ("the active one", "the manifest's", "no
+    version") differs from every number, and the bytes match the former plain int64 fields: an
+    old client never sent its 0, so it reads as unset; its N reads as N; a new client's unset
+    field is absent on the wire (an old server reads its old default 0, the same meaning)."""
+    from collm_serve.proto.collm.v1 import agent_pb2 as pb
+
+    for message, field, number in [(pb.GenerateRequest, "adapter_version", 5),
+                                   (pb.LoadAdapterRequest, "version", 2),
+                                   (pb.ActivateAdapterRequest, "version", 1)]:
+        old_pinned = bytes([number << 3, 2])  # the old plain int64 field = 2 (varint)
+        parsed = message.FromString(old_pinned)
+        assert parsed.HasField(field) and getattr(parsed, field) == 2
+        assert not message.FromString(b"").HasField(field)  # the old 0: never on the wire
+        assert message(**{field: None}).SerializeToString() == b""
+        assert message(**{field: 2}).SerializeToString() == old_pinned
+        explicit_zero = message(**{field: 0})
+        assert explicit_zero.HasField(field) and explicit_zero.SerializeToString() == bytes([number << 3, 0])

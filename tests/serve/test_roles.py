@@ -59,7 +59,7 @@ def client(agent, pki, who: str = "stranger", token: str | None = None) -> Agent
 
 def admin_calls(c, adapters) -> dict:
     return {"LoadAdapter": lambda: c.load_adapter(adapters[1], 1, activate=True),
-            "ActivateAdapter": lambda: c.activate_adapter(0, use_base_model=True),
+            "ActivateAdapter": lambda: c.activate_adapter(use_base_model=True),
             "RollbackAdapter": c.rollback_adapter,
             "UnloadAdapter": lambda: c.unload_adapter(1, force=True)}
 
@@ -88,9 +88,9 @@ def test_admin_token_swaps_adapters_and_generates(setup):
         loaded = c.load_adapter(adapters[1], 1, activate=True)
         assert loaded.active.version == 1
         assert c.generate(messages=USER, max_tokens=2).adapter.version == 1  # admin implies inference
-        assert c.activate_adapter(0, use_base_model=True).active.version == 0
+        assert c.activate_adapter(use_base_model=True).active.version == 0
         assert c.rollback_adapter().active.version == 1
-        assert c.activate_adapter(0, use_base_model=True).active.version == 0
+        assert c.activate_adapter(use_base_model=True).active.version == 0
 
 
 def test_mtls_identities_map_to_roles(setup):
@@ -102,10 +102,10 @@ def test_mtls_identities_map_to_roles(setup):
             AgentClient(agent.address, token="wrong", root_certificates=pki["ca"], client_cert=pki["collector_cert"],
                         client_key=pki["collector_key"], server_name="localhost", retries=0, timeout=30).info()
     with client(agent, pki, "collector", token=ADMIN) as c:  # the higher of token and certificate
-        assert c.activate_adapter(0, use_base_model=True).active.version == 0
+        assert c.activate_adapter(use_base_model=True).active.version == 0
     with client(agent, pki, "trainer") as c:  # SAN -> admin, no token
         assert c.load_adapter(adapters[1], 1, activate=False).adapter.version == 1
-        assert c.activate_adapter(0, use_base_model=True).active.version == 0
+        assert c.activate_adapter(use_base_model=True).active.version == 0
     with client(agent, pki, "stranger") as c:  # valid certificate, no role, no token
         with pytest.raises(UnauthenticatedError, match="'stranger.collm.test' has no role"):
             c.generate(messages=USER, max_tokens=2)
@@ -122,7 +122,7 @@ def test_trainer_push_presents_the_admin_token(setup):
     (result,) = push_team({"helper": adapters[2]}, {"helper": "localhost:" + agent.address.rsplit(":", 1)[1]}, both)
     assert result.version == 2
     with client(agent, pki, token=ADMIN) as c:
-        c.activate_adapter(0, use_base_model=True)
+        c.activate_adapter(use_base_model=True)
 
 
 # -- the role check can fail ---------------------------------------------------------------

@@ -15,7 +15,9 @@ from collm_serve.client import (
     DeadlineExceededError,
     InvalidArgumentError,
     NotFoundError,
+    sampling_from_pb,
 )
+from collm_serve.traces.records import SamplingRecord
 from tests.conftest import gauge, grpcurl_path, metrics_text, start_agent
 
 USER = [{"role": "user", "content": "Write one word."}]
@@ -64,6 +66,21 @@ def test_n_choices_and_stream(agent):
         assert c.generate(messages=USER, max_tokens=6, temperature=0).token_ids == ids
 
 
+def test_response_echoes_the_sampling_it_used(tiny_hf):
+    """What a trace records: the request's fields, the agent's defaults (tests/conftest.py:
+    max_tokens 16, temperature 0.7, top_p 0.9) for the unset ones, exactly as the engine got them."""
+    with AgentClient(tiny_hf.address) as c:
+        out = c.generate(messages=USER, max_tokens=4, top_k=5, seed=11, stop=["\n\n"])
+        assert out.sampling == SamplingRecord(temperature=0.7, top_p=0.9, top_k=5, max_tokens=4, seed=11,
+                                              stop=("\n\n",))
+        out = c.generate(messages=USER, temperature=0.5, n=2)
+        assert out.sampling == SamplingRecord(temperature=0.5, top_p=0.9, top_k=0, max_tokens=16, n=2)
+        chunks = list(c.generate_stream(messages=USER, max_tokens=3, temperature=1.0, min_tokens=1))
+    assert sampling_from_pb(chunks[0]) == SamplingRecord(temperature=1.0, top_p=0.9, top_k=0, max_tokens=3,
+                                                         min_tokens=1)
+    assert all(sampling_from_pb(ch) is None for ch in chunks[1:])  # first chunk only
+
+
 def test_info_abort_list(agent):
     with AgentClient(agent.address) as c:
         info = c.info()
@@ -94,6 +111,9 @@ def test_info_abort_list(agent):
         (dict(messages=[{"role": "user", "content": "word " * 2000}]), "messages"),
         (dict(prompt="x" * 100000), "prompt"),
         (dict(messages=USER, request_id="x" * 500), "request_id"),
+        (dict(messages=USER, adapter_version=0), "adapter_version"),  # set 0: not a version (agent.proto)
+        (dict(messages=USER, adapter_version=-2), "adapter_version"),
+        (dict(messages=USER, adapter_version=1, use_base_model=True), "adapter_version"),
     ],
 )
 def test_bad_input_is_invalid_argument_naming_the_field(agent, kwargs, field):
@@ -115,6 +135,22 @@ def test_unknown_adapter_version_is_not_found(agent):
         with pytest.raises(NotFoundError):
             c.unload_adapter(99)
         assert c.generate(messages=USER, max_tokens=2).token_ids
+
+
+def test_adapter_targets_are_explicit(tiny_hf):
+    """agent.proto: an unset version means "the manifest's" (LoadAdapter) and is an error for
+    ActivateAdapter unless use_base_model; a set 0 is never a version. Each refusal names `version`."""
+    with AgentClient(tiny_hf.address, retries=0) as c:
+        for call in (lambda: c.activate_adapter(),  # no target
+                     lambda: c.activate_adapter(0),  # 0 is not a version
+                     lambda: c.activate_adapter(0, use_base_model=True),  # two targets
+                     lambda: c.activate_adapter(-1),
+                     lambda: c.load_adapter("helper/v1", version=0)):
+            with pytest.raises(InvalidArgumentError) as e:
+                call()
+            assert e.value.details.startswith("version"), e.value.details
+        assert c.activate_adapter(use_base_model=True).active.version == 0  # the base model
+        assert c.generate(messages=USER, max_tokens=2).adapter.is_base  # unset = the active one
 
 
 def test_deadline_aborts_the_engine_request(agent):

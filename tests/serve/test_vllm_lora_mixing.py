@@ -33,7 +33,7 @@ def mixed_batch_outputs(agent) -> tuple[dict, list]:
         c.load_adapter(agent_root(agent) / "v1", activate=False)
         c.load_adapter(agent_root(agent) / "v2", activate=False)  # keep_versions=2 → both slots full
         alone = {(i, v): c.generate(messages=p, max_tokens=12, temperature=0,
-                                    use_base_model=(v == 0), adapter_version=v).token_ids
+                                    use_base_model=(v == 0), adapter_version=v or None).token_ids
                  for i, p in enumerate(PROMPTS) for v in (0, 1, 2)}
     mismatches = []
     for _ in range(2):
@@ -41,7 +41,7 @@ def mixed_batch_outputs(agent) -> tuple[dict, list]:
         def run(i, v):
             with AgentClient(agent.address) as c2:
                 results[(i, v)] = c2.generate(messages=PROMPTS[i], max_tokens=12, temperature=0,
-                                              use_base_model=(v == 0), adapter_version=v).token_ids
+                                              use_base_model=(v == 0), adapter_version=v or None).token_ids
         threads = [threading.Thread(target=run, args=(i, v)) for i in range(len(PROMPTS)) for v in (0, 1, 2)]
         for t in threads:
             t.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import struct
 
-from collm_serve.traces.records import ActionRecord, EpisodeRecord, TurnRecord
+from collm_serve.traces.records import ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
 AGENTS = ["helper", "main"]
 
@@ -30,7 +30,7 @@ def make_action(agent: str, seed: int, n_tokens: int = 8, version: int = 3) -> A
         adapter_name=agent,
         adapter_version=version,
         adapter_sha256=f"{seed:064x}",
-        sampling={"temperature": 0.7, "top_p": 0.9, "seed": seed},
+        sampling=SamplingRecord(temperature=0.7, top_p=0.9, top_k=0, max_tokens=64, seed=seed),
         finish_reason="stop",
         latency_ms=12.5,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, TurnRecord
+from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
 TINY = dict(
     hidden_size=64,
@@ -43,6 +43,9 @@ def tiny_model():
 
 
 def action(agent, prompt, response, logprobs=None, version=0, **sampling) -> ActionRecord:
+    """An action sampled at temperature 1 without top-k / top-p unless `sampling` says otherwise
+    (the fixture states it: the trainer never assumes a default)."""
+    params = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": max(1, len(response)), **sampling}
     return ActionRecord(
         agent=agent,
         observation=[],
@@ -51,7 +54,7 @@ def action(agent, prompt, response, logprobs=None, version=0, **sampling) -> Act
         response_token_ids=list(response),
         logprobs=list(logprobs) if logprobs is not None else [-1.0] * len(response),
         adapter_version=version,
-        sampling=dict(sampling),
+        sampling=SamplingRecord(**params),
     )
 
 

@@ -91,3 +91,15 @@ def test_config_prints_the_effective_config_as_yaml():
     collm = yaml.safe_load(runner.invoke(main, ["config", "--algo", "magrpo", "--preset", "collm"]).output)
     assert (collm["algo"], collm["clip_eps"], collm["truncated_is"]) == ("magrpo", 0.2, None)
     assert collm["max_grad_norm"] == 1.0
+
+
+def test_traces_without_sampling_are_refused_before_loading_a_model(k1_setup):
+    tmp, traces, team = k1_setup
+    with TraceStore(str(traces)) as store:  # a hand-written legacy row: no top_k, no max_tokens
+        store.conn.execute("UPDATE actions SET sampling = '{\"temperature\": 0.7}' WHERE agent = 'main'")
+    done = subprocess.run([sys.executable, "-c", DRIVER, "--algo", "mareinforce", "--traces", str(traces),
+                           "--team", str(team), "--runs", str(tmp / "runs")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "episode e0 turn 0: the action of 'main' has no sampling record" in done.stderr
+    assert "Traceback" not in done.stderr and "MODEL LOAD ATTEMPTED" not in done.stderr

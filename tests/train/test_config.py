@@ -63,3 +63,25 @@ def test_frozen_and_device_lookup():
     assert c.device_of("helper") == "cpu"
     with pytest.raises(ValueError, match="no entry for agent 'main'"):
         c.device_of("main")
+
+
+def test_algorithm_names_come_from_the_spec_table_without_torch():
+    """TrainConfig.algo, its help and `collm-train --algo` read algorithms/spec.py, and validating
+    a config (or building the CLI) imports no torch: a bad --algo costs a second."""
+    import subprocess
+    import sys
+    import typing
+
+    from click.testing import CliRunner
+
+    from collm_train.algorithms.spec import ALGO_NAMES, SPECS
+    from collm_train.cli import main
+
+    field = TrainConfig.model_fields["algo"]
+    assert typing.get_args(field.annotation) == ALGO_NAMES
+    assert all(f"`{name}` {s.help}" in field.description for name, s in SPECS.items())
+    out = CliRunner().invoke(main, ["config", "--help"]).output
+    assert "[cc|dc|magrpo|mareinforce|marloo|maremax]" in out and SPECS["dc"].help in " ".join(out.split())
+    code = ("import sys; from collm_train.cli import main; from collm_train.config import TrainConfig; "
+            "TrainConfig(algo='dc'); assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

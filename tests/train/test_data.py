@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from collm_serve.traces.records import EPISODE_FAILED
-from collm_train.data import build_batch, cut_middle, joint_history_ids
+from collm_train.data import build_batch, check_traces, cut_middle, joint_history_ids
 from tests.train.conftest import action, chain_episode
 
 AGENTS = ["helper", "main"]
@@ -23,7 +23,7 @@ def test_sample_fields_and_joint_history():
     assert h0.prompt_ids == [1, 2, 3] and h0.response_ids == [10, 2]
     assert h0.logp_behaviour == pytest.approx(-0.75)
     assert (h0.temperature, h0.top_k, h0.top_p) == (0.7, 40, 0.9)
-    assert (m0.temperature, m0.top_k, m0.top_p) == (1.0, 0, 1.0)  # defaults when not logged
+    assert (m0.temperature, m0.top_k, m0.top_p) == (1.0, 0, 1.0)  # the fixture's logged values
     assert (h0.adapter_version, h0.staleness, m0.staleness) == (2, 1, 3)
     # joint history: the agents' served prompts concatenated in team order
     assert h0.joint_ids == m0.joint_ids == [1, 2, 3, 4, 5]
@@ -66,9 +66,37 @@ def test_max_staleness_keeps_links_but_marks_untrainable():
     assert batch.samples[0].children == [2]
 
 
+def test_staleness_is_never_negative_for_a_fresh_learner():
+    """A learner on the base model (version 0) reading actions served by v3 did not produce
+    them: their staleness is the distance 3, not -3, and max_staleness bounds it (issue 16)."""
+    ep = chain_episode(AGENTS, [1.0, 2.0])
+    for turn in ep.turns:
+        for a in turn.actions:
+            a.adapter_version = 3
+    ep.turns[1].actions[1].adapter_version = 0  # one action served by the base model
+    batch = build_batch([ep], AGENTS, learner_version=0)
+    assert [s.staleness for s in batch.samples] == [3, 3, 3, 0]
+    assert min(s.staleness for v in range(6) for s in build_batch([ep], AGENTS, learner_version=v).samples) >= 0
+    assert [s.trainable for s in build_batch([ep], AGENTS, learner_version=0, max_staleness=2).samples] == [
+        False, False, False, True]
+    assert [s.staleness for s in build_batch([ep], AGENTS, learner_version=5).samples] == [2, 2, 2, 5]
+
+
 def test_missing_agent_is_an_error():
     with pytest.raises(ValueError, match="no agent"):
         build_batch([chain_episode(["helper"], [1.0])], AGENTS)
+
+
+def test_action_without_sampling_is_refused_naming_the_episode():
+    ep = chain_episode(AGENTS, [1.0, 2.0], episode_id="old-trace")
+    ep.turns[1].actions[1].sampling = None  # e.g. a legacy row that did not record top_k
+    with pytest.raises(ValueError, match=r"episode old-trace turn 1: the action of 'main' has no sampling record"):
+        build_batch([ep], AGENTS)
+    with pytest.raises(ValueError, match="no sampling record"):  # the early check (no torch) says it too
+        check_traces("mareinforce", [ep], AGENTS)
+    ep.turns[1].actions[1] = action("main", [1], [2, 3], min_tokens=2)
+    with pytest.raises(ValueError, match="min_tokens=2"):
+        build_batch([ep], AGENTS)
 
 
 def test_broken_tree_links_are_an_error():

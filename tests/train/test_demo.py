@@ -31,12 +31,13 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path):
+@pytest.mark.parametrize("pack", [False, True], ids=["separate", "packed"])
+def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path, pack):
     workdir = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "collm_train.demo", "--task", "toy", "--engine", "transformers",
          "--model", "embedded:tiny-llama", "--episodes", "2", "--eval-episodes", "4", "--iterations", "1", "--max-tokens", "8",
-         "--workdir", str(workdir)],
+         "--workdir", str(workdir), *(["--pack"] if pack else [])],
         cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -55,6 +56,7 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path):
     assert [r["iteration"] for r in rows if "charts/collect_return" in r] == [1]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["task"] == "toy" and summary["algo"] == "cc" and summary["iterations"] == 1
+    assert summary["packed"] is pack
     assert summary["n"] == 4 and summary["before"]["n"] == summary["after"]["n"] == 4
     low, high = summary["delta_ci95"]
     assert low <= summary["delta_mean"] <= high

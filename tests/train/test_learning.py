@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, TurnRecord
+from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 from collm_train.config import TrainConfig
 from collm_train.trainer import Trainer
 from tests.train.conftest import tiny_llama
@@ -28,6 +28,7 @@ PROBLEMS = [[10, 11, 12, 13], [20, 21, 22], [30, 31, 32, 33, 34], [40, 41]]
 TARGET = set(range(32))
 RESPONSE_LEN, TEMPERATURE = 4, 1.0
 UPDATES, K, MARGIN = 16, 8, 0.25
+SAMPLING = SamplingRecord(temperature=TEMPERATURE, top_p=1.0, top_k=0, max_tokens=RESPONSE_LEN)  # trainer.sample's
 
 
 def _fraction(tokens: list[int]) -> float:
@@ -50,7 +51,7 @@ def rollout(trainer: Trainer, generator: torch.Generator, k: int) -> list[Episod
                 ActionRecord(
                     agent=a, observation=[], prompt_token_ids=sampled[a][0][n], response_text="",
                     response_token_ids=sampled[a][1][n], logprobs=sampled[a][2][n],
-                    adapter_version=trainer.version, sampling={"temperature": TEMPERATURE},
+                    adapter_version=trainer.version, sampling=SAMPLING,
                 )
                 for a in AGENTS
             ]

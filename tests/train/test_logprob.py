@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from collm_serve.engines.sampling import processed_logprobs
+from collm_serve.sampling import processed_logprobs
 from collm_train.logprob import pad_batch, sequence_logprobs
 from collm_train.sampling import sample_responses
 

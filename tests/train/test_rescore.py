@@ -54,12 +54,13 @@ def served(vllm_agent):
                 out = c.generate(messages=[{"role": "user", "content": question}], max_tokens=24, temperature=t,
                                  top_p=p, n=K, seed=7 + q)
                 assert out.adapter.version == 0
+                assert (out.sampling.temperature, out.sampling.top_p) == (t, p)  # the echoed sampling
                 turns = [TurnRecord(
                     turn_index=0, reward=float(j), feedback={}, done=True, branch_index=j, parent_turn_id=None,
                     turn_id=j + 1, actions=[ActionRecord(
                         agent=AGENT, observation=[], prompt_token_ids=list(out.prompt_token_ids), response_text="",
                         response_token_ids=list(ch.token_ids), logprobs=list(ch.logprobs), adapter_version=0,
-                        sampling={"temperature": t, "top_p": p})])
+                        sampling=out.sampling)])
                     for j, ch in enumerate(out.choices)]
                 episodes.append(EpisodeRecord(episode_id=f"q{q}s{s}", task="t", split="train", problem_id=str(q),
                                               seed=0, agents=[AGENT], group_size=K, status=EPISODE_OK, turns=turns))

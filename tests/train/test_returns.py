@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from collm_train.algorithms import ALGORITHMS, get_algorithm
-from collm_train.config import ALGO_NAMES, CRITIC_ALGOS, TrainConfig
+from collm_train.algorithms import ALGORITHMS, Algorithm, get_algorithm, register
+from collm_train.algorithms.spec import CRITIC_ALGOS, SPECS
+from collm_train.config import TrainConfig
 from collm_train.data import build_batch
 from collm_train.returns import (
     explained_variance,
@@ -21,11 +22,19 @@ AGENTS = ["helper", "main"]
 approx = lambda xs: pytest.approx(xs, abs=1e-6)  # noqa: E731
 
 
-def test_registry_matches_config():
-    assert set(ALGORITHMS) == set(ALGO_NAMES)
-    assert {n for n, a in ALGORITHMS.items() if a.critic} == set(CRITIC_ALGOS) == {"cc", "dc"}
+def test_registry_classes_are_the_spec_table():
+    """spec.SPECS is the one definition: every entry has a class, each class carries its entry's
+    traits, and a class whose name the table lacks is refused at registration."""
+    assert set(ALGORITHMS) == set(SPECS)
+    for name, entry in SPECS.items():
+        assert ALGORITHMS[name].spec is entry and get_algorithm(name).critic == entry.critic
+    assert set(CRITIC_ALGOS) == {"cc", "dc"}
+    assert (ALGORITHMS["cc"].critic, ALGORITHMS["dc"].critic, ALGORITHMS["magrpo"].critic) == ("joint", "own", None)
     with pytest.raises(ValueError, match="unknown algorithm"):
         get_algorithm("ppo")
+    with pytest.raises(ValueError, match="no entry in .*spec.py"):
+        register(type("PPO", (Algorithm,), {"name": "ppo"}))
+    assert "ppo" not in ALGORITHMS
 
 
 def _chain_batch():

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from collm_serve.traces.records import SamplingRecord
 from collm_train.config import TrainConfig
 from collm_train.trainer import Trainer
 from tests.train.conftest import chain_episode, tiny_llama, tree_episode
@@ -146,7 +147,7 @@ def test_on_policy_ratio_is_one_and_stale_data_uses_behaviour():
         ep = chain_episode(AGENTS, [float(k)], [turn_prompts], [turn_resp], episode_id=f"e{k}")
         for a in ep.turns[0].actions:
             a.logprobs = lps[a.agent]
-            a.sampling = {"temperature": 0.7, "top_p": 0.9}
+            a.sampling = SamplingRecord(temperature=0.7, top_p=0.9, top_k=0, max_tokens=4)
         episodes.append(ep)
     m = trainer.update(episodes)
     assert m["charts/logp_gap"] < 1e-4 and m["charts/ess"] == pytest.approx(1.0)
@@ -186,6 +187,32 @@ def test_off_policy_modes_pick_logp_old():
         stale.update([])
     with pytest.raises(ValueError, match="max_staleness"):
         stale.update(eps)
+
+
+def test_fresh_learner_treats_newer_served_versions_as_stale(tmp_path):
+    """A fresh trainer (base model, version 0) on traces served by v3 of an earlier run: the
+    reported staleness is >= 0 and the actions are stale (pi_old = the logged behaviour
+    log-probs, so the fake -1/token log-probs make every PPO ratio clip), not on-policy
+    (recomputed pi_old, ratio 1, nothing clipped). Its first publish continues the numbering
+    in the adapter folder (v4), from which v3's actions are 1 version old."""
+    big = dict(algo="mareinforce", minibatch_size=64, preset="collm")
+    eps = [chain_episode(AGENTS, [float(k)], episode_id=f"e{k}") for k in range(2)]
+    for ep in eps:
+        for a in ep.turns[0].actions:
+            a.adapter_version = 3
+    fresh = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    m = fresh.update(eps)
+    assert fresh.version == 0 and m["charts/staleness"] == 3.0 and m["charts/staleness_max"] == 3.0
+    assert m["charts/clipfrac"] == 1.0  # stale: behaviour log-probs, not the on-policy -A log pi
+    on_policy = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    for ep in eps:
+        for a in ep.turns[0].actions:
+            a.adapter_version = 0
+    assert on_policy.update(eps)["charts/clipfrac"] == 0.0  # the contrast: base-served data is fresh
+    for agent in AGENTS:
+        (tmp_path / agent / "v3").mkdir(parents=True)  # an earlier run's versions
+    fresh.save_adapters(tmp_path)
+    assert fresh.version == 4 and (tmp_path / "main" / "v4").is_dir()
 
 
 def test_load_adapters_round_trip(tmp_path):

@@ -13,7 +13,8 @@ import torch
 
 from collm_serve.traces.records import EPISODE_OK, EpisodeRecord, TurnRecord
 from collm_train.algorithms import ALGORITHMS, get_algorithm
-from collm_train.config import GROUP_BASELINE_ALGOS, TrainConfig
+from collm_train.algorithms.spec import GROUP_BASELINE_ALGOS
+from collm_train.config import TrainConfig
 from collm_train.data import GroupSizeError, build_batch, check_group_sizes, check_team_group_size
 from collm_train.losses import clipped_value_loss, policy_loss
 from collm_train.returns import normalize_by_group

@@ -5,6 +5,9 @@ a behaviour log-prob logged by a service and the learner's log-prob of the same 
 (the importance ratio of on-policy data is 1). vLLM applies the same order (temperature, then
 top-k/top-p masking) and reports it with `logprobs_mode="processed_logprobs"`.
 Temperature 0 means greedy; its log-probs are those of the unscaled distribution.
+It lives at the package top, not under engines/, because it is not an engine: the engines and
+the trainer (collm_train/logprob.py, collm_train/sampling.py) are its users; the values it is
+called with are those a trace records (`collm_serve.traces.records.SamplingRecord`).
 """
 
 from __future__ import annotations
