@@ -204,11 +204,14 @@ def test_fresh_learner_treats_newer_served_versions_as_stale(tmp_path):
     m = fresh.update(eps)
     assert fresh.version == 0 and m["charts/staleness"] == 3.0 and m["charts/staleness_max"] == 3.0
     assert m["charts/clipfrac"] == 1.0  # stale: behaviour log-probs, not the on-policy -A log pi
-    on_policy = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    assert m["charts/rescored_frac"] == 1.0  # stale actions are rescored (rescore auto)
+    # rescore always: a fresh action's pi_old is recomputed (auto would read the fake log)
+    on_policy = Trainer(TrainConfig(rescore="always", **big), tiny_llama(), AGENTS)
     for ep in eps:
         for a in ep.turns[0].actions:
             a.adapter_version = 0
     assert on_policy.update(eps)["charts/clipfrac"] == 0.0  # the contrast: base-served data is fresh
+    assert Trainer(TrainConfig(**big), tiny_llama(), AGENTS).update(eps)["charts/rescored_frac"] == 0.0
     for agent in AGENTS:
         (tmp_path / agent / "v3").mkdir(parents=True)  # an earlier run's versions
     fresh.save_adapters(tmp_path)
