@@ -54,7 +54,7 @@ def served(vllm_agent):
                 out = c.generate(messages=[{"role": "user", "content": question}], max_tokens=24, temperature=t,
                                  top_p=p, n=K, seed=7 + q)
                 assert out.adapter.version == 0
-                assert (out.sampling.temperature, out.sampling.top_p) == (t, p)  # the echoed sampling
+                assert (out.sampling.temperature, out.sampling.top_p) == pytest.approx((t, p))  # echoed (float32)
                 turns = [TurnRecord(
                     turn_index=0, reward=float(j), feedback={}, done=True, branch_index=j, parent_turn_id=None,
                     turn_id=j + 1, actions=[ActionRecord(
