@@ -7,8 +7,19 @@ tokenizer (windows of this repository's text): `--actions` actions of 2 agents, 
 prompt + `--response-len` response tokens each, trees of K=2 branches (MC groups for magrpo).
 
   lora-<algo>  the trainer: one frozen base, a LoRA adapter per agent (+ critic adapters)
+  old-<algo>   the same trainer as before issue 14: every action rescored without grad
+               (rescore=always) and micro-batches in shuffled order (length_buckets=false)
   full-<algo>  the paper code's layout: one full model copy per agent and per critic, AdamW on
                every weight (cc: 3 copies, dc: 4, magrpo: 2)
+
+The batch is fresh before every timed update (the online loop's steady state: traces sampled by
+the version the learner just published), so rescore=auto skips the no-grad actor pass.
+"forward+backward limit" (lora/old modes): the plain forward + backward of the same LoRA model
+over the same actions, in the same micro-batch sizes sorted by length, loss = sum of response
+token log-probs, no RL machinery (no scoring pass, advantages, critics, adapter switches or
+optimizer step). update ÷ limit (tokens/CPU-s) is the share of the model's raw speed an update
+keeps; with a critic (cc, dc) the update also trains the critics on the histories, so it is
+below 1 by construction (issue 14's goal, >= 0.7, is for the actor path, e.g. magrpo).
 
 Each mode runs in its own process, one after the other, so its peak RSS is its own.
 tokens/s = (prompt + response tokens of the batch) / update wall time; tokens/CPU-s divides by
@@ -16,7 +27,7 @@ the process CPU time instead (1 thread: what an idle core would do; robust to ot
 shared box), and the LoRA ÷ full ratios use it. "model state" counts parameter + gradient +
 AdamW tensors (torch CPU memory; on a GPU the CUDA allocator peak is reported as well).
 
-    python bench/train_throughput.py [--actions 8] [--response-len 64] [--modes lora-cc,full-cc]
+    python bench/train_throughput.py [--actions 8] [--response-len 64] [--modes lora-magrpo,old-magrpo]
 """
 
 from __future__ import annotations
@@ -41,13 +52,16 @@ from bench.common import print_table  # noqa: E402
 
 AGENTS = ["helper", "main"]
 ALGOS = ["cc", "dc", "magrpo"]
-DEFAULT_MODES = "lora-cc,lora-dc,lora-magrpo,full-cc,full-magrpo"  # full-dc: 4 copies, ~9 GB of AdamW state
+KINDS = ("lora", "old", "full")
+DEFAULT_MODES = "lora-cc,lora-dc,lora-magrpo,old-magrpo,full-cc,full-magrpo"  # full-dc: 4 copies, ~9 GB of AdamW state
 MB = 1 << 20
 
 
 # ---------------------------------------------------------------------------- data
-def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: int, seed: int = 0):
-    """Depth-1 trees of K=2 joint actions (2 agents each): actions / 2 turn rows."""
+def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: int, seed: int = 0,
+                       spread: float = 0.1):
+    """Depth-1 trees of K=2 joint actions (2 agents each): actions / 2 turn rows; prompt and
+    response lengths uniform within +-spread of prompt_len / response_len."""
     from collm_serve.traces.records import EPISODE_OK, ActionRecord, EpisodeRecord, SamplingRecord, TurnRecord
 
     text = "\n".join(p.read_text() for p in sorted((REPO / "collm_train").glob("*.py")))
@@ -65,8 +79,9 @@ def synthetic_episodes(tokenizer, actions: int, prompt_len: int, response_len: i
         for k in range(min(2, rows - e)):
             acts = []
             for a in AGENTS:
-                prompt = window(rng.randint(prompt_len * 9 // 10, prompt_len * 11 // 10))
-                response = window(response_len)
+                prompt = window(max(1, rng.randint(round(prompt_len * (1 - spread)), round(prompt_len * (1 + spread)))))
+                response = window(max(1, rng.randint(round(response_len * (1 - spread)),
+                                                     round(response_len * (1 + spread)))))
                 acts.append(ActionRecord(agent=a, observation=[], prompt_token_ids=prompt, response_text="",
                                          response_token_ids=response, logprobs=[-1.0] * len(response),
                                          sampling=SamplingRecord(temperature=1.0, top_p=1.0, top_k=0,
@@ -207,6 +222,32 @@ def _state_mb(opts) -> tuple[float, int]:
     return total / MB, n
 
 
+def forward_backward_limit(learner, episodes, micro: int) -> tuple[float, float]:
+    """(wall s, CPU s) of a plain forward + backward over the actions: one LoRA adapter of the
+    learner's model, chunks of `micro` sorted by length, loss = -sum of response log-probs."""
+    import torch
+
+    from collm_train.logprob import pad_batch
+
+    acts = sorted((a for e in episodes for t in e.turns for a in t.actions),
+                  key=lambda a: len(a.prompt_token_ids) + len(a.response_token_ids))
+    agent, actor = next(iter(learner.models.actors.items()))
+    model = actor.host.activate(agent)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(acts), micro):
+        chunk = acts[i : i + micro]
+        ids, attn, pos, mask = pad_batch([a.prompt_token_ids for a in chunk], [a.response_token_ids for a in chunk])
+        R = mask.shape[1]
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=R + 1,
+                       use_cache=False).logits[:, :-1]  # (B, R, V)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, -R:, None]).squeeze(-1)  # (B, R)
+        (-(logp * mask).sum()).backward()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    for p in actor.params():
+        p.grad = None
+    return wall, cpu
+
+
 def worker(mode: str, args) -> dict:
     import torch
     from transformers import AutoTokenizer
@@ -216,15 +257,17 @@ def worker(mode: str, args) -> dict:
     from collm_train.trainer import Trainer
 
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)  # the Trainer sets config.threads (the same) itself
     kind, algo = mode.split("-", 1)
     model_dir = embedded_model_dir()
     episodes = synthetic_episodes(AutoTokenizer.from_pretrained(model_dir), args.actions, args.prompt_len,
-                                  args.response_len)
+                                  args.response_len, spread=args.spread)
     # preset collm: this bench times the PPO-clipped loss on every action (its own update loop)
-    cfg = TrainConfig(algo=algo, preset="collm", minibatch_size=args.minibatch or args.actions, lr=1e-5, critic_lr=1e-5)
+    old = dict(rescore="always", length_buckets=False) if kind == "old" else {}
+    cfg = TrainConfig(algo=algo, preset="collm", minibatch_size=args.minibatch or args.actions, lr=1e-5,
+                      critic_lr=1e-5, micro_batch_size=args.micro, threads=args.threads or None, **old)
     rss0 = _rss_mb()
-    if kind == "lora":
+    if kind in ("lora", "old"):
         learner = Trainer(cfg, model_dir, AGENTS, base_model_id="bench")
         opts = learner._opts()
         frozen = sum(p.numel() for p in learner.models.frozen_params().values())
@@ -237,16 +280,25 @@ def worker(mode: str, args) -> dict:
                  for e in episodes for t in e.turns for a in t.actions)
     times, cpu = [], []
     for _ in range(args.warmup + args.updates):
+        if kind != "full":
+            learner.dirty = False  # as if the learner had just published the version that sampled the batch
         t0, c0 = time.perf_counter(), time.process_time()
         learner.update(episodes)
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     times, cpu = times[args.warmup :], cpu[args.warmup :]
     state_mb, n_trained = _state_mb(opts)
-    out = {
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    limit = {}
+    if kind != "full":
+        runs = [forward_backward_limit(learner, episodes, args.micro or cfg.minibatch_size)
+                for _ in range(args.warmup + args.updates)][args.warmup :]
+        lw, lc = min(r[0] for r in runs), min(r[1] for r in runs)
+        limit = {"limit_s": lw, "limit_tokens_per_s": tokens / lw, "limit_cpu_s": lc, "limit_tokens_per_cpu_s": tokens / lc}
+    out = {**limit,
         "mode": mode, "tokens": tokens, "update_s": min(times), "tokens_per_s": tokens / min(times),
         "cpu_s": min(cpu), "tokens_per_cpu_s": tokens / min(cpu),
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak,
         "loaded_mb": rss_loaded - rss0, "state_mb": state_mb, "trained_params": n_trained,
         "frozen_params": frozen, "threads": torch.get_num_threads(),
     }
@@ -261,14 +313,18 @@ def main() -> None:
     ap.add_argument("--actions", type=int, default=8, help="actions in the batch (2 agents, trees of K=2)")
     ap.add_argument("--prompt-len", type=int, default=200)
     ap.add_argument("--response-len", type=int, default=64)
+    ap.add_argument("--spread", type=float, default=0.1,
+                    help="prompt and response lengths uniform within +-spread of their mean (0.9: very mixed)")
     ap.add_argument("--minibatch", type=int, default=None, help="samples per optimizer step (default: all)")
+    ap.add_argument("--micro", type=int, default=None, help="samples per forward (default: the minibatch)")
     ap.add_argument("--updates", type=int, default=1, help="timed updates per mode (the fastest counts)")
     ap.add_argument("--warmup", type=int, default=0, help="untimed updates first")
     # 1 by default: on a shared box, OpenMP threads spin-wait for cores other processes hold and
     # an update got ~18x slower with 2 threads than with 1 (load 11 on 2 cores)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default, all cores)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0: TrainConfig's default, every core this process may use)")
     ap.add_argument("--modes", default=DEFAULT_MODES,
-                    help=f"comma-separated lora-<algo> / full-<algo>, algo in {ALGOS}")
+                    help=f"comma-separated <kind>-<algo>, kind in {KINDS}, algo in {ALGOS}")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -278,14 +334,16 @@ def main() -> None:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         kind, _, algo = m.partition("-")
-        if kind not in ("lora", "full") or algo not in ALGOS:
-            ap.error(f"mode {m!r}: use lora-<algo> or full-<algo> with algo in {ALGOS}")
+        if kind not in KINDS or algo not in ALGOS:
+            ap.error(f"mode {m!r}: use <kind>-<algo> with kind in {KINDS}, algo in {ALGOS}")
     results, failed = {}, {}
     passthrough = [f"--actions={args.actions}", f"--prompt-len={args.prompt_len}",
-                   f"--response-len={args.response_len}", f"--updates={args.updates}", f"--warmup={args.warmup}",
+                   f"--response-len={args.response_len}", f"--spread={args.spread}", f"--updates={args.updates}", f"--warmup={args.warmup}",
                    f"--threads={args.threads}"]
     if args.minibatch:
         passthrough.append(f"--minibatch={args.minibatch}")
+    if args.micro:
+        passthrough.append(f"--micro={args.micro}")
     for m in modes:  # one at a time: each owns the cores and its peak RSS
         proc = subprocess.run([sys.executable, __file__, "--worker", m, *passthrough], capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -309,8 +367,18 @@ def main() -> None:
         rows.append((f"{m} peak RSS MB", f"{r['peak_rss_mb']:.0f}", f"model load +{r['loaded_mb']:.0f} MB; {note}"))
         rows.append((f"{m} model state MB", f"{r['state_mb']:.0f}", "trained params + grads + AdamW state"
                      + (f"; CUDA peak {r['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in r else "")))
+        if "limit_tokens_per_cpu_s" in r:
+            rows.append((f"{m} forward+backward limit tokens/CPU-s", f"{r['limit_tokens_per_cpu_s']:.0f}",
+                         f"{r['limit_tokens_per_s']:.0f} tokens/s wall; plain LoRA forward+backward, same actions"))
+            rows.append((f"{m}: update ÷ forward+backward limit", f"{r['tokens_per_cpu_s'] / r['limit_tokens_per_cpu_s']:.2f}",
+                         f"tokens/CPU-s (wall: {r['tokens_per_s'] / r['limit_tokens_per_s']:.2f}); goal >= 0.7"))
     rows += [(m, "failed", why) for m, why in failed.items()]
     for algo in ALGOS:
+        lo, ol = results.get(f"lora-{algo}"), results.get(f"old-{algo}")
+        if lo and ol:
+            rows.append((f"{algo}: this trainer ÷ before issue 14, tokens/CPU-s",
+                         f"{lo['tokens_per_cpu_s'] / ol['tokens_per_cpu_s']:.2f}",
+                         f"wall {lo['tokens_per_s'] / ol['tokens_per_s']:.2f}; rescore auto + length buckets"))
         lo, fu = results.get(f"lora-{algo}"), results.get(f"full-{algo}")
         if lo and fu:
             speed = lo["tokens_per_cpu_s"] / fu["tokens_per_cpu_s"]

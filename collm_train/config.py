@@ -22,6 +22,7 @@ one of them turns the preset's other one off.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -35,6 +36,14 @@ PRESETS: dict[str, dict[str, Any]] = {
                   max_grad_norm=1.0, value_clip=None),
 }
 _ALTERNATIVES = ("clip_eps", "truncated_is")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity; os.cpu_count where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class TrainConfig(BaseModel):
@@ -81,7 +90,8 @@ class TrainConfig(BaseModel):
     """Which log-probs define pi_old in rho: `behaviour` the logged serving log-probs, `none` the
     learner's own log-probs recomputed at the start of the update (rho starts at exactly 1),
     `auto` behaviour for stale samples (older adapter version, or learner changed since it
-    published that version) and recomputed for fresh ones (immune to engine numerics)."""
+    published that version) and the learner's own for fresh ones, which equals the logged one:
+    `rescore` says whether it is read from the log (auto) or recomputed (always)."""
 
     max_staleness: int | None = Field(None, ge=0)
     """Drop actions whose adapter version is more than this many versions away from the weights the
@@ -117,6 +127,31 @@ class TrainConfig(BaseModel):
 
     micro_batch_size: int | None = Field(None, ge=1)
     """Samples per forward pass (gradient accumulation inside a minibatch); None = whole minibatch."""
+
+    length_buckets: bool = True
+    """Sort each agent's (and critic's) samples by token length before cutting them into
+    micro-batches, so each forward pads to similar lengths (little padding compute). Loss weights
+    do not change: every sample's loss is still divided by its agent's (critic's) count in the
+    whole minibatch, so the gradient is the same sum in another order. Also orders the no-grad
+    scoring chunks. False: micro-batches in minibatch (shuffled) order."""
+
+    rescore: Literal["auto", "always"] = "auto"
+    """Whether the update re-runs the learner without grad to get log pi of every logged action
+    before training. `auto`: only for STALE actions (another adapter version, or the learner moved
+    since publishing): for a fresh action the learner holds the very weights that served it, and
+    the engine logged log-probs of the same processed distribution the trainer scores
+    (`logprobs_mode="processed_logprobs"`, tests/train/test_rescore.py), so its logged behaviour
+    log-prob is used instead of a forward. `always`: a forward for every action (pi_old of fresh
+    actions then comes from the learner, immune to engine numerics). off_policy='none' always
+    rescores (it defines pi_old as the recomputed log-prob). charts/ess and charts/logp_gap are
+    computed over the rescored actions only (nan when none were); charts/rescored_frac says
+    how many. CoMLRL recomputes old log-probs with a forward per sample (maac.py:521-528)."""
+
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads for the trainer process, set when the Trainer starts; None = every
+    core this process may run on (os.sched_getaffinity), divided among the torchrun processes of
+    this machine (LOCAL_WORLD_SIZE). On a machine shared with other busy processes, fewer can be
+    faster (OpenMP threads spin-wait for cores others hold)."""
 
     max_grad_norm: float | None = Field(None, gt=0.0)
     """Gradient-norm clip, per actor and per critic (preset collm: 1.0); None disables it (the
@@ -237,6 +272,14 @@ class TrainConfig(BaseModel):
         return self
 
     # --- derived values, computed in one place -------------------------------------------
+    @property
+    def num_threads(self) -> int:
+        """threads, or (None) this process's share of the cores it may run on."""
+        if self.threads is not None:
+            return self.threads
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        return max(1, available_cores() // max(local, 1))
+
     @property
     def has_critic(self) -> bool:
         return spec(self.algo).critic is not None

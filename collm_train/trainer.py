@@ -6,14 +6,19 @@
 
 One `update`:
   1. samples per (agent, turn) from the traces (data.build_batch)
-  2. without grad: the learner's log pi of every logged action (rho vs behaviour -> ESS), the
-     reference log-probs (if kl_coef), and V_old(h) of every history (critic algorithms)
+  2. without grad: the learner's log pi of every STALE logged action (rho vs behaviour -> ESS;
+     a fresh action's is its logged behaviour log-prob, config.rescore), the reference
+     log-probs (if kl_coef), and V_old(h) of every distinct history (critic algorithms; the
+     TD(0) / GAE bootstrap V_old(h_{t+1}) is a child's V_old(h), from the same pass)
   3. adv / v_target from the algorithm class (TD(0), GAE, or Monte Carlo over the tree), then
      standardised as config.adv_norm says
   4. epochs x shuffled minibatches: per agent, actor loss + kl, that agent's MEAN over its
      samples in the minibatch (CoMLRL steps each agent on the mean of its own batch,
      maac.py:881, iac.py:957, magrpo.py:1369-1376); per critic, c_v * its mean (y - V)^2
      (maac.py:882-883); clip grad norms if configured; step.
+     Each agent's (critic's) minibatch samples are sorted by length and cut into micro-batches
+     (config.length_buckets, micro_batch_size), so a forward pads little; the loss weights do
+     not depend on the cut, so the gradient is the same sum.
 
 Actor loss per action (config.ratio_on): a FRESH action (served by the weights the learner
 holds: same adapter version, no update since it was published) gets the paper's on-policy
@@ -60,6 +65,11 @@ def _chunks(idx: Sequence[int], size: int | None) -> list[list[int]]:
     return [idx[i : i + size] for i in range(0, len(idx), size)]
 
 
+def _sample_len(s: ActionSample) -> int:
+    """Tokens of one actor forward row (logprob.pad_batch pads prompts and responses)."""
+    return len(s.prompt_ids) + len(s.response_ids)
+
+
 def _check_agents(agents: Sequence[str]) -> list[str]:
     agents = list(agents)
     if not agents:
@@ -104,6 +114,7 @@ class Trainer:
             or "unknown"
         )
         self.dist = init_distributed()  # under torchrun: this rank's share of the work (distributed.py)
+        torch.set_num_threads(config.num_threads)  # default: every core this process may use
         torch.manual_seed(config.seed)  # LoRA A init and value heads
         self.models = TeamModels(config, base_model, self.agents, self.algo.critic, self.base_model_id)
         self.actor_opts = {
@@ -139,31 +150,64 @@ class Trainer:
             kw = {}
         return fn([s.prompt_ids for s in samples], [s.response_ids for s in samples], **kw)
 
+    def _micro(self, idx: Sequence[int], size: int | None, key: Callable[[int], object]) -> list[list[int]]:
+        """idx cut into forwards of `size` (None: one); sorted by key (a length) first when
+        config.length_buckets, so the rows of one forward pad to similar lengths."""
+        idx = list(idx)
+        if self.config.length_buckets:
+            idx.sort(key=key)
+        return _chunks(idx, size)
+
+    def _rescore_mask(self, b_stale: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the actions whose learner log pi is recomputed (config.rescore).
+
+        A fresh action was served by the weights the learner holds, and the engine logged
+        log-probs of the same processed distribution the trainer scores, so its learner log pi
+        IS its behaviour log-prob (tests/train/test_rescore.py); only stale ones need a forward.
+        off_policy='none' defines pi_old as the recomputed value: every action is rescored."""
+        if self.config.rescore == "always" or self.config.off_policy == "none":
+            return torch.ones_like(b_stale)
+        return b_stale.clone()
+
     @torch.no_grad()
-    def _score_batch(self, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Learner log pi (N,) and, if kl_coef, reference token log-probs per sample."""
+    def _score_batch(
+        self, batch: Batch, rescore: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """Learner log pi (N,) of the actions `rescore` marks (0 elsewhere; default all) and, if
+        kl_coef, reference token log-probs of every sample."""
         N = len(batch)
         logp = torch.zeros(N)
         ref_tok: list[torch.Tensor | None] = [None] * N
+        size = self.config.micro_batch_size or self.config.minibatch_size
+        length = lambda i: _sample_len(batch.samples[i])  # noqa: E731
         for agent in self.agents:
-            idx = self.dist.shard(i for i, s in enumerate(batch.samples) if s.agent == agent)
-            for chunk in _chunks(idx, self.config.micro_batch_size or self.config.minibatch_size):
+            mine = [i for i, s in enumerate(batch.samples) if s.agent == agent]
+            idx = self.dist.shard(i for i in mine if rescore is None or bool(rescore[i]))
+            for chunk in self._micro(idx, size, length):
                 samples = [batch.samples[i] for i in chunk]
                 logp[chunk] = self._logprobs(agent, samples).seq_logp.float().cpu()
-                if self.config.kl_coef > 0:
-                    ref = self._logprobs(agent, samples, ref=True)
-                    for j, i in enumerate(chunk):
-                        ref_tok[i] = ref.token_logp[j, : len(batch.samples[i].response_ids)].float().cpu()
+            if self.config.kl_coef <= 0:
+                continue
+            for chunk in self._micro(self.dist.shard(mine), size, length):
+                ref = self._logprobs(agent, [batch.samples[i] for i in chunk], ref=True)
+                for j, i in enumerate(chunk):
+                    ref_tok[i] = ref.token_logp[j, : len(batch.samples[i].response_ids)].float().cpu()
         if self.config.kl_coef > 0:
             ref_tok = self.dist.all_reduce_rows(ref_tok, [len(s.response_ids) for s in batch.samples])
         return self.dist.all_reduce_(logp), ref_tok
 
     def _critic_values(self, critic: Critic, histories: Sequence[list[int]], chunk: int | None) -> torch.Tensor:
-        """V(h) for histories, each distinct history evaluated once. -> (n,) on the critic device."""
+        """V(h) for histories, each distinct history evaluated once (shortest first when
+        config.length_buckets, `chunk` per forward). -> (n,) on the critic device."""
         uniq: dict[tuple[int, ...], int] = {}
         where = [uniq.setdefault(tuple(h), len(uniq)) for h in histories]
-        parts = [critic.values(c) for c in _chunks([list(k) for k in uniq], chunk)]
-        return torch.cat(parts)[torch.tensor(where, device=parts[0].device)]
+        keys = list(uniq)
+        order = [j for c in self._micro(range(len(keys)), None, lambda j: len(keys[j])) for j in c]
+        parts = [critic.values([list(keys[j]) for j in c]) for c in _chunks(order, chunk)]
+        flat = torch.cat(parts)  # (n_unique,) in `order`
+        pos = torch.empty(len(keys), dtype=torch.long)
+        pos[torch.tensor(order, dtype=torch.long)] = torch.arange(len(keys))
+        return flat[pos[torch.tensor(where, dtype=torch.long)].to(flat.device)]
 
     @torch.no_grad()
     def _old_values(self, batch: Batch) -> torch.Tensor:
@@ -204,8 +248,12 @@ class Trainer:
         b_staleness = batch.tensor("staleness")  # (N,)
         # stale: served by weights other than the learner's (another version, or moved since)
         b_stale = (b_staleness != 0) | torch.tensor(self.dirty)  # (N,) bool
-        b_logp_learner, b_ref_tok = self._score_batch(batch)  # (N,), [(T_i,)]
-        log_rho_behaviour = b_logp_learner - b_logp_behaviour  # (N,) current learner vs the data
+        b_rescore = self._rescore_mask(b_stale)  # (N,) bool: a learner forward (config.rescore)
+        b_logp_scored, b_ref_tok = self._score_batch(batch, b_rescore)  # (N,), [(T_i,)]
+        # a fresh action's learner log pi is its logged one (same weights, same distribution)
+        b_logp_learner = torch.where(b_rescore, b_logp_scored, b_logp_behaviour)  # (N,)
+        # current learner vs the data, where measured (rescored actions only: honest ESS / gap)
+        log_rho_behaviour = (b_logp_learner - b_logp_behaviour)[b_rescore]  # (n_rescored,)
         if cfg.off_policy == "behaviour":
             b_logp_old = b_logp_behaviour
         elif cfg.off_policy == "none":
@@ -252,7 +300,8 @@ class Trainer:
             "charts/stale_frac": float(b_stale.float().mean()),
             "charts/staleness_max": float(b_staleness.max()),
             "charts/ess": effective_sample_size_log(log_rho_behaviour),
-            "charts/logp_gap": float(log_rho_behaviour.abs().mean()),
+            "charts/logp_gap": float(log_rho_behaviour.abs().mean()) if len(log_rho_behaviour) else math.nan,
+            "charts/rescored_frac": float(b_rescore.float().mean()),
             "charts/response_len": float(sum(len(s.response_ids) for s in samples) / len(samples)),
             "charts/samples": float(len(train_idx)),
             "charts/dropped_stale": float(len(samples) - len(train_idx)),
@@ -281,7 +330,7 @@ class Trainer:
         for agent in self.agents:
             n_agent = sum(1 for i in mb_idx if batch.samples[i].agent == agent)
             a_idx = self.dist.shard(i for i in mb_idx if batch.samples[i].agent == agent)
-            for chunk in _chunks(a_idx, micro):
+            for chunk in self._micro(a_idx, micro, lambda i: _sample_len(batch.samples[i])):
                 out = self._logprobs(agent, [batch.samples[i] for i in chunk])
                 dev = out.seq_logp.device
                 mb_logp = out.seq_logp  # (n,)
@@ -313,7 +362,10 @@ class Trainer:
             n_critic = len(c_idx)
             c_idx = self.dist.shard(c_idx, [tuple(self.algo.history(batch.samples[i])) for i in c_idx])
             critic = self.models.critics[name]
-            for chunk in _chunks(c_idx, micro):
+            # by length, equal histories adjacent (CC: the agents of a turn share h_t), so a
+            # forward pads little and evaluates a shared history once
+            hist_of = lambda i: self.algo.history(batch.samples[i])  # noqa: E731
+            for chunk in self._micro(c_idx, micro, lambda i: (len(hist_of(i)), hist_of(i))):
                 hist = [self.algo.history(batch.samples[i]) for i in chunk]
                 v = self._critic_values(critic, hist, None)  # (n,)
                 y = b_v_target[chunk].to(v.device)

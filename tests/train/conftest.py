@@ -25,10 +25,14 @@ def tiny_llama(vocab_size: int = 256, seed: int = 0, **overrides):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny matmuls: intra-op threads only add sync cost, badly so on a shared 2-core box."""
+def _one_torch_thread(monkeypatch):
+    """Tiny matmuls: intra-op threads only add sync cost, badly so on a shared 2-core box.
+
+    A Trainer sets config.num_threads when it starts (default: every available core); here
+    "available" is made 1 core, so tests keep one thread unless they set `threads`."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    monkeypatch.setattr("collm_train.config.available_cores", lambda: 1)
     yield
     torch.set_num_threads(n)
 

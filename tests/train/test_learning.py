@@ -76,8 +76,13 @@ def test_policies_learn_the_bandit(algo):
     trainer = Trainer(cfg, tiny_llama(initializer_range=0.2), AGENTS)
     before = mean_reward(rollout(trainer, torch.Generator().manual_seed(1), 16))
     g = torch.Generator().manual_seed(0)
-    for _ in range(UPDATES):
+    for u in range(UPDATES):
         metrics = trainer.update(rollout(trainer, g, K))
-        assert metrics["charts/ess"] == pytest.approx(1.0, abs=1e-4)  # on-policy: logged == learner
+        # update 0: fresh (version 0, learner unchanged), nothing rescored (config.rescore); later
+        # ones count as stale (never published) and are rescored: sampled by the current weights,
+        # so logged == learner
+        assert metrics["charts/rescored_frac"] == (0.0 if u == 0 else 1.0)
+        if u:
+            assert metrics["charts/ess"] == pytest.approx(1.0, abs=1e-4)
     after = mean_reward(rollout(trainer, torch.Generator().manual_seed(1), 16))
     assert after >= before + MARGIN, f"{algo}: mean reward {before:.3f} -> {after:.3f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -133,7 +134,8 @@ def test_checkpoint_resume_is_exact(tmp_path):
 
 def test_on_policy_ratio_is_one_and_stale_data_uses_behaviour():
     # mareinforce: these are K = 1 chains, which magrpo refuses (it would learn nothing from them)
-    trainer = Trainer(TrainConfig(algo="mareinforce", off_policy="behaviour"), tiny_llama(), AGENTS)
+    # rescore always: measure the learner vs the logged log-probs on fresh data (auto trusts them)
+    trainer = Trainer(TrainConfig(algo="mareinforce", off_policy="behaviour", rescore="always"), tiny_llama(), AGENTS)
     prompts = [[5, 9, 2, 11], [7, 8]]
     episodes = []
     g = torch.Generator().manual_seed(0)
@@ -150,6 +152,7 @@ def test_on_policy_ratio_is_one_and_stale_data_uses_behaviour():
     m = trainer.update(episodes)
     assert m["charts/logp_gap"] < 1e-4 and m["charts/ess"] == pytest.approx(1.0)
     assert m["losses/approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert m["charts/rescored_frac"] == 1.0
 
 
 
@@ -160,12 +163,17 @@ def test_off_policy_modes_pick_logp_old():
     actions only (test_truncated_is_only_on_stale_actions); mareinforce since these are K = 1."""
     eps = [chain_episode(AGENTS, [float(k)], episode_id=f"e{k}") for k in range(2)]
     big = dict(algo="mareinforce", minibatch_size=64, preset="collm")
-    auto = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    auto = Trainer(TrainConfig(rescore="always", **big), tiny_llama(), AGENTS)
     m = auto.update(eps)  # fresh data (version 0 == learner, learner unchanged): recomputed logp_old
     assert m["charts/clipfrac"] == 0.0 and m["charts/staleness"] == 0.0
     assert m["charts/logp_gap"] > 5  # reported, although it does not enter the ratio
     m = auto.update(eps)  # learner moved since version 0 was sampled: behaviour log-probs
     assert m["charts/clipfrac"] == 1.0
+    # rescore auto (default) trusts the log for fresh data: pi_old is the (here fake) logged
+    # log-prob, nothing is rescored, so the gap is not measured (nan), not reported as 0
+    m = Trainer(TrainConfig(**big), tiny_llama(), AGENTS).update(eps)
+    assert m["charts/clipfrac"] == 1.0 and m["charts/rescored_frac"] == 0.0
+    assert math.isnan(m["charts/logp_gap"]) and math.isnan(m["charts/ess"])
     m = Trainer(TrainConfig(off_policy="behaviour", **big), tiny_llama(), AGENTS).update(eps)
     assert m["charts/clipfrac"] == 1.0
     stale = Trainer(TrainConfig(max_staleness=1, **big), tiny_llama(), AGENTS)
@@ -196,11 +204,14 @@ def test_fresh_learner_treats_newer_served_versions_as_stale(tmp_path):
     m = fresh.update(eps)
     assert fresh.version == 0 and m["charts/staleness"] == 3.0 and m["charts/staleness_max"] == 3.0
     assert m["charts/clipfrac"] == 1.0  # stale: behaviour log-probs, not the on-policy -A log pi
-    on_policy = Trainer(TrainConfig(**big), tiny_llama(), AGENTS)
+    assert m["charts/rescored_frac"] == 1.0  # stale actions are rescored (rescore auto)
+    # rescore always: a fresh action's pi_old is recomputed (auto would read the fake log)
+    on_policy = Trainer(TrainConfig(rescore="always", **big), tiny_llama(), AGENTS)
     for ep in eps:
         for a in ep.turns[0].actions:
             a.adapter_version = 0
     assert on_policy.update(eps)["charts/clipfrac"] == 0.0  # the contrast: base-served data is fresh
+    assert Trainer(TrainConfig(**big), tiny_llama(), AGENTS).update(eps)["charts/rescored_frac"] == 0.0
     for agent in AGENTS:
         (tmp_path / agent / "v3").mkdir(parents=True)  # an earlier run's versions
     fresh.save_adapters(tmp_path)
