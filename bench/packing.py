@@ -1,4 +1,4 @@
-"""Packing: two agents on ONE engine vs each on its own engine (collm_serve/packing.py).
+"""Packing: two agents on ONE engine vs each on its own engine (collm_serve/agent/packing.py).
 
     episodes/hour packed ÷ separate   collection throughput of the same team, same episodes
                                       (goal >= 1.8: both agents' requests share one batch)

@@ -113,7 +113,7 @@ def start(agent, agent_list, engine_group, config_path, port, host, engine, mode
     """Start agent services in the foreground (SIGTERM drains and exits): one agent (--agent), or
     several packed on one engine (--agents a,b or --engine-group NAME)."""
     from collm_serve.config import ConfigError
-    from collm_serve.packing import group_members, load_packed_configs
+    from collm_serve.agent.packing import group_members, load_packed_configs
 
     if sum(x is not None for x in (agent, agent_list, engine_group)) != 1:
         raise CliError("give one of --agent NAME, --agents a,b (packed) or --engine-group NAME (packed)")
@@ -137,7 +137,7 @@ def start(agent, agent_list, engine_group, config_path, port, host, engine, mode
     except ModelUnavailableError as e:
         raise CliError(str(e)) from None
     from collm_serve.rpc import BindError
-    from collm_serve.server import run
+    from collm_serve.agent.server import run
 
     try:
         code = run(configs)

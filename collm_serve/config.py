@@ -115,7 +115,7 @@ class AgentConfig(BaseModel):
     http_port: int | None = Field(
         None, ge=0, le=65535,
         description="OpenAI-compatible HTTP port (/v1/chat/completions, /v1/completions, /v1/models; "
-                    "collm_serve/http_api.py): same tokens, limits and queue as gRPC. None = off, 0 = pick one.")
+                    "collm_serve/agent/http_api.py): same tokens, limits and queue as gRPC. None = off, 0 = pick one.")
     system_prompt: str = Field("", description="Prepended to every chat request.")
     sampling: SamplingDefaults = Field(default_factory=SamplingDefaults)
     max_tokens_limit: int = Field(1024, gt=0, description="Largest max_tokens a request may ask.")
@@ -175,7 +175,7 @@ class AgentConfig(BaseModel):
         description="Agents with the same engine_group share ONE engine (one copy of the base model) in one "
                     "process, each still its own gRPC endpoint: start them with `collm-serve start "
                     "--engine-group NAME` (or `--agents a,b`). They must agree on every engine setting "
-                    "(collm_serve/packing.py ENGINE_FIELDS). None = the agent runs its own engine.")
+                    "(collm_serve/agent/packing.py ENGINE_FIELDS). None = the agent runs its own engine.")
     cpu_affinity: list[int] | None = Field(
         None, min_length=1,
         description="CPU cores the agent and its engine run on (default: all it may use). Agents that "
@@ -219,7 +219,7 @@ class AgentConfig(BaseModel):
     @property
     def adapter_slots(self) -> int:
         """The engine's adapter capacity for this agent: the kept versions plus the swap slots
-        (the one definition; collm_serve/server.py and packing.py size the engine with it)."""
+        (the one definition; collm_serve/agent/server.py and packing.py size the engine with it)."""
         return self.keep_versions + self.swap_slots
 
     @property

@@ -3,7 +3,7 @@
 Used by the demo, the orchestrator's `collect --spawn`, benchmarks and tests: each agent is
 its own `python -m collm_serve start` process (its own engine, its own GIL), exactly as in
 production; or several agents packed in one process on one engine (`AgentProcess(["helper",
-"main"])` runs `start --agents helper,main`; collm_serve/packing.py), each with its own
+"main"])` runs `start --agents helper,main`; collm_serve/agent/packing.py), each with its own
 `endpoint(name)`. Life-cycle events are the JSON lines `collm_serve.rpc.announce` prints.
 """
 

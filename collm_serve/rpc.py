@@ -1,4 +1,4 @@
-"""gRPC plumbing both collm services share (the agent server, collm_serve/server.py, and the
+"""gRPC plumbing both collm services share (the agent server, collm_serve/agent/server.py, and the
 orchestrator, collm_serve/orchestrator/service.py): server construction with health, reflection,
 the auth door and the decode-error interceptor; bind diagnosis; health; life-cycle announces;
 and the one outcome ladder that maps what a handler raised to a status code.

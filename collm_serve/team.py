@@ -36,7 +36,7 @@ class TeamAgent(BaseModel):
         None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,62}$",
         description="Deployment only (default: the agent config's engine_group): agents with the same group "
                     "run packed in ONE container/pod on one GPU, one engine, each on its own port "
-                    "(collm_serve/packing.py).")
+                    "(collm_serve/agent/packing.py).")
 
     _address = field_validator("address")(lambda v: check_address(v, "address"))  # bare host -> 443
 

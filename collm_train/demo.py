@@ -10,7 +10,7 @@ reaped), so nothing is left running.
 
     python -m collm_train.demo [--task writing] [--iterations 5] [--episodes 8] [--eval-episodes 32] [--pack]
 
-`--pack` serves the agents from ONE engine in one process (collm_serve/packing.py).
+`--pack` serves the agents from ONE engine in one process (collm_serve/agent/packing.py).
 
 Why writing (CoMLRL's TLDR reward) is the default task, and what a run measures: docs/learning-curves.md.
 """
@@ -36,7 +36,7 @@ import yaml
 def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_tokens: int,
                 pack: bool = False) -> Path:
     """An agents file for `agents` served from `model` on `engine`, adapters under workdir;
-    `pack`: one engine for all of them (collm_serve/packing.py), on all the cores."""
+    `pack`: one engine for all of them (collm_serve/agent/packing.py), on all the cores."""
     settings = {
         "engine": engine, "model": model, "port": 0, "max_model_len": 2048, "max_prompt_tokens": 1536,
         "max_tokens_limit": 512, "kv_cache_bytes": 256 << 20, "keep_versions": 3,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="runs/demo")
     ap.add_argument("--pack", action="store_true",
                     help="serve every agent from ONE engine (one process, one copy of the model, each agent its "
-                         "own port; collm_serve/packing.py) instead of one engine per agent")
+                         "own port; collm_serve/agent/packing.py) instead of one engine per agent")
     args = ap.parse_args(argv)
     for name in ("iterations", "episodes", "eval_episodes", "max_tokens"):
         if getattr(args, name) < 1:

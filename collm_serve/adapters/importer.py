@@ -167,7 +167,7 @@ def import_adapter(
 
 def target_for(config) -> AgentTarget:
     """What an agent started with `config` (collm_serve.config.AgentConfig) accepts: the same
-    model folder and base-model id the server derives (collm_serve/server.py)."""
+    model folder and base-model id the server derives (collm_serve/agent/server.py)."""
     from collm_serve.models import model_id_for, resolve_model
 
     return AgentTarget(agent=config.name, base_model_id=model_id_for(config.model),

@@ -10,7 +10,7 @@ Service = the host in the rewritten team file).
 
 Packing: agents with the same `engine_group` (team file, else agents file) become ONE service
 (`ServicePlan`: one container/pod, one GPU, one engine, `collm-serve start --engine-group G`), each
-agent still on its own ports; they must agree on every engine setting (collm_serve/packing.py).
+agent still on its own ports; they must agree on every engine setting (collm_serve/agent/packing.py).
 
 Metrics are on: each agent and the orchestrator get a metrics port (their gRPC port +
 `METRICS_PORT_OFFSET` unless configured). Tokens found in either config are dropped with a warning
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from collm_serve.config import AgentConfig, ConfigError, load_agents_file
 from collm_serve.config_errors import format_validation_error
 from collm_serve.deploy.layout import TLS_DIR, TOKEN_ENV, VOLUMES, Backend
-from collm_serve.packing import check_packable
+from collm_serve.agent.packing import check_packable
 from collm_serve.team import TeamConfig, load_team_config
 
 RESERVED_NAMES = ("orchestrator", "trainer")

@@ -1,4 +1,4 @@
-"""One engine shared by several agents (packing, collm_serve/packing.py): each agent sees it
+"""One engine shared by several agents (packing, collm_serve/agent/packing.py): each agent sees it
 through its own `AgentEngineView`, which keeps the agents apart.
 
 - A request runs only on an adapter THIS agent added: the servicer gets the adapter from the
@@ -49,7 +49,7 @@ class AgentEngineView(Engine):
         return f"{self.agent}/{request_id}"
 
     async def start(self) -> None:
-        """The group starts the shared engine once (collm_serve/server.py)."""
+        """The group starts the shared engine once (collm_serve/agent/server.py)."""
 
     async def shutdown(self) -> None:
         """The group shuts the shared engine down once, after every agent drained."""

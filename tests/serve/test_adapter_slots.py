@@ -41,7 +41,7 @@ def versions(tmp_path_factory) -> tuple[Path, dict[int, Path]]:
 async def _serving_v1(versions, tmp: Path, keep: int, wait_s: float,
                      swap_slots: int = 0) -> tuple[AdapterRegistry, dict[int, Path]]:
     """A registry on a real engine with v1 loaded and active; the engine has exactly the
-    registry's slots (as collm_serve/server.py builds it), so an over-full registry would fail there."""
+    registry's slots (as collm_serve/agent/server.py builds it), so an over-full registry would fail there."""
     root, paths = versions
     engine = TransformersEngine(tiny_model_dir(), TINY_ID, max_model_len=256, max_loras=keep + swap_slots,
                                 cpu_threads=1)

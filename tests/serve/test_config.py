@@ -58,7 +58,7 @@ def test_cpu_affinity_must_name_cores_this_process_may_use():
     import pytest
 
     from collm_serve.config import AgentConfig
-    from collm_serve.server import _pin_to_cores
+    from collm_serve.agent.server import _pin_to_cores
 
     before = os.sched_getaffinity(0)
     with pytest.raises(ConfigError, match=r"cpu_affinity: cores \[4096\] are not available"):

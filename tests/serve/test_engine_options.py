@@ -13,7 +13,7 @@ import pytest
 
 from collm_serve.config import AgentConfig, ConfigError, load_agent_config
 from collm_serve.models import ModelUnavailableError, model_id_for, resolve_model, tiny_model_dir
-from collm_serve.server import engine_for
+from collm_serve.agent.server import engine_for
 from tests.conftest import write_agents_yaml
 
 OPTIONS = {"tensor_parallel_size": 2, "dtype": "bfloat16", "quantization": "awq", "max_num_seqs": 8,

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP endpoint (collm_serve/http_api.py), driven by the real `openai`
+"""The OpenAI-compatible HTTP endpoint (collm_serve/agent/http_api.py), driven by the real `openai`
 client and by curl, against a live agent (transformers engine, tiny model).
 
 The answers are compared with the gRPC service's own answers to the same greedy request: one

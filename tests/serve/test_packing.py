@@ -1,4 +1,4 @@
-"""Packing: several agents on ONE engine (collm_serve/packing.py, engines/shared.py, server.py).
+"""Packing: several agents on ONE engine (collm_serve/agent/packing.py, engines/shared.py, server.py).
 
 - the rules: packed agents must agree on every engine setting (the error names the field), own
   state dirs and ports; the engine's LoRA slots are the sum of the agents' keep_versions;
@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from collm_serve.config import AgentConfig, ConfigError
-from collm_serve.packing import ENGINE_FIELDS, check_packable, group_members, load_packed_configs, lora_slots
+from collm_serve.agent.packing import ENGINE_FIELDS, check_packable, group_members, load_packed_configs, lora_slots
 from tests.conftest import write_agents_yaml
 
 

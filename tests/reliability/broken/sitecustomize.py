@@ -21,7 +21,7 @@ BREAKS = {b for b in os.environ.get("COLLM_BREAK", "").split(",") if b}
 if BREAKS:
     import asyncio
 
-    from collm_serve import admission, service
+    from collm_serve.agent import admission, service
     from collm_serve.errors import InvalidArgument
     from collm_serve.proto.collm.v1 import agent_pb2 as pb
 

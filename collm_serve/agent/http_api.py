@@ -526,7 +526,7 @@ def _text(content: str | list[ContentPart] | None, i: int) -> str:
 
 
 def _ref(loaded) -> pb.AdapterRef | None:
-    from collm_serve.service import adapter_ref
+    from collm_serve.agent.service import adapter_ref
 
     return None if loaded is None else adapter_ref(loaded)
 

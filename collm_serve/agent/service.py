@@ -18,7 +18,7 @@ import grpc
 
 from collm_serve import __version__
 from collm_serve.adapters.registry import AdapterRegistry, LoadedVersion
-from collm_serve.admission import Admission
+from collm_serve.agent.admission import Admission
 from collm_serve.config import AgentConfig
 from collm_serve.engines.base import Engine, EngineRequest, SamplingParams
 from collm_serve.errors import CollmError, EngineDead, InvalidArgument, Unavailable
@@ -202,7 +202,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return EngineRequest(rid, ids, sampling)
 
     def open_stream(self, request: pb.GenerateRequest, stream: bool = True):
-        """The generation path every front end shares (gRPC here, HTTP in collm_serve/http_api.py):
+        """The generation path every front end shares (gRPC here, HTTP in collm_serve/agent/http_api.py):
         validation, admission, adapter pinning, engine. Yields (engine_request, selection,
         queue_ms) first, then ChoiceDeltas; raises CollmError subclasses. `stream=False`: the
         caller only wants the whole answer, so the engine may deliver it in one delta."""

@@ -1,5 +1,5 @@
 """Run agents: gRPC server (AgentService + health + reflection), engine, metrics, drain. One
-agent per process is the default; agents packed on one engine (collm_serve/packing.py) each get
+agent per process is the default; agents packed on one engine (collm_serve/agent/packing.py) each get
 their own endpoint (port, health, auth, metrics, registry, state dir) around the shared engine.
 The gRPC plumbing it shares with the orchestrator lives in collm_serve/rpc.py.
 
@@ -18,15 +18,15 @@ import signal
 from dataclasses import dataclass
 
 from collm_serve.adapters.registry import AdapterRegistry
-from collm_serve.admission import Admission
+from collm_serve.agent.admission import Admission
 from collm_serve.config import AgentConfig, ConfigError
 from collm_serve.engines.shared import SharedEngine
 from collm_serve.metrics import ServiceMetrics
 from collm_serve.models import model_id_for, resolve_model
-from collm_serve.packing import check_packable, lora_slots
+from collm_serve.agent.packing import check_packable, lora_slots
 from collm_serve.proto.collm.v1 import agent_pb2, agent_pb2_grpc
 from collm_serve.rpc import BindError, announce, build_grpc_server, server_credentials, set_health
-from collm_serve.service import AgentServicer, ServiceState
+from collm_serve.agent.service import AgentServicer, ServiceState
 
 log = logging.getLogger("collm.serve")
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -110,7 +110,7 @@ async def _bind(ep: Endpoint) -> None:
             raise BindError(f"cannot serve metrics on {config.host}:{config.metrics_port}: {e.strerror}; "
                             "pick a free --metrics-port (0 = any free)") from None
     if config.http_port is not None:
-        from collm_serve.http_api import OpenAIEndpoint
+        from collm_serve.agent.http_api import OpenAIEndpoint
 
         ep.http = OpenAIEndpoint(ep.servicer)
         try:
