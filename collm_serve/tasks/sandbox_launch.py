@@ -122,6 +122,22 @@ def _ro_system_binds() -> list[str]:
     return args
 
 
+def _host_root_binds() -> list[str]:
+    """The weakened layout (fs_isolation off, only for proving the escape tests can fail): every
+    entry of the host's / bound read-write at the same place. Entry by entry, not `--bind / /`,
+    so the sandbox root stays bwrap's own and /sbx can be made on hosts whose / has none."""
+    args: list[str] = []
+    for entry in sorted(os.listdir("/")):
+        path = "/" + entry
+        if entry in ("proc", "dev", "sbx"):
+            continue
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--bind", path, path]
+    return args
+
+
 def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: SandboxLimits,
                 host_work: str | None, result_fd: int, child_fd: int, L: Layers) -> list[str]:
     argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
@@ -136,7 +152,7 @@ def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: Sandbo
     if L.fs_isolation:
         argv += _ro_system_binds()
     else:
-        argv += ["--bind", "/", "/", "--tmpfs", "/sbx"]
+        argv += _host_root_binds() + ["--tmpfs", "/sbx"]
     argv += ["--perms", "0444", "--ro-bind-data", str(child_fd), "/sbx/child.py"]
     argv += ["--proc", "/proc"] if L.pid_ns else ["--bind", "/proc", "/proc"]
     argv += ["--dev", "/dev"]

@@ -153,7 +153,7 @@ async def _collect(engine, request) -> list[int]:
 
 PROMPTS = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "Count to three."}]]
 AGENTS = ("helper", "main")
-VERSIONS = (1, 2)  # keep_versions=2 per agent: 4 versions loaded = every one of the engine's 4 slots
+VERSIONS = (1, 2)  # keep_versions=2, swap_slots=0 per agent: 4 versions loaded = every one of the engine's 4 slots
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +170,7 @@ def packed(tmp_path_factory):
                          base_model_id=EMBEDDED_MODEL_ID, prompt_ids=[1], target="", steps=0, seed=10 * i + v)
     common = {"engine": "vllm", "model": "embedded:smollm2-135m-instruct", "port": 0, "metrics_port": 0,
               "max_model_len": 512, "max_prompt_tokens": 256, "kv_cache_bytes": 64 << 20, "keep_versions": 2,
+              "swap_slots": 0,
               "adapter_root": str(root)}
     cfg = write_agents_yaml(tmp / "agents.yaml", {
         a: {**common, "state_dir": str(tmp / f"state-{a}"), "engine_group": "pair"} for a in AGENTS})

@@ -31,7 +31,7 @@ def mixed_batch_outputs(agent) -> tuple[dict, list]:
     """Reference outputs alone, then the same requests mixed in one batch with all slots busy."""
     with AgentClient(agent.address) as c:
         c.load_adapter(agent_root(agent) / "v1", activate=False)
-        c.load_adapter(agent_root(agent) / "v2", activate=False)  # keep_versions=2 → both slots full
+        c.load_adapter(agent_root(agent) / "v2", activate=False)  # keep_versions=2, swap_slots=0 → both slots full
         alone = {(i, v): c.generate(messages=p, max_tokens=12, temperature=0,
                                     use_base_model=(v == 0), adapter_version=v or None).token_ids
                  for i, p in enumerate(PROMPTS) for v in (0, 1, 2)}
@@ -62,7 +62,7 @@ def test_base_rows_with_all_slots_full(tmp_path, root, plugin):
 
     cfg = write_agents_yaml(tmp_path / "agents.yaml", {"helper": {
         "engine": "vllm", "model": "embedded:tiny-llama", "port": 0, "max_model_len": 512,
-        "max_prompt_tokens": 256, "keep_versions": 2, "kv_cache_bytes": 64 << 20,
+        "max_prompt_tokens": 256, "keep_versions": 2, "swap_slots": 0, "kv_cache_bytes": 64 << 20,
         "adapter_root": str(root), "state_dir": str(tmp_path / "state")}})
     env = {"VLLM_PLUGINS": "none"} if plugin == "off" else {}
     agent = AgentProcess("helper", config=cfg, env=env, log_path=tmp_path / "agent.log").start()
