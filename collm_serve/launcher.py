@@ -61,6 +61,10 @@ class AgentProcess:
                 args += [flag, str(value)]
         self.args = args
         self.env = {**os.environ, **(env or {})}
+        # the child runs the same collm_serve as this process (a checkout beside an editable
+        # install elsewhere would otherwise start the other copy's code)
+        here = str(Path(__file__).resolve().parents[1])
+        self.env["PYTHONPATH"] = os.pathsep.join(p for p in (self.env.get("PYTHONPATH", ""), here) if p)
         self.log_path = Path(log_path) if log_path else None
         self.proc: subprocess.Popen | None = None
         self.events: queue.Queue = queue.Queue()
