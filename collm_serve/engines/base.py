@@ -11,6 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from collm_serve.errors import InvalidArgument
 
@@ -143,3 +144,28 @@ class Engine(ABC):
     def dead(self) -> bool:
         """True once the engine cannot serve any more (the process must restart)."""
         return False
+
+
+class ModelEngine(Engine):
+    """An engine that loads one model from a path itself (vLLM, transformers): the options every
+    such engine takes (server.py `engine_for` passes them from the agent config) and its `info`.
+    Subclasses add their own keyword options and name what they run in `engine_label`."""
+
+    def __init__(self, model_path: str | Path, model_id: str, *, max_model_len: int = 2048,
+                 max_loras: int = 4, max_lora_rank: int = 16, dtype: str = "auto", seed: int = 0):
+        self.model_path = str(model_path)
+        self.model_id = model_id
+        self.max_model_len = max_model_len
+        self.max_loras = max_loras
+        self.max_lora_rank = max_lora_rank
+        self.dtype = dtype
+        self.seed = seed
+
+    @property
+    def engine_label(self) -> str:
+        """`EngineInfo.engine`: what actually runs the model."""
+        return self.name
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(engine=self.engine_label, base_model=self.model_id, max_model_len=self.max_model_len,
+                          max_lora_rank=self.max_lora_rank, max_loras=self.max_loras)
