@@ -146,20 +146,23 @@ class Engine(ABC):
         return False
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class ModelEngine(Engine):
     """An engine that loads one model from a path itself (vLLM, transformers): the options every
     such engine takes (server.py `engine_for` passes them from the agent config) and its `info`.
-    Subclasses add their own keyword options and name what they run in `engine_label`."""
+    Subclasses are dataclasses the same way: their own options are keyword fields, their runtime
+    state is set in `__post_init__`, and `engine_label` names what runs the model."""
 
-    def __init__(self, model_path: str | Path, model_id: str, *, max_model_len: int = 2048,
-                 max_loras: int = 4, max_lora_rank: int = 16, dtype: str = "auto", seed: int = 0):
-        self.model_path = str(model_path)
-        self.model_id = model_id
-        self.max_model_len = max_model_len
-        self.max_loras = max_loras
-        self.max_lora_rank = max_lora_rank
-        self.dtype = dtype
-        self.seed = seed
+    model_path: str | Path = field(kw_only=False)
+    model_id: str = field(kw_only=False)
+    max_model_len: int = 2048
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    dtype: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model_path = str(self.model_path)
 
     @property
     def engine_label(self) -> str:

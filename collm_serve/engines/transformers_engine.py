@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path
+from dataclasses import dataclass
 
 from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
 from collm_serve.errors import FailedPrecondition
@@ -22,15 +22,16 @@ from collm_serve.errors import FailedPrecondition
 _DONE = object()
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class TransformersEngine(ModelEngine):
     name = "transformers"
 
-    def __init__(self, model_path: str | Path, model_id: str, *, dtype: str = "float32", device: str = "cpu",
-                 cpu_threads: int | None = None, **options):
-        """`options`: those of `ModelEngine` (max_model_len, max_loras, max_lora_rank, seed)."""
-        super().__init__(model_path, model_id, dtype=dtype, **options)
-        self.device = device
-        self.cpu_threads = cpu_threads
+    dtype: str = "float32"
+    device: str = "cpu"
+    cpu_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collm-hf")
         self._cancel: dict[str, threading.Event] = {}
         self._loaded: dict[int, str] = {}  # engine_id -> peft adapter name

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
+from dataclasses import dataclass
 
 from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
 from collm_serve.errors import EngineDead, FailedPrecondition, InvalidArgument
@@ -55,32 +55,22 @@ def check_quantization(method: str | None) -> None:
                                               f"choose one of {', '.join(QUANTIZATION_METHODS)}")
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class VLLMEngine(ModelEngine):
+    """Options beyond `ModelEngine`'s: what `engine_kwargs` passes to vLLM."""
+
     name = "vllm"
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        model_id: str,
-        *,
-        kv_cache_bytes: int | None = None,
-        enforce_eager: bool | None = None,
-        gpu_memory_utilization: float = 0.85,
-        tensor_parallel_size: int = 1,
-        quantization: str | None = None,
-        max_num_seqs: int | None = None,
-        enable_prefix_caching: bool = True,
-        **options,
-    ):
-        """`options`: those of `ModelEngine` (max_model_len, max_loras, max_lora_rank, dtype, seed)."""
-        super().__init__(model_path, model_id, **options)
-        self.kv_cache_bytes = kv_cache_bytes
-        self.enforce_eager = enforce_eager
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.tensor_parallel_size = tensor_parallel_size
-        self.quantization = quantization
-        self.max_num_seqs = max_num_seqs
-        self.enable_prefix_caching = enable_prefix_caching
+    kv_cache_bytes: int | None = None
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    quantization: str | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._llm = None
         self._on_cpu = True
         self._adapters: dict[int, object] = {}  # engine_id -> LoRARequest
