@@ -121,6 +121,29 @@ class AuthPolicy:
         return None
 
 
+def checked(check, behaviour):
+    """A grpc.aio handler behaviour that first awaits `check(request_or_iterator, context)` (which
+    aborts the call to refuse it), then runs `behaviour`. An async-generator behaviour (a server
+    stream) is relayed and closed whatever happens, so a cancelled call closes the servicer's
+    generator at once; a coroutine (unary, or context.write style) is awaited. One definition for
+    every interceptor that guards calls (`AuthInterceptor`, rpc.py `DecodeErrorInterceptor`)."""
+    if not inspect.isasyncgenfunction(behaviour):
+        async def call(request_or_iterator, context):
+            await check(request_or_iterator, context)
+            return await behaviour(request_or_iterator, context)
+        return call
+
+    async def stream(request_or_iterator, context):
+        await check(request_or_iterator, context)
+        responses = behaviour(request_or_iterator, context)
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            await responses.aclose()
+    return stream
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler outside `OPEN_SERVICES` with `policy.check`, run at call time: the
     client certificate is only known to the call's context, not to `intercept_service`."""
@@ -135,38 +158,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             return handler
         policy, metadata = self.policy, handler_call_details.invocation_metadata
 
-        async def admit(context) -> None:
+        async def admit(request_or_iterator, context) -> None:
             refused = policy.check(method, metadata, context.auth_context())
             if refused is not None:
                 await context.abort(*refused)
 
-        def unary(behaviour):
-            async def call(request_or_iterator, context):
-                await admit(context)
-                return await behaviour(request_or_iterator, context)
-            return call
-
-        def streaming(behaviour):
-            if not inspect.isasyncgenfunction(behaviour):  # context.write style: a coroutine
-                return unary(behaviour)
-
-            async def call(request_or_iterator, context):
-                await admit(context)
-                responses = behaviour(request_or_iterator, context)
-                try:
-                    async for response in responses:
-                        yield response
-                finally:
-                    await responses.aclose()
-            return call
-
-        for kind, make, wrap in (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler, unary),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler, streaming),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler, unary),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler, streaming),
+        for kind, make in (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
         ):
             behaviour = getattr(handler, kind)
             if behaviour is not None:
-                return make(wrap(behaviour), handler.request_deserializer, handler.response_serializer)
+                return make(checked(admit, behaviour), handler.request_deserializer, handler.response_serializer)
         return handler

@@ -72,6 +72,19 @@ def _call(fn):
         raise CliError(f"{e.code.name}: {e.details}") from None
 
 
+def _ask(address, token, ca, cert, key, server_name, op):
+    """`op(client)` on one agent (the `_remote` options), a failure as one line."""
+    with _client(address, token, ca, cert, key, server_name) as c:
+        return _call(lambda: op(c))
+
+
+def _echo_message(msg) -> None:
+    """A protobuf reply as JSON (`--json`), every field shown."""
+    from google.protobuf.json_format import MessageToDict
+
+    click.echo(json.dumps(MessageToDict(msg, always_print_fields_with_no_presence=True), indent=2))
+
+
 def _ref(ref) -> str:
     return "base model" if ref.version == 0 else f"{ref.name} v{ref.version} sha256={ref.sha256}"
 
@@ -151,13 +164,9 @@ def start(agent, agent_list, engine_group, config_path, port, host, engine, mode
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def info(address, token, ca, cert, key, server_name, as_json) -> None:
     """Agent name, base model, engine, active adapter and limits."""
-    from google.protobuf.json_format import MessageToDict
-
-    with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(c.info)
+    r = _ask(address, token, ca, cert, key, server_name, lambda c: c.info())
     if as_json:
-        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
-        return
+        return _echo_message(r)
     click.echo(f"agent:      {r.agent}\nbase model: {r.base_model}\nengine:     {r.engine}\n"
                f"adapter:    {_ref(r.active_adapter)}\nstate:      {r.state}")
     lim = r.limits
@@ -235,15 +244,12 @@ def swap(address, token, ca, cert, key, server_name, team_path, as_json, path, v
         return
     if not path:
         raise CliError("give --adapter FOLDER (or --team team.yaml --version N)")
-    with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(lambda: c.load_adapter(str(Path(path).resolve()) if Path(path).exists() else path,
-                                         version, activate=not no_activate))
+    r = _ask(address, token, ca, cert, key, server_name,
+             lambda c: c.load_adapter(str(Path(path).resolve()) if Path(path).exists() else path,
+                                      version, activate=not no_activate))
     a = r.adapter
     if as_json:
-        from google.protobuf.json_format import MessageToDict
-
-        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
-        return
+        return _echo_message(r)
     click.echo(f"loaded {a.name} v{a.version} sha256={a.sha256} rank={a.rank} in {r.load_ms:.0f} ms; "
                f"active: {_ref(r.active)}")
 
@@ -262,16 +268,14 @@ def activate(address, token, ca, cert, key, server_name, team_path, as_json, ver
         clients = _team_clients(team_path, token, ca, cert, key, server_name)
         _team_op(clients, lambda cs: activate_team(cs, None if use_base else version), as_json, "activate")
         return
-    with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(lambda: c.activate_adapter(version, use_base_model=use_base))
+    r = _ask(address, token, ca, cert, key, server_name,
+             lambda c: c.activate_adapter(version, use_base_model=use_base))
     _print_switch(r, as_json)
 
 
 def _print_switch(r, as_json: bool) -> None:
     if as_json:
-        from google.protobuf.json_format import MessageToDict
-
-        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
+        _echo_message(r)
     else:
         click.echo(f"active: {_ref(r.active)} (was {_ref(r.previous)})")
 
@@ -283,13 +287,9 @@ def adapters(address, token, ca, cert, key, server_name, as_json) -> None:
     """Active and loaded adapter versions."""
     from collm_serve.proto.collm.v1 import agent_pb2 as pb
 
-    with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(c.list_adapters)
+    r = _ask(address, token, ca, cert, key, server_name, lambda c: c.list_adapters())
     if as_json:
-        from google.protobuf.json_format import MessageToDict
-
-        click.echo(json.dumps(MessageToDict(r, always_print_fields_with_no_presence=True), indent=2))
-        return
+        return _echo_message(r)
     click.echo(f"active: {_ref(r.active)}")
     for a in r.adapters:
         state = "ACTIVE" if a.state == pb.ADAPTER_STATE_ACTIVE else "loaded"
@@ -307,8 +307,7 @@ def rollback(address, token, ca, cert, key, server_name, team_path, as_json) -> 
         clients = _team_clients(team_path, token, ca, cert, key, server_name)
         _team_op(clients, rollback_team, as_json, "rollback")
         return
-    with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(c.rollback_adapter)
+    r = _ask(address, token, ca, cert, key, server_name, lambda c: c.rollback_adapter())
     _print_switch(r, as_json)
 
 
@@ -357,8 +356,7 @@ def import_adapter(peft_dir, agent, config_path, model, adapter_root, version, b
 @click.option("--force", is_flag=True, help="allow unloading the active version (falls back to base)")
 def unload(address, token, ca, cert, key, server_name, version, force) -> None:
     """Unload a version and free its engine slot."""
-    with _client(address, token, ca, cert, key, server_name) as c:
-        r = _call(lambda: c.unload_adapter(version, force))
+    r = _ask(address, token, ca, cert, key, server_name, lambda c: c.unload_adapter(version, force))
     click.echo(f"active: {_ref(r.active)}; loaded: {list(r.loaded_versions)}")
 
 
@@ -370,9 +368,9 @@ def unload(address, token, ca, cert, key, server_name, version, force) -> None:
 @click.option("--seed", type=int, default=None)
 def ask(address, token, ca, cert, key, server_name, prompt, max_tokens, temperature, seed) -> None:
     """Send one chat message and print the answer."""
-    with _client(address, token, ca, cert, key, server_name) as c:
-        out = _call(lambda: c.generate(messages=[{"role": "user", "content": prompt}],
-                                       max_tokens=max_tokens, temperature=temperature, seed=seed))
+    out = _ask(address, token, ca, cert, key, server_name,
+               lambda c: c.generate(messages=[{"role": "user", "content": prompt}],
+                                    max_tokens=max_tokens, temperature=temperature, seed=seed))
     click.echo(out.text)
     click.echo(f"[{len(out.token_ids)} tokens, sum logprob {sum(out.logprobs):.3f}, adapter {out.adapter}]", err=True)
 

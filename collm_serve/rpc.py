@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from collm_serve.auth import AuthInterceptor, AuthPolicy
+from collm_serve.auth import AuthInterceptor, AuthPolicy, checked
 from collm_serve.config import TLSConfig
 from collm_serve.errors import CollmError
 
@@ -71,33 +71,17 @@ class DecodeErrorInterceptor(grpc.aio.ServerInterceptor):
             except DecodeError as e:
                 return _Undecodable(e)
 
-        async def refuse(request, context) -> None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {request.error}")
+        async def refuse_undecodable(request, context) -> None:
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request does not parse: {request.error}")
 
         if inspect.iscoroutinefunction(handler.unary_unary):
-            behaviour = handler.unary_unary
-
-            async def unary(request, context):
-                if isinstance(request, _Undecodable):
-                    await refuse(request, context)
-                return await behaviour(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary, tolerant_parse, handler.response_serializer)
+            return grpc.unary_unary_rpc_method_handler(checked(refuse_undecodable, handler.unary_unary),
+                                                       tolerant_parse, handler.response_serializer)
         if not inspect.isasyncgenfunction(handler.unary_stream):
             return handler  # e.g. health Watch (context.write style): not ours, left as it is
-        behaviour = handler.unary_stream
-
-        async def stream(request, context):
-            if isinstance(request, _Undecodable):
-                await refuse(request, context)
-            responses = behaviour(request, context)
-            try:
-                async for response in responses:
-                    yield response
-            finally:
-                await responses.aclose()
-
-        return grpc.unary_stream_rpc_method_handler(stream, tolerant_parse, handler.response_serializer)
+        return grpc.unary_stream_rpc_method_handler(checked(refuse_undecodable, handler.unary_stream),
+                                                    tolerant_parse, handler.response_serializer)
 
 
 class BindError(RuntimeError):

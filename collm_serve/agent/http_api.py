@@ -65,6 +65,11 @@ class HTTPError(Exception):
         self.status, self.err_type, self.param = status, err_type, param
 
 
+def bad_request(param: str, message: str) -> HTTPError:
+    """400 BadRequestError naming the field, OpenAI style: `param: message`."""
+    return HTTPError(400, "BadRequestError", f"{param}: {message}", param)
+
+
 def error_response(status: int, err_type: str, message: str, param: str | None = None) -> web.Response:
     body = {"error": {"message": message, "type": err_type, "param": param, "code": status}}
     return web.json_response(body, status=status)
@@ -160,8 +165,8 @@ def parse_body(raw: bytes, model: type[_Body]) -> _Body:
             continue
         value = getattr(body, name)
         if value not in neutral:
-            raise HTTPError(400, "BadRequestError", f"{name}: {value!r} is not supported by this server "
-                                                    f"(collm); omit it or use {neutral[-1]!r}", name)
+            raise bad_request(name, f"{value!r} is not supported by this server (collm); omit it or use "
+                                    f"{neutral[-1]!r}")
     return body
 
 
@@ -300,21 +305,26 @@ class OpenAIEndpoint:
                 try:
                     setattr(sampling, name, value)
                 except (ValueError, TypeError) as e:  # out of the wire type's range
-                    raise HTTPError(400, "BadRequestError", f"{name}: {e}", name) from None
+                    raise bad_request(name, str(e)) from None
         stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
         sampling.stop.extend(stops)
         return pb.GenerateRequest(request_id=rid, sampling=sampling, adapter_version=version,
                                   use_base_model=base)
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def _read_generation(self, request: web.Request, model: type[_GenerationBody], rid_prefix: str
+                               ) -> tuple[_GenerationBody, str]:
+        """(the authorized, parsed body, its request id: the client's or a fresh one)."""
         self._authorize(request, GENERATE_METHOD)
-        body = parse_body(await request.read(), ChatCompletionBody)
+        body = parse_body(await request.read(), model)
+        return body, body.request_id or f"{rid_prefix}-{uuid.uuid4().hex}"
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        body, rid = await self._read_generation(request, ChatCompletionBody, "chatcmpl")
         if body.top_logprobs:
-            raise HTTPError(400, "BadRequestError", "top_logprobs: only 0 is supported (the sampled token's "
-                                                    "log-prob is returned with logprobs: true)", "top_logprobs")
+            raise bad_request("top_logprobs", "only 0 is supported (the sampled token's log-prob is returned "
+                                              "with logprobs: true)")
         if body.top_logprobs is not None and not body.logprobs:
-            raise HTTPError(400, "BadRequestError", "top_logprobs: needs logprobs: true", "top_logprobs")
-        rid = body.request_id or f"chatcmpl-{uuid.uuid4().hex}"
+            raise bad_request("top_logprobs", "needs logprobs: true")
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         req = self._grpc_request(body, max_tokens, rid)
         for i, m in enumerate(body.messages):
@@ -324,19 +334,17 @@ class OpenAIEndpoint:
         return await self._generate(request, body, req, aliases, chat=True, logprobs=body.logprobs)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        self._authorize(request, GENERATE_METHOD)
-        body = parse_body(await request.read(), CompletionBody)
+        body, rid = await self._read_generation(request, CompletionBody, "cmpl")
         if body.logprobs:
-            raise HTTPError(400, "BadRequestError", "logprobs: only 0 is supported (the sampled token's "
-                                                    "log-prob); top alternatives are not returned", "logprobs")
+            raise bad_request("logprobs", "only 0 is supported (the sampled token's log-prob); top alternatives "
+                                          "are not returned")
         if body.best_of is not None and body.best_of != (body.n or 1):
-            raise HTTPError(400, "BadRequestError", "best_of: only best_of = n is supported", "best_of")
+            raise bad_request("best_of", "only best_of = n is supported")
         prompt = body.prompt
         if isinstance(prompt, list):
             if len(prompt) != 1:
-                raise HTTPError(400, "BadRequestError", "prompt: give one prompt per request (a string)", "prompt")
+                raise bad_request("prompt", "give one prompt per request (a string)")
             prompt = prompt[0]
-        rid = body.request_id or f"cmpl-{uuid.uuid4().hex}"
         req = self._grpc_request(body, body.max_tokens, rid)
         req.prompt = prompt
         aliases = {"messages": "prompt", "adapter_version": "model"}
@@ -513,7 +521,7 @@ class _Shape:
 def _text(content: str | list[ContentPart] | None, i: int) -> str:
     """A message's text: a string, or text parts joined by newlines (as vLLM joins them)."""
     if content is None:
-        raise HTTPError(400, "BadRequestError", f"messages[{i}].content: must be text", f"messages[{i}].content")
+        raise bad_request(f"messages[{i}].content", "must be text")
     if isinstance(content, str):
         return content
     texts = []

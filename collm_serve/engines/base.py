@@ -11,6 +11,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from collm_serve.errors import InvalidArgument
 
@@ -143,3 +144,31 @@ class Engine(ABC):
     def dead(self) -> bool:
         """True once the engine cannot serve any more (the process must restart)."""
         return False
+
+
+@dataclass(eq=False, repr=False, kw_only=True)
+class ModelEngine(Engine):
+    """An engine that loads one model from a path itself (vLLM, transformers): the options every
+    such engine takes (server.py `engine_for` passes them from the agent config) and its `info`.
+    Subclasses are dataclasses the same way: their own options are keyword fields, their runtime
+    state is set in `__post_init__`, and `engine_label` names what runs the model."""
+
+    model_path: str | Path = field(kw_only=False)
+    model_id: str = field(kw_only=False)
+    max_model_len: int = 2048
+    max_loras: int = 4
+    max_lora_rank: int = 16
+    dtype: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model_path = str(self.model_path)
+
+    @property
+    def engine_label(self) -> str:
+        """`EngineInfo.engine`: what actually runs the model."""
+        return self.name
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(engine=self.engine_label, base_model=self.model_id, max_model_len=self.max_model_len,
+                          max_lora_rank=self.max_lora_rank, max_loras=self.max_loras)

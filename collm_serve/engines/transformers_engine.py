@@ -14,39 +14,24 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from pathlib import Path
+from dataclasses import dataclass
 
-from collm_serve.engines.base import ChoiceDelta, Engine, EngineAdapter, EngineInfo, EngineRequest
+from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
 from collm_serve.errors import FailedPrecondition
 
 _DONE = object()
 
 
-class TransformersEngine(Engine):
+@dataclass(eq=False, repr=False, kw_only=True)
+class TransformersEngine(ModelEngine):
     name = "transformers"
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        model_id: str,
-        *,
-        max_model_len: int = 2048,
-        max_loras: int = 4,
-        max_lora_rank: int = 16,
-        dtype: str = "float32",
-        device: str = "cpu",
-        seed: int = 0,
-        cpu_threads: int | None = None,
-    ):
-        self.model_path = str(model_path)
-        self.model_id = model_id
-        self.max_model_len = max_model_len
-        self.max_loras = max_loras
-        self.max_lora_rank = max_lora_rank
-        self.dtype = dtype
-        self.device = device
-        self.seed = seed
-        self.cpu_threads = cpu_threads
+    dtype: str = "float32"
+    device: str = "cpu"
+    cpu_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collm-hf")
         self._cancel: dict[str, threading.Event] = {}
         self._loaded: dict[int, str] = {}  # engine_id -> peft adapter name
@@ -220,15 +205,6 @@ class TransformersEngine(Engine):
             return {i for i, n in self._loaded.items() if n in names}
 
         return await asyncio.get_running_loop().run_in_executor(self._worker, engine_view)
-
-    def info(self) -> EngineInfo:
-        return EngineInfo(
-            engine="transformers",
-            base_model=self.model_id,
-            max_model_len=self.max_model_len,
-            max_lora_rank=self.max_lora_rank,
-            max_loras=self.max_loras,
-        )
 
     async def shutdown(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
+from dataclasses import dataclass
 
-from collm_serve.engines.base import ChoiceDelta, Engine, EngineAdapter, EngineInfo, EngineRequest
+from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
 from collm_serve.errors import EngineDead, FailedPrecondition, InvalidArgument
 
 
@@ -55,41 +55,22 @@ def check_quantization(method: str | None) -> None:
                                               f"choose one of {', '.join(QUANTIZATION_METHODS)}")
 
 
-class VLLMEngine(Engine):
+@dataclass(eq=False, repr=False, kw_only=True)
+class VLLMEngine(ModelEngine):
+    """Options beyond `ModelEngine`'s: what `engine_kwargs` passes to vLLM."""
+
     name = "vllm"
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        model_id: str,
-        *,
-        max_model_len: int = 2048,
-        max_loras: int = 4,
-        max_lora_rank: int = 16,
-        dtype: str = "auto",
-        kv_cache_bytes: int | None = None,
-        enforce_eager: bool | None = None,
-        gpu_memory_utilization: float = 0.85,
-        seed: int = 0,
-        tensor_parallel_size: int = 1,
-        quantization: str | None = None,
-        max_num_seqs: int | None = None,
-        enable_prefix_caching: bool = True,
-    ):
-        self.model_path = str(model_path)
-        self.model_id = model_id
-        self.max_model_len = max_model_len
-        self.max_loras = max_loras
-        self.max_lora_rank = max_lora_rank
-        self.dtype = dtype
-        self.kv_cache_bytes = kv_cache_bytes
-        self.enforce_eager = enforce_eager
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.seed = seed
-        self.tensor_parallel_size = tensor_parallel_size
-        self.quantization = quantization
-        self.max_num_seqs = max_num_seqs
-        self.enable_prefix_caching = enable_prefix_caching
+    kv_cache_bytes: int | None = None
+    enforce_eager: bool | None = None
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+    quantization: str | None = None
+    max_num_seqs: int | None = None
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         self._llm = None
         self._on_cpu = True
         self._adapters: dict[int, object] = {}  # engine_id -> LoRARequest
@@ -245,14 +226,9 @@ class VLLMEngine(Engine):
         self._check_alive()
         return set(await self._llm.list_loras())
 
-    def info(self) -> EngineInfo:
-        return EngineInfo(
-            engine="vllm-cpu" if self._on_cpu else "vllm",
-            base_model=self.model_id,
-            max_model_len=self.max_model_len,
-            max_lora_rank=self.max_lora_rank,
-            max_loras=self.max_loras,
-        )
+    @property
+    def engine_label(self) -> str:
+        return "vllm-cpu" if self._on_cpu else "vllm"
 
     async def shutdown(self) -> None:
         if self._llm is not None:

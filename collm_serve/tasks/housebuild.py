@@ -40,26 +40,16 @@ the agent's own previous commands. See minecraft.py for the observation shape.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from collm_serve.tasks.base import Problem, Task, check_split
-from collm_serve.tasks.minecraft import (
-    MinecraftEpisode,
-    bbox_json,
-    block_id,
-    block_lines,
-    command_limits,
-    command_lines,
-    coordinate,
-    in_box,
-    is_air,
-    split_command,
-)
+from collm_serve.tasks.base import Problem
+from collm_serve.tasks.minecraft import (MinecraftEpisode, MinecraftTask, Refused, allowed_blocks, bbox_json,
+                                         block_id, block_lines, coordinates, in_box, is_air, palette_block,
+                                         read_commands, read_json)
 
 DATA_PATH = Path(__file__).parent / "data" / "minecraft" / "housebuild.json"
 N_TRAIN = 8  # config dataset.train_split "[:8]"
@@ -71,7 +61,6 @@ EARLY_STOP_THRESHOLD = 0.0  # config maac/iac early_termination_threshold (magrp
 PLAYER_HP = 5  # config task.player.hp
 SPIDERS, SPIDER_ATK = 3, (1, 3)  # config task.spider: num, atk_low, atk_high
 SPIDER_WEIGHT = 0.1  # house_builder_reward.py:320
-REJECTED_SHOWN = 20
 
 _THREAT = ("Threat check: There are {spider_num} spiders nearby; you have {player_hp} HP. Spider "
            "attack list: {spider_atk}, total damage dmg={spider_dmg}. If you want to kill them, "
@@ -205,50 +194,32 @@ def parse_commands(text: str, palette: tuple[str, ...], house: House, limit: int
     """(accepted ("fill", (x1, y1, z1, x2, y2, z2, block)) or ("kill", ()), rejected
     {line, reason}) for one agent's turn (validate_and_normalize_mc_commands with resource
     limits, house_builder.py:58-155)."""
-    allowed = {block_id(b) for b in palette} | {"air"}
+    allowed = allowed_blocks(palette)
     used: dict[str, int] = {}
-    accepted, rejected = [], []
-    for line in command_lines(text):
-        if len(accepted) >= limit:
-            rejected.append({"line": line, "reason": f"exceeds max_commands={limit}"})
-            continue
-        parts = split_command(line)
-        if not parts:
-            continue
+
+    def command(parts: list[str]) -> tuple[str, tuple]:
         name = parts[0].lower()
         if name == "kill":
-            accepted.append(("kill", ()))
-            continue
+            return "kill", ()
         if name != "fill":
-            rejected.append({"line": line, "reason": f"unsupported command: {name}"})
-            continue
+            raise Refused(f"unsupported command: {name}")
         if len(parts) < 8:
-            rejected.append({"line": line, "reason": "fill needs: /fill x1 y1 z1 x2 y2 z2 block"})
-            continue
-        xyz = [coordinate(t) for t in parts[1:7]]
-        if None in xyz:
-            rejected.append({"line": line, "reason": "fill coords must be absolute integers (no ~)"})
-            continue
-        block = block_id(parts[7])
-        if block not in allowed:
-            rejected.append({"line": line, "reason": f"block not allowed: {block}"})
-            continue
+            raise Refused("fill needs: /fill x1 y1 z1 x2 y2 z2 block")
+        xyz = coordinates(parts[1:7], "fill")
+        block = palette_block(parts[7], allowed)
         if not (in_box(tuple(xyz[:3]), house.lo, house.hi) and in_box(tuple(xyz[3:]), house.lo, house.hi)):
-            rejected.append({"line": line, "reason": "fill coord out of bbox"})
-            continue
+            raise Refused("fill coord out of bbox")
         if len(parts) > 8:
-            rejected.append({"line": line, "reason": "fill modes (replace/keep/...) not allowed"})
-            continue
+            raise Refused("fill modes (replace/keep/...) not allowed")
         cap = None if is_air(block) else house.resource_limits.get(block)
         if cap is not None:
             volume = (abs(xyz[3] - xyz[0]) + 1) * (abs(xyz[4] - xyz[1]) + 1) * (abs(xyz[5] - xyz[2]) + 1)
             if used.get(block, 0) + volume > cap:
-                rejected.append({"line": line, "reason": f"exceeds resource limit for {block}: "
-                                                         f"{used.get(block, 0) + volume}>{cap}"})
-                continue
+                raise Refused(f"exceeds resource limit for {block}: {used.get(block, 0) + volume}>{cap}")
             used[block] = used.get(block, 0) + volume
-        accepted.append(("fill", (*xyz, block)))
-    return accepted, rejected
+        return "fill", (*xyz, block)
+
+    return read_commands(text, limit, command)
 
 
 def fill(world: dict[tuple[int, int, int], str], args: tuple) -> None:
@@ -271,26 +242,21 @@ def score_world(world: dict[tuple[int, int, int], str], house: House) -> dict[st
             "match_total": len(house.expected), "iou": len(want & have) / union if union else 0.0}
 
 
-class HouseBuildTask(Task):
+class HouseBuildTask(MinecraftTask):
     name = "housebuild"
+    palettes = PALETTES
+    max_commands = MAX_COMMANDS
     reward_shift = REWARD_SHIFT
     early_stop_threshold = EARLY_STOP_THRESHOLD
+    read_turn = staticmethod(parse_commands)
 
     def __init__(self, num_turns: int = 4, reward_shift: float = REWARD_SHIFT,
                  early_stop_threshold: float | None = EARLY_STOP_THRESHOLD, rpg_seed: int = 0):
-        if num_turns < 1:
-            raise ValueError(f"num_turns must be >= 1, got {num_turns}")
-        self.agents = tuple(PALETTES)
-        self.num_turns = num_turns
-        self.reward_shift = float(reward_shift)
-        self.early_stop_threshold = None if early_stop_threshold is None else float(early_stop_threshold)
+        super().__init__(num_turns, reward_shift, early_stop_threshold)
         self.spider_attacks = spider_attacks(rpg_seed)
         self.spider_damage = float(sum(self.spider_attacks))
-        with open(DATA_PATH, encoding="utf-8") as f:
-            doc = json.load(f)
         self._houses: dict[str, House] = {}
-        self._problems: dict[str, list[Problem]] = {"train": [], "eval": []}
-        for idx, obj in enumerate(doc, start=1):
+        for idx, obj in enumerate(read_json(DATA_PATH), start=1):
             house = House.from_json(obj, idx)
             split = "train" if idx <= N_TRAIN else "eval"
             pid = f"housebuild/{house.task_id}"
@@ -300,13 +266,10 @@ class HouseBuildTask(Task):
             self._houses[pid] = house
             self._problems[split].append(Problem(pid, split, payload))
 
-    def problems(self, split: str) -> list[Problem]:
-        return list(self._problems[check_split(split)])
-
     def new_episode(self, problem: Problem) -> HouseBuildEpisode:
         return HouseBuildEpisode(self, problem)
 
-    def house(self, problem: Problem) -> House:
+    def target(self, problem: Problem) -> House:
         return self._houses[problem.problem_id]
 
     def spider_penalty(self, killed: bool) -> float:
@@ -332,39 +295,25 @@ class HouseBuildTask(Task):
 
 class HouseBuildEpisode(MinecraftEpisode):
     task: HouseBuildTask
+    target: House
 
-    def __init__(self, task: HouseBuildTask, problem: Problem):
-        self.house = task.house(problem)
-        self.limits = dict(zip(task.agents, command_limits(MAX_COMMANDS, len(task.agents))))
-        super().__init__(task, problem)
+    @property
+    def house(self) -> House:
+        return self.target
 
-    def _initial_prompt(self, agent: str) -> str:
-        return self.task.prompt(agent, self.house)
-
-    def _evaluate(self, joint_action: dict[str, str]) -> tuple[float, dict[str, str], dict[str, Any]]:
-        world: dict[tuple[int, int, int], str] = {}  # empty every turn: this turn's commands only
-        accepted, rejected = {}, {}
-        for agent in self.agents:  # Agent 1 first, then Agent 2 overwrites
-            accepted[agent], rejected[agent] = parse_commands(
-                joint_action[agent], PALETTES[agent], self.house, self.limits[agent])
+    def _score(self, accepted: dict[str, list]) -> tuple[float, dict[str, Any]]:
+        world: dict[tuple[int, int, int], str] = {}
+        for agent in self.agents:  # Agent 2's fills overwrite Agent 1's
             for kind, args in accepted[agent]:
                 if kind == "fill":
                     fill(world, args)
         killed = any(kind == "kill" for cmds in accepted.values() for kind, _ in cmds)
-        score = score_world(world, self.house)
+        score = score_world(world, self.target)
         spider = self.task.spider_penalty(killed)
-        reward = score["score_match"] - spider
-        feedback = {a: self._feedback(a, reward, joint_action[a]) for a in self.agents}
-        info = {
-            **score, "spider_penalty": spider, "killed": killed,
-            "accepted": {a: len(v) for a, v in accepted.items()},
-            "rejected": {a: v[:REJECTED_SHOWN] for a, v in rejected.items()},
-            "rejected_count": {a: len(v) for a, v in rejected.items()},
-        }
-        return reward, feedback, info
+        return score["score_match"] - spider, {**score, "spider_penalty": spider, "killed": killed}
 
     def _feedback(self, agent: str, reward: float, previous: str) -> str:
         """The paper's score feedback (score_feedback.py:134-192): the reward before the shift."""
         header = ["Score feedback:", f"- Turn: {self.turn + 2}", f"- Previous reward: {reward:.4f}",
                   "- Do not output any text other than commands."]
-        return self.followup(header, self.task.prompt(agent, self.house), previous)
+        return self.followup(header, self.task.prompt(agent, self.target), previous)

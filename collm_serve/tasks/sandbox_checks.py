@@ -107,6 +107,16 @@ def _call_of(call: ast.Call, ns: dict) -> tuple:
     return (encode(args), encode(kwargs))
 
 
+def _call_and_other(a: ast.expr, b: ast.expr) -> tuple[ast.expr, ast.expr] | None:
+    """(the candidate call, the other side) of a two-sided test, either way round; None unless
+    exactly one side is a candidate call and the other does not call the candidate."""
+    if _is_candidate_call(a) and not _calls_candidate(b):
+        return a, b
+    if _is_candidate_call(b) and not _calls_candidate(a):
+        return b, a
+    return None
+
+
 def _pair(test: ast.expr, ns: dict) -> CallCheck | None:
     """A CallCheck for the shapes of the module docstring, or None."""
     if _is_candidate_call(test):
@@ -117,12 +127,10 @@ def _pair(test: ast.expr, ns: dict) -> CallCheck | None:
         return None
     left, op, right = test.left, test.ops[0], test.comparators[0]
     if isinstance(op, ast.Eq):
-        if _is_candidate_call(left) and not _calls_candidate(right):
-            call, other = left, right
-        elif _is_candidate_call(right) and not _calls_candidate(left):
-            call, other = right, left
-        else:
+        sides = _call_and_other(left, right)
+        if sides is None:
             return None
+        call, other = sides
         return CallCheck((_call_of(call, ns),), "eq", _plain(_eval(other, ns)))
     if isinstance(op, ast.Is) and _is_candidate_call(left) and isinstance(right, ast.Constant) \
             and right.value in (True, False, None) and type(right.value) in (bool, type(None)):
@@ -131,13 +139,10 @@ def _pair(test: ast.expr, ns: dict) -> CallCheck | None:
             and left.func.id == "abs" and len(left.args) == 1 and not left.keywords \
             and isinstance(left.args[0], ast.BinOp) and isinstance(left.args[0].op, ast.Sub) \
             and not _calls_candidate(right):
-        a, b = left.args[0].left, left.args[0].right
-        if _is_candidate_call(a) and not _calls_candidate(b):
-            call, other = a, b
-        elif _is_candidate_call(b) and not _calls_candidate(a):
-            call, other = b, a
-        else:
+        sides = _call_and_other(left.args[0].left, left.args[0].right)
+        if sides is None:
             return None
+        call, other = sides
         tol = _eval(right, ns)
         expected = _eval(other, ns)
         if type(tol) not in (int, float) or type(expected) not in (int, float):

@@ -268,29 +268,43 @@ def _worker(job, test, wfd):
         emit(frame)
 
 
+def _in_worker(run, result_fd, timeout_s, cap):
+    """Forks a worker that runs `run(wfd)` and exits, without RESULT_FD; returns what
+    `_collect` reads of its pipe: (data, status, why)."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(rfd)
+            os.close(result_fd)
+            run(wfd)
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    return _collect(rfd, pid, timeout_s, cap)
+
+
+def _flushed(fn, *args):
+    """`fn(*args)`, then stdout and stderr flushed whatever happened (before the worker's
+    os._exit, which skips Python's own flush)."""
+    try:
+        fn(*args)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+
+
 def _run_candidate(job, result_fd):
     lim = job["limits"]
     keep = {1, os.getpid()}
     # processes that exist before a worker starts (init, harness) do not count against nproc
     job["nproc_base"] = len(_live_pids())
-    cap = lim["result_bytes"]
     for i, test in enumerate(job["tests"]):
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(rfd)
-                os.close(result_fd)
-                _worker(job, test, wfd)
-            finally:
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except BaseException:
-                        pass
-                os._exit(0)
-        os.close(wfd)
-        data, status, why = _collect(rfd, pid, lim["per_test_timeout_s"], cap)
+        data, status, why = _in_worker(lambda wfd: _flushed(_worker, job, test, wfd), result_fd,
+                                       lim["per_test_timeout_s"], lim["result_bytes"])
         if job["kill_strays"] and os.getppid() == 1:  # only as pid 2 of our own namespace
             _kill_strays(keep)
         write_all(result_fd, pack_frame({"t": i, "why": why, "status": status}, data))
@@ -316,36 +330,32 @@ class _Replay:
         return decode(r["ok"])
 
 
-def _run_checks(job, result_fd):
+def _check_worker(chk, lim, wfd):
+    """A worker of mode "check": runs one check against the replayed plain results."""
     import builtins
     import random
 
+    _set_limits(lim, len(_live_pids()))
+    ns = {"__name__": "__main__", "__builtins__": builtins}
+    err = ""
+    try:
+        exec(compile(chk["prelude"], "<prelude>", "exec"), ns)
+        random.seed(chk["seed"])
+        ns["candidate"] = _Replay(chk["calls"], chk["results"])
+        if chk.get("code"):  # only the weakened trusted_check (tests): the old way
+            exec(compile(chk["code"], "<solution>", "exec"), ns)
+            ns["candidate"] = ns[chk["entry"]]
+        exec(compile(chk["source"], "<check>", "exec"), ns)
+    except BaseException as exc:
+        err = describe(exc) or "error"
+    write_all(wfd, pack_frame({"passed": not err, "error": err}))
+
+
+def _run_checks(job, result_fd):
     lim = job["limits"]
     for i, chk in enumerate(job["checks"]):
-        rfd, wfd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(rfd)
-                os.close(result_fd)
-                _set_limits(lim, len(_live_pids()))
-                ns = {"__name__": "__main__", "__builtins__": builtins}
-                err = ""
-                try:
-                    exec(compile(chk["prelude"], "<prelude>", "exec"), ns)
-                    random.seed(chk["seed"])
-                    ns["candidate"] = _Replay(chk["calls"], chk["results"])
-                    if chk.get("code"):  # only the weakened trusted_check (tests): the old way
-                        exec(compile(chk["code"], "<solution>", "exec"), ns)
-                        ns["candidate"] = ns[chk["entry"]]
-                    exec(compile(chk["source"], "<check>", "exec"), ns)
-                except BaseException as exc:
-                    err = describe(exc) or "error"
-                write_all(wfd, pack_frame({"passed": not err, "error": err}))
-            finally:
-                os._exit(0)
-        os.close(wfd)
-        data, status, why = _collect(rfd, pid, lim["per_test_timeout_s"], 1 << 16)
+        data, status, why = _in_worker(lambda wfd: _check_worker(chk, lim, wfd), result_fd,
+                                       lim["per_test_timeout_s"], 1 << 16)
         write_all(result_fd, pack_frame({"t": i, "why": why, "status": status}, data))
 
 

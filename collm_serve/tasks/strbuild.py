@@ -45,25 +45,15 @@ observation shape.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from collm_serve.tasks.base import Problem, Task, check_split
-from collm_serve.tasks.minecraft import (
-    MinecraftEpisode,
-    bbox_json,
-    block_id,
-    block_lines,
-    command_limits,
-    command_lines,
-    coordinate,
-    in_box,
-    is_air,
-    split_command,
-)
+from collm_serve.tasks.base import Problem
+from collm_serve.tasks.minecraft import (MinecraftEpisode, MinecraftTask, Refused, allowed_blocks, bbox_json,
+                                         block_id, block_lines, coordinates, in_box, is_air, palette_block,
+                                         read_commands, read_json)
 
 DATA_PATH = Path(__file__).parent / "data" / "minecraft" / "strbuild.json"
 PALETTES: dict[str, tuple[str, ...]] = {  # config task.block_agent1 / block_agent2
@@ -79,7 +69,6 @@ EARLY_STOP_THRESHOLD = -0.1  # config {maac,iac,magrpo}.early_termination_thresh
 W_COVERAGE, W_EXTRA, W_ADJACENCY, W_MISSING_PALETTE = 2.0, 1.5, 1.0, 0.25
 _TEXTURES = {"oak_planks": "wood", "oak_wood": "wood", "cobblestone": "stone",
              "smooth_stone": "stone", "stone_bricks": "stone"}
-REJECTED_SHOWN = 20  # per agent, in `info`
 
 # The paper's user templates (prompting.py:40-102). Lines starting with "@" exist only when the
 # target grid is shown (`provide_graph`, prompting.py:114-134 drops exactly these lines).
@@ -137,8 +126,7 @@ def texture(block: str) -> str:
 
 
 def load_font() -> dict[str, list[str]]:
-    with open(DATA_PATH, encoding="utf-8") as f:
-        return json.load(f)["font_5x5"]
+    return read_json(DATA_PATH)["font_5x5"]
 
 
 def render_rows(text: str, font: dict[str, list[str]], spacing: int = SPACING) -> list[str]:
@@ -181,36 +169,21 @@ class StrTarget:
 def parse_setblocks(text: str, palette: tuple[str, ...], target: StrTarget, limit: int
                     ) -> tuple[list[tuple[tuple[int, int, int], str]], list[dict[str, str]]]:
     """(accepted (cell, block) in order, rejected {line, reason}) (str_builder.py:58-117)."""
-    allowed = {block_id(b) for b in palette} | {"air"}
+    allowed = allowed_blocks(palette)
     lo, hi = target.bbox
-    accepted, rejected = [], []
-    for line in command_lines(text):
-        if len(accepted) >= limit:
-            rejected.append({"line": line, "reason": f"exceeds max_commands={limit}"})
-            continue
-        parts = split_command(line)
-        if not parts:
-            continue
+
+    def setblock(parts: list[str]) -> tuple[tuple[int, int, int], str]:
         if parts[0].lower() != "setblock":
-            rejected.append({"line": line, "reason": f"unsupported command: {parts[0].lower()}"})
-            continue
+            raise Refused(f"unsupported command: {parts[0].lower()}")
         if len(parts) < 5:
-            rejected.append({"line": line, "reason": "setblock needs: /setblock x y z block"})
-            continue
-        xyz = [coordinate(t) for t in parts[1:4]]
-        if None in xyz:
-            rejected.append({"line": line, "reason": "setblock coords must be absolute integers (no ~)"})
-            continue
-        block = block_id(parts[4])
-        if block not in allowed:
-            rejected.append({"line": line, "reason": f"block not allowed: {block}"})
-            continue
-        cell = (xyz[0], xyz[1], xyz[2])
-        if not in_box(cell, lo, hi):
-            rejected.append({"line": line, "reason": "setblock coord out of bbox"})
-            continue
-        accepted.append((cell, block))
-    return accepted, rejected
+            raise Refused("setblock needs: /setblock x y z block")
+        x, y, z = coordinates(parts[1:4], "setblock")
+        block = palette_block(parts[4], allowed)
+        if not in_box((x, y, z), lo, hi):
+            raise Refused("setblock coord out of bbox")
+        return (x, y, z), block
+
+    return read_commands(text, limit, setblock)
 
 
 def score_world(world: dict[tuple[int, int, int], str], target: StrTarget,
@@ -244,25 +217,21 @@ def score_world(world: dict[tuple[int, int, int], str], target: StrTarget,
     }
 
 
-class StrBuildTask(Task):
+class StrBuildTask(MinecraftTask):
     name = "strbuild"
+    palettes = PALETTES
+    max_commands = MAX_COMMANDS
     reward_shift = REWARD_SHIFT
     early_stop_threshold = EARLY_STOP_THRESHOLD
+    read_turn = staticmethod(parse_setblocks)
 
     def __init__(self, num_turns: int = 4, reward_shift: float = REWARD_SHIFT,
                  early_stop_threshold: float | None = EARLY_STOP_THRESHOLD,
                  provide_graph: bool = False):
-        if num_turns < 1:
-            raise ValueError(f"num_turns must be >= 1, got {num_turns}")
-        self.agents = tuple(PALETTES)
-        self.num_turns = num_turns
-        self.reward_shift = float(reward_shift)
-        self.early_stop_threshold = None if early_stop_threshold is None else float(early_stop_threshold)
+        super().__init__(num_turns, reward_shift, early_stop_threshold)
         self.provide_graph = bool(provide_graph)
-        with open(DATA_PATH, encoding="utf-8") as f:
-            doc = json.load(f)
+        doc = read_json(DATA_PATH)
         font, n_train = doc["font_5x5"], doc["n_train"]
-        self._problems: dict[str, list[Problem]] = {"train": [], "eval": []}
         for idx, item in enumerate(doc["strings"], start=1):
             split = "train" if idx <= n_train else "eval"
             task_id = f"str_build_{idx:04d}"  # the paper's ids (str_builder.py:248)
@@ -270,11 +239,11 @@ class StrBuildTask(Task):
                        "difficulty": item["difficulty"], "rows": render_rows(item["string"], font)}
             self._problems[split].append(Problem(f"strbuild/{task_id}", split, payload))
 
-    def problems(self, split: str) -> list[Problem]:
-        return list(self._problems[check_split(split)])
-
     def new_episode(self, problem: Problem) -> StrBuildEpisode:
         return StrBuildEpisode(self, problem)
+
+    def target(self, problem: Problem) -> StrTarget:
+        return StrTarget(tuple(problem.payload["rows"]))
 
     def prompt(self, agent: str, target: StrTarget) -> str:
         """The paper's turn-0 user prompt of `agent` (prompting.py:40-102, train_maac.py:165-188)."""
@@ -294,34 +263,18 @@ class StrBuildTask(Task):
 
 class StrBuildEpisode(MinecraftEpisode):
     task: StrBuildTask
+    target: StrTarget
 
-    def __init__(self, task: StrBuildTask, problem: Problem):
-        self.target = StrTarget(tuple(problem.payload["rows"]))
-        self.limits = dict(zip(task.agents, command_limits(MAX_COMMANDS, len(task.agents))))
-        super().__init__(task, problem)
-
-    def _initial_prompt(self, agent: str) -> str:
-        return self.task.prompt(agent, self.target)
-
-    def _evaluate(self, joint_action: dict[str, str]) -> tuple[float, dict[str, str], dict[str, Any]]:
-        world: dict[tuple[int, int, int], str] = {}  # empty every turn: this turn's commands only
-        accepted, rejected = {}, {}
-        for agent in self.agents:  # Agent 1 first, then Agent 2 overwrites
-            accepted[agent], rejected[agent] = parse_setblocks(
-                joint_action[agent], PALETTES[agent], self.target, self.limits[agent])
+    def _score(self, accepted: dict[str, list]) -> tuple[float, dict[str, Any]]:
+        world: dict[tuple[int, int, int], str] = {}
+        for agent in self.agents:  # Agent 2's setblocks overwrite Agent 1's
             world.update(accepted[agent])
         score = score_world(world, self.target, [PALETTES[a] for a in self.agents])
-        feedback = {a: self._feedback(a, joint_action[a]) for a in self.agents}
-        info = {
-            **score,
-            "accepted": {a: len(v) for a, v in accepted.items()},
-            "rejected": {a: v[:REJECTED_SHOWN] for a, v in rejected.items()},
-            "rejected_count": {a: len(v) for a, v in rejected.items()},
-        }
-        return score["score"], feedback, info
+        return score["score"], score
 
-    def _feedback(self, agent: str, previous: str) -> str:
-        """The paper's position feedback for the next turn (position_feedback.py:49-117)."""
+    def _feedback(self, agent: str, reward: float, previous: str) -> str:
+        """The paper's position feedback for the next turn (position_feedback.py:49-117); it does
+        not quote the reward."""
         positions = sorted(self.target.positions, key=lambda p: (-p[1], p[0], p[2]))
         shown = "\n".join(f"- ({x}, {y}, {z})" for x, y, z in positions) or "- (none)"
         header = [

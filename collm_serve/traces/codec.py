@@ -30,39 +30,41 @@ from collm_serve.traces.records import ActionRecord, EpisodeRecord, SamplingReco
 # packing helpers
 
 
-def pack_token_ids(ids: Sequence[int]) -> bytes:
-    """Token ids → little-endian int32 bytes; ValueError if an id is not an int32."""
-    try:
-        a = array("i", ids)
-    except (OverflowError, TypeError) as e:
-        raise ValueError(f"token ids must be int32 integers ({e})") from e
+def _pack(typecode: str, values: Sequence) -> bytes:
+    """`values` as a little-endian array of `typecode` (the blobs' byte order on every host)."""
+    a = array(typecode, values)
     if sys.byteorder == "big":
         a.byteswap()
     return a.tobytes()
 
 
-def unpack_token_ids(blob: bytes) -> list[int]:
-    a = array("i")
+def _unpack(typecode: str, blob: bytes) -> list:
+    a = array(typecode)
     a.frombytes(blob)
     if sys.byteorder == "big":
         a.byteswap()
     return a.tolist()
+
+
+def pack_token_ids(ids: Sequence[int]) -> bytes:
+    """Token ids → little-endian int32 bytes; ValueError if an id is not an int32."""
+    try:
+        return _pack("i", ids)
+    except (OverflowError, TypeError) as e:
+        raise ValueError(f"token ids must be int32 integers ({e})") from e
+
+
+def unpack_token_ids(blob: bytes) -> list[int]:
+    return _unpack("i", blob)
 
 
 def pack_logprobs(values: Sequence[float]) -> bytes:
     """Log-probs → little-endian float64 bytes (exact for any Python float / float32)."""
-    a = array("d", values)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tobytes()
+    return _pack("d", values)
 
 
 def unpack_logprobs(blob: bytes) -> list[float]:
-    a = array("d")
-    a.frombytes(blob)
-    if sys.byteorder == "big":
-        a.byteswap()
-    return a.tolist()
+    return _unpack("d", blob)
 
 
 def dumps(value: Any, what: str) -> str:

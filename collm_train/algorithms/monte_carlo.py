@@ -13,6 +13,7 @@ too; docs/paper-fidelity.md).
 from __future__ import annotations
 
 from collm_train.algorithms.base import Algorithm, register
+from collm_train.algorithms.spec import SPECS
 from collm_train.returns import group_advantages, grpo_adv, loo_adv, reinforce_adv, remax_adv, tree_returns
 
 
@@ -24,33 +25,15 @@ class MonteCarlo(Algorithm):
         return group_advantages(ret, batch.groups, self.baseline), ret
 
 
-@register
-class MAGRPO(MonteCarlo):
-    """R - mean(group)."""
-
-    name = "magrpo"
-    baseline = staticmethod(grpo_adv)
-
-
-@register
-class MAREINFORCE(MonteCarlo):
-    """R, no baseline."""
-
-    name = "mareinforce"
-    baseline = staticmethod(reinforce_adv)
-
-
-@register
-class MARLOO(MonteCarlo):
-    """R_i - mean of the other K-1 returns."""
-
-    name = "marloo"
-    baseline = staticmethod(loo_adv)
-
-
-@register
-class MAReMax(MonteCarlo):
-    """R - max(group)."""
-
-    name = "maremax"
-    baseline = staticmethod(remax_adv)
+# The one thing the four Monte Carlo algorithms differ in: the per-group baseline (returns.py,
+# each with its CoMLRL lines; SPECS[name].help says it in words). One registered subclass each.
+BASELINES = {
+    "magrpo": grpo_adv,  # R - mean(group)
+    "mareinforce": reinforce_adv,  # R, no baseline
+    "marloo": loo_adv,  # R_i - mean of the other K-1 returns
+    "maremax": remax_adv,  # R - max(group)
+}
+for _name, _baseline in BASELINES.items():
+    register(type(f"MonteCarlo[{_name}]", (MonteCarlo,), {
+        "name": _name, "baseline": staticmethod(_baseline), "__doc__": SPECS[_name].help,
+        "__module__": __name__}))
