@@ -199,6 +199,19 @@ def problems(n: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- comlrl side (peer venv)
+
+def _timed_update(inner, count_tokens, stats: dict):
+    """Wrap a comlrl trainer's update method: trained tokens and seconds inside the update."""
+    def timed(agent_idx, batch):
+        stats["tokens"] += count_tokens(batch)
+        t = time.perf_counter()
+        out = inner(agent_idx, batch)
+        stats["update_s"] += time.perf_counter() - t
+        stats["updates"] += 1
+        return out
+
+    return timed
+
 def worker_comlrl(spec: dict) -> dict:
     """LLM_Collab_Writing/train_maac.py (train_iac.py, train_magrpo.py) with our data and reward."""
     os.environ.setdefault("WANDB_MODE", "disabled")
@@ -238,35 +251,22 @@ def worker_comlrl(spec: dict) -> dict:
     t0 = time.perf_counter()
     if algo == "MAGRPO":
         trainer = MAGRPOTrainer(**kw, args=MAGRPOConfig(**common, num_generations=spec["group"]))
-        inner = trainer._update_from_samples
 
-        def timed(agent_idx, samples):
+        def magrpo_tokens(samples) -> int:
+            total = 0
             for s in samples:
                 p = int(s.completions_data["prompt_input_ids"].shape[-1])
                 comps = s.completions_data["completion_input_ids"]
                 comps = comps[0] if comps and isinstance(comps[0], list) else comps
-                stats["tokens"] += sum(p + len(c) for c in comps)
-            t = time.perf_counter()
-            out = inner(agent_idx, samples)
-            stats["update_s"] += time.perf_counter() - t
-            stats["updates"] += 1
-            return out
+                total += sum(p + len(c) for c in comps)
+            return total
 
-        trainer._update_from_samples = timed
+        trainer._update_from_samples = _timed_update(trainer._update_from_samples, magrpo_tokens, stats)
     else:
         cls, cfg = (MAACTrainer, MAACConfig) if algo == "MAAC" else (IACTrainer, IACConfig)
         trainer = cls(**kw, critic_model=model_dir, args=cfg(**common, critic_learning_rate=5e-6))
-        inner = trainer._update
-
-        def timed(agent_idx, rollouts):
-            stats["tokens"] += sum(int(s.prompt_len) + int(s.response_len) for s in rollouts)
-            t = time.perf_counter()
-            out = inner(agent_idx, rollouts)
-            stats["update_s"] += time.perf_counter() - t
-            stats["updates"] += 1
-            return out
-
-        trainer._update = timed
+        trainer._update = _timed_update(
+            trainer._update, lambda rollouts: sum(int(s.prompt_len) + int(s.response_len) for s in rollouts), stats)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     trainer.train()
