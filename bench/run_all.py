@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -93,13 +94,14 @@ def load_previous(out: Path) -> dict | None:
     return json.loads(data.read_text()) if data.exists() else None
 
 
-def bench_args(name: str, source: str, quick: bool) -> list[str]:
+def bench_args(name: str, source: str, quick: bool, extra: dict[str, list[str]] | None = None) -> list[str]:
+    given = (extra or {}).get(name, [])
     if not quick:
-        return []
-    return ["--quick"] if '"--quick"' in source else QUICK_ARGS.get(name, [])
+        return given
+    return (["--quick"] if '"--quick"' in source else QUICK_ARGS.get(name, [])) + given
 
 
-def run_one(name: str, quick: bool, timeout: float) -> dict:
+def run_one(name: str, quick: bool, timeout: float, extra: dict[str, list[str]] | None = None) -> dict:
     """Run bench/<name>.py; returns {"status", "seconds", "tables"} (tables: title + rows)."""
     skip = PRECONDITIONS[name]() if name in PRECONDITIONS else None
     if skip:
@@ -107,7 +109,7 @@ def run_one(name: str, quick: bool, timeout: float) -> dict:
         return {"status": skip, "seconds": 0.0, "args": [], "tables": []}
     path = BENCH / f"{name}.py"
     source = path.read_text()
-    args = bench_args(name, source, quick)
+    args = bench_args(name, source, quick, extra)
     shown = list(args)
     with tempfile.TemporaryDirectory(prefix=f"collm-bench-{name}-") as tmp:
         tables_file, json_file = Path(tmp) / "tables.json", Path(tmp) / "result.json"
@@ -170,10 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short runs (smoke checks; not for the record)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
+    ap.add_argument("--bench-args", action="append", default=[], metavar="NAME=ARGS",
+                    help="extra arguments for one benchmark, e.g. peer='--episodes 8' (recorded in the Runs table)")
     ap.add_argument("--out", type=Path, default=None,
                     help="default bench/results/latest.md (--quick: bench/results/quick.md, never the record)")
     args = ap.parse_args(argv)
     args.out = args.out or BENCH / "results" / ("quick.md" if args.quick else "latest.md")
+    extra: dict[str, list[str]] = {}
+    for item in args.bench_args:
+        name, sep, rest = item.partition("=")
+        if not sep or not name:
+            ap.error(f"--bench-args: {item!r} is not NAME=ARGS (e.g. peer='--episodes 8')")
+        extra[name] = shlex.split(rest)
 
     available = discover()
     runnable = set(available) | {n for n in STUDIES if (BENCH / f"{n}.py").exists()}
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     results = dict(previous["results"]) if previous else {}
     for name in wanted:
         if name in runnable:
-            results[name] = {**run_one(name, args.quick, args.timeout), "date": time.strftime("%Y-%m-%d %H:%M")}
+            results[name] = {**run_one(name, args.quick, args.timeout, extra), "date": time.strftime("%Y-%m-%d %H:%M")}
 
     rows = [(f"{bench}: {metric}", value, note) for bench, metric, value, note in
             (r for name, res in results.items() for r in ratio_rows(name, res["tables"]))]
