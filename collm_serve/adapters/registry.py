@@ -14,33 +14,31 @@ Invariants (tests/serve/test_hot_swap.py proves them on both engines):
   requests, so a swap under load loads at once. Only a load that finds every slot busy waits
   (bounded) for an in-flight request to end, then evicts.
 - The active version is persisted in the state dir and restored at start-up.
+- The engine loads a private copy of each version (`<state_dir>/loaded-adapters/`), validated and
+  hashed after copying: changes to the published folder (in place, truncated, a disk fault)
+  never reach a loaded version, nor crash the engine reading it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collm_serve.adapters.manifest import WEIGHTS_FILE, sha256_file
 from collm_serve.adapters.validate import CheckedAdapter, base_model_shapes, check_adapter, resolve_inside
 from collm_serve.engines.base import Engine, EngineAdapter
-from collm_serve.errors import FailedPrecondition, InvalidArgument, NotFound
+from collm_serve.errors import CollmError, FailedPrecondition, InvalidArgument, NotFound
 
 ACTIVE_FILE = "active_adapter.json"
-
-
-def _sha256_or_none(path: Path) -> str | None:
-    try:
-        return sha256_file(path)
-    except OSError:
-        return None
 
 
 @dataclass
@@ -103,6 +101,9 @@ class AdapterRegistry:
         self._active: LoadedVersion | None = None
         self.history: list[int] = []  # activated versions, oldest first (0 = base)
         self._lock = asyncio.Lock()
+        # private copies of the loaded versions (see `_stage`); leftovers of a crashed run go
+        self._staging = state_dir / "loaded-adapters"
+        shutil.rmtree(self._staging, ignore_errors=True)
         self._on_change = on_change or (lambda active: None)
 
     # -- request path (no lock, no await) --------------------------------------------------
@@ -139,36 +140,43 @@ class AdapterRegistry:
     async def load(self, path: str, version: int = 0, activate: bool = False) -> LoadedVersion:
         async with self._lock:
             resolved = resolve_inside(self.adapter_root, path)
-            checked = await asyncio.to_thread(
-                check_adapter, resolved, base_model_id=self.base_model_id,
-                base_shapes=self._base_shapes, max_lora_rank=self.max_lora_rank,
-                expected_version=version,
-            )
-            if checked.manifest.name != self.agent:
-                raise FailedPrecondition(
-                    f"adapter belongs to agent {checked.manifest.name!r}, this is {self.agent!r}"
-                )
-            existing = self._versions.get(checked.manifest.version)
-            if existing is not None:
-                if existing.sha256 != checked.manifest.sha256:
-                    raise FailedPrecondition(
-                        f"v{checked.manifest.version} is already loaded with different weights "
-                        f"(sha256 {existing.sha256[:12]}…); versions are immutable, publish a new one"
+            # Everything after this reads a private copy: the publisher's folder may change (a
+            # version published in place, a disk fault, a truncation) without the engine ever
+            # seeing it; a file truncated while an engine mmaps it would kill the process (SIGBUS).
+            staged = await asyncio.to_thread(self._stage, resolved)
+            try:
+                try:
+                    checked = await asyncio.to_thread(
+                        check_adapter, staged, base_model_id=self.base_model_id,
+                        base_shapes=self._base_shapes, max_lora_rank=self.max_lora_rank,
+                        expected_version=version,
                     )
-                loaded = existing
-            else:
-                adapter = EngineAdapter(self.agent, checked.manifest.version, str(resolved), next(self._ids))
-                await self._make_room(keep=self._active)
-                await self.engine.add_adapter(adapter)  # raises → nothing changed
-                # The engine read the weights after check_adapter hashed them: if the file changed
-                # in between (published in place, a disk fault), the engine holds other weights
-                # than the sha256 this version will be reported with.
-                now = await asyncio.to_thread(_sha256_or_none, resolved / WEIGHTS_FILE)
-                if now != checked.manifest.sha256:
-                    await self.engine.remove_adapter(adapter)
-                    raise InvalidArgument("path", f"{WEIGHTS_FILE} changed while it was being loaded; not loaded")
-                loaded = LoadedVersion(checked, adapter)
-                self._versions[loaded.version] = loaded
+                except CollmError as e:  # name the folder the caller gave, not the private copy
+                    e.args = tuple(str(a).replace(str(staged), str(resolved)) for a in e.args)
+                    raise
+                checked = dataclasses.replace(checked, path=resolved)  # reported as published
+                if checked.manifest.name != self.agent:
+                    raise FailedPrecondition(
+                        f"adapter belongs to agent {checked.manifest.name!r}, this is {self.agent!r}"
+                    )
+                existing = self._versions.get(checked.manifest.version)
+                if existing is not None:
+                    if existing.sha256 != checked.manifest.sha256:
+                        raise FailedPrecondition(
+                            f"v{checked.manifest.version} is already loaded with different weights "
+                            f"(sha256 {existing.sha256[:12]}…); versions are immutable, publish a new one"
+                        )
+                    loaded = existing
+                else:
+                    adapter = EngineAdapter(self.agent, checked.manifest.version, str(staged), next(self._ids))
+                    await self._make_room(keep=self._active)
+                    await self.engine.add_adapter(adapter)  # raises → nothing changed
+                    loaded = LoadedVersion(checked, adapter)
+                    self._versions[loaded.version] = loaded
+                    staged = None  # the engine's copy now; removed when the version is evicted
+            finally:
+                if staged is not None:
+                    await asyncio.to_thread(shutil.rmtree, staged, True)
             if activate:
                 self._switch(loaded)
             return loaded
@@ -219,9 +227,23 @@ class AdapterRegistry:
                 raise FailedPrecondition(f"v{version} is serving {loaded.in_flight} request(s); retry when they finish")
             await self._evict(loaded)
 
+    def _stage(self, source: Path) -> Path:
+        """Copy a published adapter folder to this registry's private staging area (read with
+        plain reads, no mmap); check_adapter then hashes the copy, so the engine loads exactly
+        the bytes whose sha256 is reported."""
+        self._staging.mkdir(parents=True, exist_ok=True)
+        target = Path(tempfile.mkdtemp(prefix="v", dir=self._staging))
+        try:
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        except OSError as e:
+            shutil.rmtree(target, ignore_errors=True)
+            raise InvalidArgument("path", f"cannot read the adapter folder: {e}") from None
+        return target
+
     async def _evict(self, loaded: LoadedVersion) -> None:
         del self._versions[loaded.version]
         await self.engine.remove_adapter(loaded.engine_adapter)
+        await asyncio.to_thread(shutil.rmtree, loaded.engine_adapter.path, True)
         if loaded.engine_adapter.engine_id in await self.engine.loaded_adapter_ids():
             raise FailedPrecondition(f"engine still lists v{loaded.version} after unloading it")
 

@@ -138,7 +138,8 @@ def test_corrupt_adapter_during_swap_old_version_keeps_serving(fast_agent, adapt
     only after the engine had read it and the load had re-checked it.
 
     A flip between the load's sha256 check and the engine's read used to be served under v2's
-    sha256 (the registry now re-hashes after the engine has read the file)."""
+    sha256 (the registry now loads a private copy, hashed after copying: the engine never reads the
+    published folder, so a later change or truncation cannot reach it)."""
     work = adapters.root / "helper" / f"swap-{uuid.uuid4().hex[:8]}"  # inside the adapter root
     with AgentClient(fast_agent.address, retries=0, timeout=60) as c:
         c.load_adapter(adapters.v2, activate=True)

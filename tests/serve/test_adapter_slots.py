@@ -20,7 +20,7 @@ from collm_serve.adapters.factory import make_adapter
 from collm_serve.adapters.manifest import write_manifest
 from collm_serve.adapters.registry import AdapterRegistry
 from collm_serve.engines.transformers_engine import TransformersEngine
-from collm_serve.errors import FailedPrecondition
+from collm_serve.errors import FailedPrecondition, InvalidArgument
 from collm_serve.models import model_id_for, tiny_model_dir
 
 TINY_ID = model_id_for("embedded:tiny-llama")
@@ -138,6 +138,33 @@ def test_one_kept_version_can_still_be_swapped_with_a_swap_slot(versions, tmp_pa
         assert reg.active.version == 2 and [lv.version for lv in reg.versions()] == [1, 2]
         await reg.load(str(paths[3]), activate=True)
         assert [lv.version for lv in reg.versions()] == [2, 3]
+        await reg.engine.shutdown()
+
+    asyncio.run(run())
+
+
+def test_engine_loads_a_private_copy_the_publisher_cannot_touch(versions, tmp_path):
+    """Truncating or rewriting a published folder after (or while) it loads never reaches the
+    engine: it reads the registry's own copy, hashed after copying; eviction removes the copy."""
+    from collm_serve.adapters.manifest import WEIGHTS_FILE, sha256_file
+
+    async def run():
+        root, paths = versions
+        published = Path(shutil.copytree(paths[2], root / "helper" / f"published-{tmp_path.name}"))
+        reg, _ = await _serving_v1(versions, tmp_path, keep=1, wait_s=5, swap_slots=1)
+        loaded = await reg.load(str(published), activate=True)
+        staged = Path(loaded.engine_adapter.path)
+        assert staged != published and staged.is_relative_to(tmp_path / "state")
+        assert str(loaded.checked.path) == str(published.resolve())  # reported as published
+        (published / WEIGHTS_FILE).write_bytes((published / WEIGHTS_FILE).read_bytes()[:1000])
+        assert sha256_file(staged / WEIGHTS_FILE) == loaded.sha256  # the engine's bytes are intact
+        with pytest.raises(InvalidArgument) as refused:  # the damaged folder is refused ...
+            await reg.load(str(published), activate=True)
+        assert "loaded-adapters" not in str(refused.value)  # ... naming it, never the private copy
+        assert reg.active is loaded
+        await reg.load(str(paths[3]), activate=True)  # evicts v1, keeps v2 (kept) ...
+        await reg.load(str(paths[4]), activate=True)  # ... then v2 goes: its private copy with it
+        assert not staged.exists()
         await reg.engine.shutdown()
 
     asyncio.run(run())
