@@ -4,7 +4,7 @@ Each benchmark runs in its own process, as a user would run it, with its default
 system (vLLM engine, embedded SmolLM2-135M). `--quick` passes its `--quick` flag (tiny sizes or
 models; its tables are titled as smoke figures) or, for one without, the short settings below.
 Its table is captured from `bench.common.print_table` (patched in that process to also write the
-rows as JSON), or, for a benchmark that prints its own text, from its `--json` file. Writes the
+rows as JSON). Writes the
 combined table, the full tables, the date and the machine to bench/results/latest.md, and the
 same as data to latest.json beside it.
 
@@ -57,8 +57,6 @@ def _peer_skip() -> str | None:
 
 # Benchmarks that need something this repository does not install: a reason to skip, or None to run.
 PRECONDITIONS = {"peer": _peer_skip}
-# Benchmarks that print their own text: which fields of their --json file are the ratios.
-JSON_RATIOS: dict[str, list] = {}
 RATIO_MARKS = ("÷", " / ", "ratio", "speed-up", "speedup")
 
 # Runs one benchmark with bench.common.print_table also appending its rows to a JSON file.
@@ -112,9 +110,7 @@ def run_one(name: str, quick: bool, timeout: float, extra: dict[str, list[str]] 
     args = bench_args(name, source, quick, extra)
     shown = list(args)
     with tempfile.TemporaryDirectory(prefix=f"collm-bench-{name}-") as tmp:
-        tables_file, json_file = Path(tmp) / "tables.json", Path(tmp) / "result.json"
-        if name in JSON_RATIOS:
-            args += ["--json", str(json_file)]
+        tables_file = Path(tmp) / "tables.json"
         cmd = [sys.executable, "-c", CAPTURE.format(repo=str(REPO)), str(path), *args]
         print(f"\n=== {name}: python bench/{name}.py {' '.join(args)}", flush=True)
         start = time.perf_counter()
@@ -125,15 +121,6 @@ def run_one(name: str, quick: bool, timeout: float, extra: dict[str, list[str]] 
             code = None
         seconds = time.perf_counter() - start
         tables = json.loads(tables_file.read_text()) if tables_file.exists() else []
-        if name in JSON_RATIOS and json_file.exists():
-            result = json.loads(json_file.read_text())
-            rows = []
-            for metric, keys, note in JSON_RATIOS[name]:
-                value = result
-                for k in keys:
-                    value = value[k]
-                rows.append([metric, f"{value:.2f}", note])
-            tables.append({"title": name, "rows": rows})
     status = "ok" if code == 0 else f"timed out after {timeout:.0f} s" if code is None else f"failed (exit {code})"
     if code == 0 and not tables:
         status = "ok, but no table was captured"

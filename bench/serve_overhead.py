@@ -192,7 +192,7 @@ async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes
     return {"cells": res, "transformers": transformers}
 
 
-def rows_of(m: dict, rounds: int, quick: bool) -> list[tuple[str, str, str]]:
+def rows_of(m: dict, rounds: int) -> list[tuple[str, str, str]]:
     rows = []
     all_ok = True
     for (mode, c), cell in m["cells"].items():
@@ -244,7 +244,7 @@ def main() -> None:
         ap.error(f"--concurrency: each value must be 1..{len(PROMPTS)}")
     m = asyncio.run(measure(args.model, args.max_tokens, args.rounds, concurrencies, modes, args.with_transformers))
     title = f"serve overhead: gRPC service vs in-process vLLM, {args.model}, {args.max_tokens} tokens, {args.rounds} rounds"
-    print_table(smoke_title(title, args.quick), rows_of(m, args.rounds, args.quick))
+    print_table(smoke_title(title, args.quick), rows_of(m, args.rounds))
 
 
 if __name__ == "__main__":
