@@ -40,7 +40,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from collm_serve.orchestrator.agents import AdapterPins, AgentCallError, AgentPool, AgentReply
 from collm_serve.orchestrator.events import (
@@ -168,23 +168,21 @@ class EpisodeRunner:
                             self.task.num_turns, self.agents))
         try:
             leaf_returns = await self._play(problem, seed, k, outcome, emit, drain)
-            outcome.status = EPISODE_OK
-            outcome.final_return = sum(leaf_returns) / len(leaf_returns)
+            end = {"status": EPISODE_OK, "final_return": sum(leaf_returns) / len(leaf_returns)}
         except AgentCallError as e:
-            outcome.failure_reason, outcome.fix = str(e), e.fix
+            end = {"failure_reason": str(e), "fix": e.fix}
         except EpisodeInterrupted as e:
-            outcome.failure_reason = str(e)
+            end = {"failure_reason": str(e)}
         except asyncio.CancelledError as e:
             why = f"{INTERRUPTED} ({e.args[0]})" if e.args and e.args[0] else INTERRUPTED
-            outcome.failure_reason = why
-            outcome.elapsed_s = time.monotonic() - started
+            outcome = replace(outcome, failure_reason=why, elapsed_s=time.monotonic() - started)
             # Synchronously: the task is being cancelled, and the row must not stay "running".
             self.store.finish_episode(eid, EPISODE_FAILED, None, why)
             emit(EpisodeFinished(outcome))
             raise
         except Exception as e:  # a task that raises (a bug, a broken sandbox): keep collecting
-            outcome.failure_reason = f"episode error: {type(e).__name__}: {e}"
-        outcome.elapsed_s = time.monotonic() - started
+            end = {"failure_reason": f"episode error: {type(e).__name__}: {e}"}
+        outcome = replace(outcome, **end, elapsed_s=time.monotonic() - started)
         await asyncio.to_thread(self.store.finish_episode, eid, outcome.status,
                                 outcome.final_return, outcome.failure_reason)
         emit(EpisodeFinished(outcome))

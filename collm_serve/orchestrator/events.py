@@ -11,13 +11,20 @@ from collm_serve.traces.records import TurnRecord
 
 
 @dataclass(frozen=True)
-class EpisodeStarted:
+class EpisodeHead:
+    """Which episode: its id, task, problem and seed, and its group size K. The start and the
+    end of an episode both carry it; one definition, so the two never disagree on it."""
+
     episode_id: str
     task: str
     split: str
     problem_id: str
     seed: int
     group_size: int
+
+
+@dataclass(frozen=True)
+class EpisodeStarted(EpisodeHead):
     num_turns: int
     agents: tuple[str, ...]
 
@@ -47,16 +54,11 @@ class TurnStored:
     turn: TurnRecord
 
 
-@dataclass
-class EpisodeOutcome:
-    """The end of an episode, as stored: status "ok" or "failed" (with the reason)."""
+@dataclass(frozen=True)
+class EpisodeOutcome(EpisodeHead):
+    """The end of an episode, as stored: status "ok" or "failed" (with the reason). Frozen like
+    every event: the runner appends to `turns` while it plays, then `replace`s the end in."""
 
-    episode_id: str
-    task: str
-    split: str
-    problem_id: str
-    seed: int
-    group_size: int
     status: str
     final_return: float | None  # mean over root-to-leaf paths of the summed turn rewards
     failure_reason: str = ""

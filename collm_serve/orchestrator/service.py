@@ -25,12 +25,20 @@ import functools
 import inspect
 import logging
 import signal
+from dataclasses import fields
 
 from collm_serve.errors import InvalidArgument, NotFound, Unavailable
 from collm_serve.orchestrator.agents import AgentPool
 from collm_serve.orchestrator.collector import open_store
 from collm_serve.orchestrator.episode import MAX_TREE_TURNS, EpisodeRunner, TreeTooLargeError, check_tree
-from collm_serve.orchestrator.events import AgentActed, EpisodeFinished, EpisodeOutcome, EpisodeStarted, TurnStored
+from collm_serve.orchestrator.events import (
+    AgentActed,
+    EpisodeFinished,
+    EpisodeHead,
+    EpisodeOutcome,
+    EpisodeStarted,
+    TurnStored,
+)
 from collm_serve.orchestrator.teams import build_task, find_problem
 from collm_serve.proto.collm.v1 import agent_pb2
 from collm_serve.proto.collm.v1 import orchestrator_pb2 as pb
@@ -59,11 +67,16 @@ def turn_to_pb(turn: TurnRecord) -> pb.TurnResult:
     return msg
 
 
+def _head_fields(h: EpisodeHead) -> dict:
+    """The `EpisodeHead` fields of an event, named as in its protobuf message (both messages
+    carry them under the same names)."""
+    return {f.name: getattr(h, f.name) for f in fields(EpisodeHead)}
+
+
 def outcome_to_pb(o: EpisodeOutcome) -> pb.RunEpisodeResponse:
     msg = pb.RunEpisodeResponse(
-        episode_id=o.episode_id, status=_STATUS[o.status], failure_reason=o.failure_reason,
-        turns=[turn_to_pb(t) for t in o.turns], task=o.task, split=o.split,
-        problem_id=o.problem_id, seed=o.seed, group_size=o.group_size,
+        **_head_fields(o), status=_STATUS[o.status], failure_reason=o.failure_reason,
+        turns=[turn_to_pb(t) for t in o.turns],
     )
     if o.final_return is not None:
         msg.final_return = o.final_return
@@ -73,9 +86,7 @@ def outcome_to_pb(o: EpisodeOutcome) -> pb.RunEpisodeResponse:
 def event_to_pb(event) -> pb.StreamEpisodeResponse:
     if isinstance(event, EpisodeStarted):
         return pb.StreamEpisodeResponse(started=pb.EpisodeStarted(
-            episode_id=event.episode_id, task=event.task, split=event.split,
-            problem_id=event.problem_id, seed=event.seed, group_size=event.group_size,
-            num_turns=event.num_turns, agents=list(event.agents)))
+            **_head_fields(event), num_turns=event.num_turns, agents=list(event.agents)))
     if isinstance(event, AgentActed):
         action = pb.AgentAction(
             agent=event.agent, turn_index=event.turn_index, branch_index=event.branch_index,
