@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collm_serve.addresses import check_address
 from collm_serve.config import (
@@ -41,6 +42,17 @@ class TeamAgent(BaseModel):
     _address = field_validator("address")(lambda v: check_address(v, "address"))  # bare host -> 443
 
 
+# an optional bearer token; a blank one is refused (omit the key to have none)
+Token = Annotated[str | None, AfterValidator(lambda v, info: not_blank(info.field_name, v))]
+
+
+def token_field(env: str, description: str) -> Any:
+    """A token setting (type `Token`) that environment variable `env` fills when the file and the
+    flags leave it unset (`team_env_defaults`), so a token need not be written in a file. `env`
+    is named once, here: the description says it and `TOKEN_ENV` is read from it."""
+    return Field(None, description=f"{description} Env: {env}.", json_schema_extra={"env": env})
+
+
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attempts: int = Field(3, ge=1, description="Tries per agent call (UNAVAILABLE / DEADLINE_EXCEEDED).")
@@ -64,28 +76,22 @@ class TeamConfig(BaseModel):
         None, ge=0, le=65535,
         description="Prometheus port of `collm-serve orchestrate` (episodes, failures, turn latency, reward); "
                     "None = off, 0 = any free.")
-    auth_token: str | None = Field(
-        None, description="The agents' inference token: what the orchestrator and collectors present "
-                          "(env COLLM_AUTH_TOKEN).")
-    admin_token: str | None = Field(
-        None, description="The agents' admin token: what the trainer's push presents to load and activate "
-                          "adapters (env COLLM_ADMIN_TOKEN; unset = auth_token, for single-token agents).")
+    auth_token: Token = token_field(
+        "COLLM_AUTH_TOKEN", "The agents' inference token: what the orchestrator and collectors present.")
+    admin_token: Token = token_field(
+        "COLLM_ADMIN_TOKEN", "The agents' admin token: what the trainer's push presents to load and activate "
+                             "adapters (unset = auth_token, for single-token agents).")
     ca_file: Path | None = Field(None, description="CA of the agents' TLS certificates.")
     client_cert_file: Path | None = Field(None, description="Client certificate for the agents' mTLS.")
     client_key_file: Path | None = None
-    orchestrator_token: str | None = Field(
-        None, description="Bearer token OrchestratorService callers must send (env COLLM_ORCHESTRATOR_TOKEN); "
-                          "unset = auth_token, so a team with agent auth never serves episodes openly.")
+    orchestrator_token: Token = token_field(
+        "COLLM_ORCHESTRATOR_TOKEN", "Bearer token OrchestratorService callers must send (unset = auth_token, "
+                                    "so a team with agent auth never serves episodes openly).")
     orchestrator_tls: TLSConfig | None = Field(
         None, description="The orchestrator's own server TLS/mTLS: cert_file, key_file, client_ca_file, "
                           "identities (same keys as an agent's tls).")
     agents_config: Path | None = Field(None, description="Agents YAML the services run with (deployment).")
     seed: int = Field(0, ge=0, description="Base seed; episode i uses seed + i.")
-
-    @field_validator("auth_token", "admin_token", "orchestrator_token")
-    @classmethod
-    def _token_not_blank(cls, v: str | None, info: ValidationInfo) -> str | None:
-        return not_blank(info.field_name, v)
 
     @model_validator(mode="after")
     def _check(self) -> "TeamConfig":
@@ -104,8 +110,9 @@ class TeamConfig(BaseModel):
         return auth_policy(self.orchestrator_token or self.auth_token, None, self.orchestrator_tls)
 
 
-TOKEN_ENV = {"auth_token": "COLLM_AUTH_TOKEN", "admin_token": "COLLM_ADMIN_TOKEN",
-             "orchestrator_token": "COLLM_ORCHESTRATOR_TOKEN"}
+# field -> its environment variable, as `token_field` recorded it
+TOKEN_ENV = {name: f.json_schema_extra["env"] for name, f in TeamConfig.model_fields.items()
+             if f.json_schema_extra and "env" in f.json_schema_extra}
 
 
 def team_env_defaults(raw: dict) -> None:
