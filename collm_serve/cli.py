@@ -6,6 +6,7 @@ with ONE line naming the problem (no traceback for user errors).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -159,14 +160,30 @@ def start(agent, agent_list, engine_group, config_path, port, host, engine, mode
     sys.exit(code)
 
 
-@main.command()
-@_remote
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-def info(address, token, ca, cert, key, server_name, as_json) -> None:
+def _query(op):
+    """A read-only command on one agent: the `_remote` options and --json; it asks `op(client)`
+    and prints the reply as JSON, or passes it to the decorated function, which shows it (its
+    name and docstring are the command's). One definition of what such commands share."""
+
+    def command(show):
+        @_remote
+        @click.option("--json", "as_json", is_flag=True, help="print JSON")
+        @functools.wraps(show)
+        def run(address, token, ca, cert, key, server_name, as_json) -> None:
+            r = _ask(address, token, ca, cert, key, server_name, op)
+            if as_json:
+                _echo_message(r)
+            else:
+                show(r)
+
+        return main.command()(run)
+
+    return command
+
+
+@_query(lambda c: c.info())
+def info(r) -> None:
     """Agent name, base model, engine, active adapter and limits."""
-    r = _ask(address, token, ca, cert, key, server_name, lambda c: c.info())
-    if as_json:
-        return _echo_message(r)
     click.echo(f"agent:      {r.agent}\nbase model: {r.base_model}\nengine:     {r.engine}\n"
                f"adapter:    {_ref(r.active_adapter)}\nstate:      {r.state}")
     lim = r.limits
@@ -280,16 +297,11 @@ def _print_switch(r, as_json: bool) -> None:
         click.echo(f"active: {_ref(r.active)} (was {_ref(r.previous)})")
 
 
-@main.command()
-@_remote
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
-def adapters(address, token, ca, cert, key, server_name, as_json) -> None:
+@_query(lambda c: c.list_adapters())
+def adapters(r) -> None:
     """Active and loaded adapter versions."""
     from collm_serve.proto.collm.v1 import agent_pb2 as pb
 
-    r = _ask(address, token, ca, cert, key, server_name, lambda c: c.list_adapters())
-    if as_json:
-        return _echo_message(r)
     click.echo(f"active: {_ref(r.active)}")
     for a in r.adapters:
         state = "ACTIVE" if a.state == pb.ADAPTER_STATE_ACTIVE else "loaded"
