@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ from collm_serve.traces.schema import (
 __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_URLS",
+    "EpisodeFilter",
     "TraceSchemaError",
     "TraceStore",
     "TraceStoreError",
@@ -85,23 +87,36 @@ _LIST_KEYS = ("episode_id", "task", "split", "problem_id", "seed", "status", "fa
               "final_return", "created_at", "finished_at")
 
 
-def _episode_filter(
-    task: str | None, status: str | None, split: str | None, since: float | None, limit: int | None
-) -> tuple[list[str], list[Any]]:
-    """WHERE terms and their arguments of the episode filters the readers share."""
-    if status is not None and status not in EPISODE_STATUSES:
-        raise ValueError(f"status {status!r}; use one of {EPISODE_STATUSES} or None")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit {limit} must be >= 0")
-    where, args = [], []
-    for col, val in (("task", task), ("status", status), ("split", split)):
-        if val is not None:
-            where.append(f"{col} = ?")
-            args.append(val)
-    if since is not None:
-        where.append("created_at >= ?")
-        args.append(float(since))
-    return where, args
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """Which episodes a reader returns: the keyword arguments `iter_episodes` and
+    `list_episodes` take, defined once here (only `status`'s default differs between them).
+    None = any; `since`: created at or after this epoch time; `limit`: at most that many."""
+
+    task: str | None = None
+    status: str | None = EPISODE_OK
+    split: str | None = None
+    since: float | None = None
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in EPISODE_STATUSES:
+            raise ValueError(f"status {self.status!r}; use one of {EPISODE_STATUSES} or None")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit {self.limit} must be >= 0")
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        """WHERE terms and their arguments; `limit` is not one (each reader applies it: iter_episodes
+        by pages)."""
+        where, args = [], []
+        for col, val in (("task", self.task), ("status", self.status), ("split", self.split)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if self.since is not None:
+            where.append("created_at >= ?")
+            args.append(float(self.since))
+        return where, args
 
 
 def parse_location(location: str | os.PathLike[str]) -> str:
@@ -423,27 +438,22 @@ class TraceStore:
                 raise KeyError(f"no episode {episode_id!r} in {self.path}")
             return self._load(self.conn, [row])[0]
 
-    def iter_episodes(
-        self,
-        task: str | None = None,
-        status: str | None = EPISODE_OK,
-        split: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> Iterator[EpisodeRecord]:
-        """Episodes in write order. Defaults to complete (ok) episodes; status=None for all.
+    def iter_episodes(self, **filters: Any) -> Iterator[EpisodeRecord]:
+        """Episodes in write order; `filters` are `EpisodeFilter`'s (task, status, split, since,
+        limit). Defaults to complete (ok) episodes; status=None for all.
 
-        since: only episodes created at or after this epoch time. The lock is released between
-        pages, so the caller may use the store (or other threads may write) while iterating.
+        The lock is released between pages, so the caller may use the store (or other threads
+        may write) while iterating.
         """
-        where, args = _episode_filter(task, status, split, since, limit)
+        f = EpisodeFilter(**filters)
+        where, args = f.where()
         where.insert(0, "rowid > ?")
         sql = (
             f"SELECT rowid AS page_key, {names(EPISODES)} FROM episodes "
             f"WHERE {' AND '.join(where)} "
             "ORDER BY rowid LIMIT ?"
         )
-        last, left = 0, limit
+        last, left = 0, f.limit
         while left is None or left > 0:
             page = _PAGE if left is None else min(_PAGE, left)
             with self._lock:
@@ -458,27 +468,21 @@ class TraceStore:
             if len(rows) < page:
                 return
 
-    def list_episodes(
-        self,
-        task: str | None = None,
-        status: str | None = None,
-        split: str | None = None,
-        since: float | None = None,
-        limit: int | None = None,
-    ) -> list[dict[str, Any]]:
+    def list_episodes(self, status: str | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Episode heads, newest first, without turns (what `collm-traces list` shows): episode_id,
         task, split, problem_id, seed, status, failure_reason, final_return, created_at,
         finished_at, turns. Filters as `iter_episodes`, but status=None (all) by default."""
-        where, args = _episode_filter(task, status, split, since, limit)
+        f = EpisodeFilter(status=status, **filters)
+        where, args = f.where()
         head = [c for c in EPISODES if c.name in _LIST_KEYS]
         sql = (
             f"SELECT {names(head, prefix='e.')}, "
             "(SELECT COUNT(*) FROM turns t WHERE t.episode_id = e.episode_id) AS turns "
             f"FROM episodes e {'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY e.rowid DESC"
-            + ("" if limit is None else " LIMIT ?")
+            + ("" if f.limit is None else " LIMIT ?")
         )
         with self._lock:
-            rows = self.conn.execute(sql, [*args] + ([] if limit is None else [limit])).fetchall()
+            rows = self.conn.execute(sql, [*args] + ([] if f.limit is None else [f.limit])).fetchall()
         return [dict(r) for r in rows]
 
     def completed_keys(self, task: str, split: str) -> set[tuple[str, int]]:
