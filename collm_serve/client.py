@@ -173,9 +173,11 @@ def build_request(
     adapter_version: int | None = None,
     use_base_model: bool = False,
     request_id: str | None = None,
+    stream_interval: int | None = None,
 ) -> pb.GenerateRequest:
     """adapter_version None: the active version; N >= 1 pins loaded version N; use_base_model: no
-    adapter (agent.proto, GenerateRequest). None leaves the proto3-optional field unset."""
+    adapter (agent.proto, GenerateRequest). stream_interval: tokens per GenerateStream message
+    (None: the agent's default). None leaves the proto3-optional field unset."""
     sampling = pb.SamplingParams(stop=stop or [])
     for name, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p),
                         ("top_k", top_k), ("seed", seed), ("n", n), ("min_tokens", min_tokens)):
@@ -188,6 +190,7 @@ def build_request(
         sampling=sampling,
         adapter_version=adapter_version,
         use_base_model=use_base_model,
+        stream_interval=stream_interval,
     )
 
 

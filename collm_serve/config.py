@@ -94,6 +94,11 @@ def env_default(data: dict[str, Any], key: str, env: str) -> None:
         data[key] = os.environ[env]
 
 
+# Tokens per GenerateStream message by default. 1 (vLLM's default) costs a gRPC message and a client
+# wake-up per token; on a CPU box that time comes out of the engine's cores (bench/serve_overhead.py).
+# 4 keeps a stream smooth (a message every ~60 ms at 70 tokens/s; a reader reads ~5 tokens/s) and cuts
+# that per-token front-end work by ~4x. README, "Agent service"; docs/benchmarks.md.
+STREAM_INTERVAL = 4
 VLLM_ONLY = ("tensor_parallel_size", "quantization", "max_num_seqs")  # others are harmless elsewhere
 
 
@@ -123,6 +128,11 @@ class AgentConfig(BaseModel):
     max_prompt_tokens: int = Field(1536, gt=0, description="Longer prompts are refused.")
     max_model_len: int = Field(2048, gt=0, description="Engine context length (prompt + output).")
     max_concurrent_requests: int = Field(16, gt=0, description="Requests in the engine at once.")
+    stream_interval: int = Field(
+        STREAM_INTERVAL, ge=1,
+        description="GenerateStream: at most this many new tokens per stream message (vLLM's stream_interval; "
+                    "the first token and the last message go at once). A request's own stream_interval "
+                    "overrides it; 1 = a message per token.")
     max_queued_requests: int = Field(64, ge=0, description="Waiting requests beyond that; more → RESOURCE_EXHAUSTED.")
     adapter_root: Path | None = Field(
         None, description="Adapters load only from below this folder. Default $COLLM_HOME/adapters."

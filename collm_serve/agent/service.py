@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -199,7 +199,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if pinned:  # fail fast, before queueing, on an unknown pinned version
             with self.registry.acquire(request.adapter_version):
                 pass
-        return EngineRequest(rid, ids, sampling)
+        if request.HasField("stream_interval") and request.stream_interval < 1:
+            raise InvalidArgument("stream_interval", f"must be >= 1 (tokens per stream message), got {request.stream_interval}; "
+                                  "leave it unset for the agent's default")
+        interval = request.stream_interval if request.HasField("stream_interval") else self.config.stream_interval
+        return EngineRequest(rid, ids, sampling, stream_interval=interval)
 
     def open_stream(self, request: pb.GenerateRequest, stream: bool = True):
         """The generation path every front end shares (gRPC here, HTTP in collm_serve/agent/http_api.py):
@@ -215,9 +219,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         async with self.admission.slot():
             queue_ms = (time.perf_counter() - queued_at) * 1000
             with self.registry.acquire(request.adapter_version, request.use_base_model) as sel:
-                engine_request = EngineRequest(
-                    prepared.request_id, prepared.prompt_token_ids, prepared.sampling, sel.engine_adapter, stream
-                )
+                engine_request = replace(prepared, adapter=sel.engine_adapter, stream=stream)
                 self.state.in_flight[prepared.request_id] = time.time()
                 try:
                     yield engine_request, sel, queue_ms

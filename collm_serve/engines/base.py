@@ -84,6 +84,14 @@ class EngineRequest:
     # False: the caller wants the whole answer at once (unary Generate); the engine may then skip
     # per-step deltas (vLLM: RequestOutputKind.FINAL_ONLY), which costs the front end far less CPU.
     stream: bool = True
+    # Streaming only: at most this many new tokens per delta, the first token and the last delta
+    # delivered at once (vLLM's per-request `stream_interval`). Fewer deltas = less front-end CPU
+    # per token: a gRPC message and a client wake-up each (bench/serve_overhead.py).
+    stream_interval: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stream_interval < 1:
+            raise InvalidArgument("stream_interval", f"must be >= 1, got {self.stream_interval}")
 
 
 @dataclass
@@ -95,6 +103,31 @@ class ChoiceDelta:
     logprobs: list[float]
     text: str = ""
     finish_reason: str | None = None  # "stop" | "length" | "abort"
+
+
+class StreamInterval:
+    """vLLM's `stream_interval` for an engine that produces one token per delta: merges a choice's
+    deltas until `interval` new tokens, sending its first token and its last delta at once (the
+    rule of vllm/v1/engine/output_processor.py, `RequestState.make_request_output`)."""
+
+    def __init__(self, interval: int):
+        self.interval = interval
+        self._pending: dict[int, ChoiceDelta] = {}
+        self._started: set[int] = set()
+
+    def add(self, delta: ChoiceDelta) -> ChoiceDelta | None:
+        """The delta to send now, or None while this choice's tokens are held back."""
+        if self.interval <= 1:
+            return delta
+        held = self._pending.setdefault(delta.index, ChoiceDelta(delta.index, [], []))
+        held.token_ids.extend(delta.token_ids)
+        held.logprobs.extend(delta.logprobs)
+        held.text += delta.text
+        held.finish_reason = delta.finish_reason
+        if delta.finish_reason or delta.index not in self._started or len(held.token_ids) >= self.interval:
+            self._started.add(delta.index)
+            return self._pending.pop(delta.index)
+        return None
 
 
 @dataclass

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 
-from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
+from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine, StreamInterval
 from collm_serve.errors import FailedPrecondition
 
 _DONE = object()
@@ -75,6 +75,7 @@ class TransformersEngine(ModelEngine):
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         future = loop.run_in_executor(self._worker, self._run, request, emit, cancel)
+        interval = StreamInterval(request.stream_interval if request.stream else 1)
         try:
             while True:
                 item = await queue.get()
@@ -82,7 +83,8 @@ class TransformersEngine(ModelEngine):
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                if (delta := interval.add(item)) is not None:
+                    yield delta
             await future
         finally:
             cancel.set()  # the worker stops at its next token if the consumer went away

@@ -157,6 +157,8 @@ class VLLMEngine(ModelEngine):
             # a unary caller gets the whole answer once: no per-step RequestOutput, queue hand-off
             # and generator wake-up in this process (measured in bench/serve_overhead.py)
             output_kind=RequestOutputKind.DELTA if request.stream else RequestOutputKind.FINAL_ONLY,
+            # per request; vLLM takes max(this, the engine's --stream-interval, which we leave at 1)
+            stream_interval=request.stream_interval if request.stream else None,
             skip_special_tokens=True,
         )
 

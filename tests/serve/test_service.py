@@ -18,6 +18,7 @@ from collm_serve.client import (
     sampling_from_pb,
 )
 from collm_serve.traces.records import SamplingRecord
+from collm_serve.config import STREAM_INTERVAL
 from tests.conftest import gauge, grpcurl_path, metrics_text, start_agent
 
 USER = [{"role": "user", "content": "Write one word."}]
@@ -64,6 +65,36 @@ def test_n_choices_and_stream(agent):
     assert any(ch.finish_reason for ch in chunks)
     with AgentClient(agent.address) as c:  # streaming and unary agree on a greedy answer
         assert c.generate(messages=USER, max_tokens=6, temperature=0).token_ids == ids
+
+
+def _grouped_as_stream_interval(chunks, interval: int, tokens: int) -> bool:
+    """vLLM's rule: the first token alone, then a message once `interval` new tokens are ready, the
+    rest in the last one. A consumer that falls behind gets merged messages (vLLM's
+    RequestOutputCollector), so later messages may be larger and fewer, never smaller or more."""
+    counts = [len(ch.token_ids) for ch in chunks[1:-1]]  # first chunk: prompt ids; last: usage
+    return (sum(counts) == tokens and counts[0] >= 1 and all(c >= interval for c in counts[1:-1])
+            and len(counts) <= 1 + -(-(tokens - 1) // interval))
+
+
+def test_stream_interval_groups_tokens_per_message(agent, tiny_hf):
+    """Per request, or the agent's default (`stream_interval`, STREAM_INTERVAL unless configured)."""
+    kw = dict(messages=USER, max_tokens=11, min_tokens=11, temperature=1.0, seed=3)
+    with AgentClient(agent.address) as c:
+        by3 = list(c.generate_stream(stream_interval=3, **kw))
+        by1 = list(c.generate_stream(stream_interval=1, **kw))
+        default = list(c.generate_stream(**kw))
+        unary = c.generate(**kw)
+    assert _grouped_as_stream_interval(by3, 3, 11) and len(by3) - 2 < len(by1) - 2
+    assert _grouped_as_stream_interval(default, STREAM_INTERVAL, 11)
+    if agent is tiny_hf:  # the transformers engine groups in our StreamInterval: exact
+        assert [len(ch.token_ids) for ch in by3[1:-1]] == [1, 3, 3, 3, 1]
+        assert [len(ch.token_ids) for ch in by1[1:-1]] == [1] * 11
+    for chunks in (by3, by1, default):  # the same tokens and log-probs, only grouped differently
+        assert [t for ch in chunks for t in ch.token_ids] == unary.token_ids
+        assert [x for ch in chunks for x in ch.logprobs] == pytest.approx(unary.logprobs, abs=1e-4)
+        assert "".join(ch.text for ch in chunks) == unary.text
+    with AgentClient(agent.address) as c, pytest.raises(InvalidArgumentError, match="stream_interval"):
+        list(c.generate_stream(stream_interval=0, **kw))
 
 
 def test_response_echoes_the_sampling_it_used(tiny_hf):
