@@ -82,24 +82,24 @@ class CpuMeter:
 
 
 class InProcess:
-    """The engine called directly, as a library user would (no gRPC, no service)."""
+    """The engine called directly, as a library user would (no gRPC, no service), built from the
+    agent's own config by the agent's own `engine_for`: the same engine options (LoRA slots, KV
+    cache, seed) on both sides, so the ratio is the service's cost and nothing else."""
 
-    def __init__(self, engine_name: str, model: str, max_model_len: int, stream_interval: int = 1):
-        self.engine_name, self.model, self.max_model_len = engine_name, model, max_model_len
-        self.stream_interval = stream_interval
+    def __init__(self, config):
+        self.config = config
+        self.stream_interval = config.stream_interval
 
     async def start(self):
         from transformers import AutoTokenizer
 
-        from collm_serve.engines import create_engine
+        from collm_serve.agent.server import engine_for
         from collm_serve.models import chat_prompt_ids, model_id_for, resolve_model
 
-        path = resolve_model(self.model)
+        path = resolve_model(self.config.model)
         tok = AutoTokenizer.from_pretrained(path)
         self.prompts = [chat_prompt_ids(tok, [{"role": "user", "content": text}]) for text in PROMPTS]
-        extra = {"kv_cache_bytes": 256 << 20} if self.engine_name == "vllm" else {}
-        self.engine = create_engine(self.engine_name, path, model_id_for(self.model),
-                                    max_model_len=self.max_model_len, max_loras=2, **extra)
+        self.engine = engine_for(self.config, path, model_id_for(self.config.model))
         await self.engine.start()
         return self
 
@@ -148,19 +148,20 @@ async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes
     import yaml
 
     from collm_serve.client import AsyncAgentClient
+    from collm_serve.config import AgentConfig
     from collm_serve.launcher import AgentProcess
 
-    max_model_len = 1024
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = Path(tmp) / "agents.yaml"
-        cfg.write_text(yaml.safe_dump({"agents": {"coder": {
-            "engine": "vllm", "model": model, "port": 0, "max_model_len": max_model_len, "max_prompt_tokens": 512,
+        settings = {
+            "engine": "vllm", "model": model, "port": 0, "max_model_len": 1024, "max_prompt_tokens": 512,
             "kv_cache_bytes": 256 << 20, "keep_versions": 2, "max_concurrent_requests": max(concurrencies),
-            "stream_interval": stream_interval,
-            "state_dir": str(Path(tmp) / "state")}}}))
+            "stream_interval": stream_interval, "state_dir": str(Path(tmp) / "state")}
+        config = AgentConfig(name="coder", **settings)
+        cfg = Path(tmp) / "agents.yaml"
+        cfg.write_text(yaml.safe_dump({"agents": {"coder": settings}}))
         with AgentProcess("coder", config=cfg) as agent:
             async with AsyncAgentClient(agent.address) as client:
-                inproc = await InProcess("vllm", model, max_model_len, stream_interval).start()
+                inproc = await InProcess(config).start()
                 sides = {"inproc": inproc, "grpc": ThroughGrpc(client)}
                 meters = {"inproc": CpuMeter(os.getpid(), exclude=(agent.proc.pid,)), "grpc": CpuMeter(agent.proc.pid)}
                 me = CpuMeter(os.getpid())
@@ -191,7 +192,7 @@ async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes
                 await inproc.close()
                 transformers = None
                 if with_transformers:
-                    tf = await InProcess("transformers", model, max_model_len).start()
+                    tf = await InProcess(config.model_copy(update={"engine": "transformers"})).start()
                     await one_round(tf, "warm-tf", max_tokens, "unary", 8)
                     seconds, outs = await one_round(tf, "tf", max_tokens, "unary", 8)
                     transformers = sum(map(len, outs)) / seconds

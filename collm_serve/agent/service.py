@@ -97,20 +97,21 @@ def _rpc(method: str):
     return wrap
 
 
+@dataclass(eq=False)  # identity, not field equality: one servicer per agent
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(
-        self, config: AgentConfig, engine: Engine, tokenizer, registry: AdapterRegistry,
-        admission: Admission, metrics: ServiceMetrics, state: ServiceState,
-    ):
-        self.config = config
-        self.agent = config.name
-        self.engine = engine
-        self.tokenizer = tokenizer
-        self.registry = registry
-        self.admission = admission
-        self.metrics = metrics
-        self.state = state
-        self._tokens_generated = metrics.tokens.labels(self.agent)  # one child, not a lookup per delta
+    """One agent's RPCs over the parts collm_serve/agent/server.py builds for it."""
+
+    config: AgentConfig
+    engine: Engine
+    tokenizer: object  # set by the server once the engine has loaded the model
+    registry: AdapterRegistry
+    admission: Admission
+    metrics: ServiceMetrics
+    state: ServiceState
+
+    def __post_init__(self) -> None:
+        self.agent = self.config.name
+        self._tokens_generated = self.metrics.tokens.labels(self.agent)  # one child, not a lookup per delta
 
     # -- helpers ---------------------------------------------------------------------------
     def _engine_dead_check(self, error: Exception) -> None:
