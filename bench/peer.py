@@ -246,7 +246,12 @@ def worker_comlrl(spec: dict) -> dict:
                   logging_steps=10**9)
     kw = dict(agent_model=model_dir, tokenizer=tok, reward_func=reward_fn, formatters=formatters,
               train_dataset=Dataset.from_list(rows), eval_dataset=None,
-              model_config={"model_kwargs": {"torch_dtype": torch.float32}}, wandb_config=None)
+              # fp32 like ours. MAAC/IAC read the nested model_kwargs (actor_critic/maac.py:207-209,
+              # iac.py:240), MAGRPO only the top level (reinforce/magrpo.py:249 -> utils/model_loading.py:
+              # 14-16): with the nested key alone it loaded the checkpoint's bfloat16 and its update ran
+              # ~1.7x faster than fp32 can, at half the memory (the 2026-12-03 00:10 run, since redone)
+              model_config={"torch_dtype": torch.float32, "model_kwargs": {"torch_dtype": torch.float32}},
+              wandb_config=None)
     stats = {"update_s": 0.0, "tokens": 0, "updates": 0}
     t0 = time.perf_counter()
     if algo == "MAGRPO":
@@ -269,6 +274,9 @@ def worker_comlrl(spec: dict) -> dict:
             trainer._update, lambda rollouts: sum(int(s.prompt_len) + int(s.response_len) for s in rollouts), stats)
     setup_s = time.perf_counter() - t0
     t1 = time.perf_counter()
+    dtypes = {str(p.dtype) for agent in trainer.agents for p in agent.parameters()}
+    if dtypes != {"torch.float32"}:
+        raise RuntimeError(f"comlrl {algo} agents are {sorted(dtypes)}, not float32 as ours: not a like-for-like run")
     trainer.train()
     loop_s = time.perf_counter() - t1
     return {"side": "comlrl", "algo": algo, "version": comlrl.__version__, "episodes": len(rows),
