@@ -157,7 +157,7 @@ def markdown(results: dict[str, dict], missing: list[str], command: str, cpu: st
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke checks; not for the record)")
-    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (spaces or commas)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
     ap.add_argument("--bench-args", action="append", default=[], metavar="NAME=ARGS",
                     help="extra arguments for one benchmark, e.g. peer='--episodes 8' (recorded in the Runs table)")
@@ -174,7 +174,10 @@ def main(argv: list[str] | None = None) -> int:
 
     available = discover()
     runnable = set(available) | {n for n in STUDIES if (BENCH / f"{n}.py").exists()}
-    wanted = args.only or available + [n for n in EXPECTED if n not in available]
+    only = [n for item in args.only or [] for n in item.split(",") if n]
+    if unknown := [n for n in only if n not in runnable]:
+        ap.error(f"--only: no benchmark named {', '.join(unknown)}; choose from {', '.join(sorted(runnable))}")
+    wanted = only or available + [n for n in EXPECTED if n not in available]
     missing = [n for n in wanted if n not in runnable]
     cpu = cpu_model()
     previous = load_previous(args.out) if args.only else None

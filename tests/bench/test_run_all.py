@@ -66,3 +66,12 @@ def test_studies_run_only_when_named(bench_dir, monkeypatch):
     (bench_dir / "study.py").write_text("raise SystemExit(1)")
     monkeypatch.setattr(run_all, "STUDIES", {"study"})
     assert "study" not in run_all.discover()
+
+
+def test_only_takes_commas_and_refuses_unknown_names(bench_dir, tmp_path, capsys):
+    out = tmp_path / "latest.md"
+    assert run_all.main(["--out", str(out), "--only", "alpha,beta"]) == 0
+    assert "alpha" in out.read_text() and "beta" in out.read_text()
+    with pytest.raises(SystemExit) as e:  # a typo used to be skipped with a note, the run "passing"
+        run_all.main(["--out", str(out), "--only", "alpha,gamma"])
+    assert e.value.code == 2 and "--only: no benchmark named gamma" in capsys.readouterr().err
