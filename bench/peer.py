@@ -353,7 +353,11 @@ def worker_collm(spec: dict) -> dict:
         run.close()
         services_mb = sum(_tree_rss_mb(p.proc.pid) for p in procs if p.proc is not None)
     finally:
-        for p in procs:
+        for p in procs:  # an agent that died mid-run: its log is the only evidence, print before cleanup
+            if p.proc is not None and p.proc.poll() is not None and p.log_path and p.log_path.exists():
+                tail = p.log_path.read_text(errors="replace").splitlines()[-40:]
+                print(f"agent {p.agent} exited with {p.proc.returncode}; last log lines:", *tail, sep="\n",
+                      file=sys.stderr)
             p.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     done = sum(1 for _ in history) * batch

@@ -221,9 +221,8 @@ class StrBuildTask(MinecraftTask):
     name = "strbuild"
     palettes = PALETTES
     max_commands = MAX_COMMANDS
-    reward_shift = REWARD_SHIFT
-    early_stop_threshold = EARLY_STOP_THRESHOLD
     read_turn = staticmethod(parse_setblocks)
+    # reward_shift / early_stop_threshold: the paper's values are __init__'s defaults, set per instance
 
     def __init__(self, num_turns: int = 4, reward_shift: float = REWARD_SHIFT,
                  early_stop_threshold: float | None = EARLY_STOP_THRESHOLD,
