@@ -130,7 +130,7 @@ class AgentConfig(BaseModel):
     max_concurrent_requests: int = Field(16, gt=0, description="Requests in the engine at once.")
     stream_interval: int = Field(
         STREAM_INTERVAL, ge=1,
-        description="GenerateStream: at most this many new tokens per stream message (vLLM's stream_interval; "
+        description="GenerateStream: a message once this many new tokens are ready (vLLM's stream_interval; "
                     "the first token and the last message go at once). A request's own stream_interval "
                     "overrides it; 1 = a message per token.")
     max_queued_requests: int = Field(64, ge=0, description="Waiting requests beyond that; more → RESOURCE_EXHAUSTED.")

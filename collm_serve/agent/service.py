@@ -200,11 +200,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         if pinned:  # fail fast, before queueing, on an unknown pinned version
             with self.registry.acquire(request.adapter_version):
                 pass
-        if request.HasField("stream_interval") and request.stream_interval < 1:
-            raise InvalidArgument("stream_interval", f"must be >= 1 (tokens per stream message), got {request.stream_interval}; "
-                                  "leave it unset for the agent's default")
         interval = request.stream_interval if request.HasField("stream_interval") else self.config.stream_interval
-        return EngineRequest(rid, ids, sampling, stream_interval=interval)
+        return EngineRequest(rid, ids, sampling, stream_interval=interval)  # validates the interval
 
     def open_stream(self, request: pb.GenerateRequest, stream: bool = True):
         """The generation path every front end shares (gRPC here, HTTP in collm_serve/agent/http_api.py):

@@ -84,14 +84,15 @@ class EngineRequest:
     # False: the caller wants the whole answer at once (unary Generate); the engine may then skip
     # per-step deltas (vLLM: RequestOutputKind.FINAL_ONLY), which costs the front end far less CPU.
     stream: bool = True
-    # Streaming only: at most this many new tokens per delta, the first token and the last delta
-    # delivered at once (vLLM's per-request `stream_interval`). Fewer deltas = less front-end CPU
+    # Streaming only: a delta once this many new tokens are ready, the first token and the last delta
+    # at once (vLLM's per-request `stream_interval`; a consumer that falls behind gets them merged). Fewer deltas = less front-end CPU
     # per token: a gRPC message and a client wake-up each (bench/serve_overhead.py).
     stream_interval: int = 1
 
     def __post_init__(self) -> None:
         if self.stream_interval < 1:
-            raise InvalidArgument("stream_interval", f"must be >= 1, got {self.stream_interval}")
+            raise InvalidArgument("stream_interval", f"must be >= 1 (tokens per stream message), got "
+                                  f"{self.stream_interval}; leave it unset for the agent's default")
 
 
 @dataclass

@@ -84,7 +84,7 @@ def test_stream_interval_groups_tokens_per_message(agent, tiny_hf):
         by1 = list(c.generate_stream(stream_interval=1, **kw))
         default = list(c.generate_stream(**kw))
         unary = c.generate(**kw)
-    assert _grouped_as_stream_interval(by3, 3, 11) and len(by3) - 2 < len(by1) - 2
+    assert _grouped_as_stream_interval(by3, 3, 11)
     assert _grouped_as_stream_interval(default, STREAM_INTERVAL, 11)
     if agent is tiny_hf:  # the transformers engine groups in our StreamInterval: exact
         assert [len(ch.token_ids) for ch in by3[1:-1]] == [1, 3, 3, 3, 1]
