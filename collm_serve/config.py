@@ -99,6 +99,9 @@ def env_default(data: dict[str, Any], key: str, env: str) -> None:
 # 4 keeps a stream smooth (a message every ~60 ms at 70 tokens/s; a reader reads ~5 tokens/s) and cuts
 # that per-token front-end work by ~4x. README, "Agent service"; docs/benchmarks.md.
 STREAM_INTERVAL = 4
+# Requests sent together should reach a CPU engine in one step (engines/base.py `ArrivalGate`, which
+# says why); a lone request waits this long once. docs/benchmarks.md has the measurement.
+ARRIVAL_QUIET_MS = 5.0
 VLLM_ONLY = ("tensor_parallel_size", "quantization", "max_num_seqs")  # others are harmless elsewhere
 
 
@@ -175,6 +178,10 @@ class AgentConfig(BaseModel):
         None, gt=0, description="vLLM: sequences batched per step (None = vLLM's default). Requests beyond "
                                 "it wait inside vLLM; max_concurrent_requests bounds what we send.")
     enable_prefix_caching: bool = Field(True, description="vLLM: reuse the KV cache of shared prompt prefixes.")
+    arrival_quiet_ms: float = Field(
+        ARRIVAL_QUIET_MS, ge=0, le=1000,
+        description="vLLM: a request waits until no other has arrived for this long (at most 10x it), so requests "
+                    "sent together reach the engine in one step (collm_serve/engines/base.py ArrivalGate); 0 = off.")
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight requests.")
     seed: int = Field(0, ge=0, description="Engine seed (requests may set their own).")
     cpu_threads: int | None = Field(

@@ -48,7 +48,8 @@ def engine_for(config: AgentConfig, model_dir, model_id: str, max_loras: int | N
     if config.engine == "vllm":
         options = {"kv_cache_bytes": config.kv_cache_bytes, "gpu_memory_utilization": config.gpu_memory_utilization,
                    "tensor_parallel_size": config.tensor_parallel_size, "quantization": config.quantization,
-                   "max_num_seqs": config.max_num_seqs, "enable_prefix_caching": config.enable_prefix_caching}
+                   "max_num_seqs": config.max_num_seqs, "enable_prefix_caching": config.enable_prefix_caching,
+                   "arrival_quiet_s": config.arrival_quiet_ms / 1000}
     else:
         options = {"cpu_threads": config.cpu_threads}
     return create_engine(

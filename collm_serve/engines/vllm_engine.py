@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from collm_serve.engines.base import ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
+from collm_serve.engines.base import ArrivalGate, ChoiceDelta, EngineAdapter, EngineRequest, ModelEngine
 from collm_serve.errors import EngineDead, FailedPrecondition, InvalidArgument
 
 
@@ -68,9 +68,11 @@ class VLLMEngine(ModelEngine):
     quantization: str | None = None
     max_num_seqs: int | None = None
     enable_prefix_caching: bool = True
+    arrival_quiet_s: float = 0.0  # ArrivalGate: requests arriving together reach the engine together
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._arrivals = ArrivalGate(self.arrival_quiet_s)
         self._llm = None
         self._on_cpu = True
         self._adapters: dict[int, object] = {}  # engine_id -> LoRARequest
@@ -164,7 +166,7 @@ class VLLMEngine(ModelEngine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[ChoiceDelta]:
         self._check_alive()
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs import tokens_input
 
         lora = None
         if request.adapter is not None:
@@ -172,7 +174,12 @@ class VLLMEngine(ModelEngine):
             if lora is None:  # never let vLLM load a path itself (bug 3)
                 raise FailedPrecondition(f"adapter {request.adapter.engine_name} is not loaded")
         params = self._sampling(request)
-        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_token_ids))
+        # Already token ids: vLLM's rendered input goes through its input processing inline; a
+        # TokensPrompt would take a hop through its renderer thread pool first, one request at a
+        # time, and a burst would reach the engine core spread out again (ArrivalGate).
+        prompt = tokens_input(list(request.prompt_token_ids))
+        await self._arrivals.wait()
+        self._check_alive()
         finished = False
         try:
             async for out in self._llm.generate(

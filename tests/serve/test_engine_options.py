@@ -32,6 +32,7 @@ def config(tmp_path, **settings) -> AgentConfig:
     ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
     ({"quantization": ""}, "quantization"),
     ({"enable_prefix_caching": "sometimes"}, "enable_prefix_caching"),
+    ({"arrival_quiet_ms": -1}, "arrival_quiet_ms"),
     ({"engine": "transformers", "quantization": "awq"}, "quantization"),
     ({"engine": "transformers", "tensor_parallel_size": 2}, "tensor_parallel_size"),
     ({"http_port": 50061, "port": 50061}, "http_port"),
@@ -52,6 +53,7 @@ def test_options_reach_the_vllm_engine_args(tmp_path):
     cpu = engine_for(config(tmp_path), "/models/m", "m").engine_kwargs(on_cpu=True)
     assert cpu["dtype"] == "float32" and cpu["enable_prefix_caching"] is True and cpu["tensor_parallel_size"] == 1
     assert "quantization" not in cpu and "max_num_seqs" not in cpu and "gpu_memory_utilization" not in cpu
+    assert engine_for(config(tmp_path, arrival_quiet_ms=12), "/models/m", "m")._arrivals.quiet_s == 0.012
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM not installed")
