@@ -236,7 +236,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=5)
+    # 9: single rounds on the 2-core VM spread 0.8-1.2 (neighbours, OpenMP preemption); with 5 the
+    # median of one cell moved by ~0.05 between runs of the same code (docs/benchmarks.md)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="comma-separated")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: unary,stream")
     ap.add_argument("--with-transformers", action="store_true", help="also time the transformers engine (slow)")
