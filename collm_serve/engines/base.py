@@ -140,13 +140,13 @@ class ArrivalGate:
     validates and tokenises them one by one) wait for that step, are prefilled in the next,
     and finish a step or more after the others: a tail of small batches. Measured at 32
     concurrent requests on 2 cores: the engine saw a burst spread over 0.1–1.4 s and the round
-    took up to 15% longer than when the same requests arrived in one event-loop turn
+    took up to 20% longer than when the same requests arrived in one event-loop turn
     (bench/serve_overhead.py, docs/benchmarks.md). On a GPU a step is ~10 ms and this matters less.
 
     A request waits until no other has arrived for `quiet_s`, and at most `max_wait_s` after the
     first one that waits; then every waiting request goes on in the same event-loop turn. A lone
-    request pays `quiet_s` once (5 ms by default, against generations of seconds). `quiet_s` 0 =
-    no gate."""
+    request pays about `quiet_s` once (measured 4-14 ms at the 5 ms default, against generations
+    of seconds). `quiet_s` 0 = no gate."""
 
     def __init__(self, quiet_s: float, max_wait_s: float | None = None):
         self.quiet_s = quiet_s
