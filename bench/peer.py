@@ -25,6 +25,10 @@ processes; their RSS is in the note). Measured per pair and per episode count N:
   update tokens/s   prompt + response tokens of the actions trained / seconds inside the update
                     (comlrl: time in `_update` / `_update_from_samples`; its old log-probs and
                     values are computed during collection, ours inside the update)
+  update work       (actor + critic tokens trained) / seconds inside the update, ours only: CC
+                    and DC also train a critic on every history (Trainer metrics
+                    charts/actor_tokens, charts/critic_tokens), so their actor-token rate alone
+                    cannot reach the fwd+bwd limit; this row shows how close the work comes
   trainer peak RSS  ru_maxrss of the trainer process
 comlrl pads with <|endoftext|>: SmolLM2's pad is its EOS, which the chat-templated prompts
 contain, and comlrl MAGRPO cuts a prompt at its first pad (docs/benchmarks.md).
@@ -316,7 +320,7 @@ def worker_collm(spec: dict) -> dict:
     cfg_path = agents_yaml(workdir, list(AGENTS), "vllm", MODEL, spec["max_tokens"])
     procs = [AgentProcess(a, config=cfg_path, log_path=workdir / f"{a}.log") for a in AGENTS]
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    stats = {"update_s": 0.0, "tokens": 0, "updates": 0, "lengths": []}
+    stats = {"update_s": 0.0, "tokens": 0, "critic_tokens": 0, "updates": 0, "lengths": []}
     try:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(len(procs)) as pool:
@@ -340,6 +344,7 @@ def worker_collm(spec: dict) -> dict:
             t = time.perf_counter()
             out = inner(episodes, **kw)
             stats["update_s"] += time.perf_counter() - t
+            stats["critic_tokens"] += int(out.get("charts/critic_tokens", 0))
             stats["updates"] += 1
             return out
 
@@ -441,6 +446,11 @@ def table_rows(n: int, results: dict[str, dict], limit: dict | None) -> list[tup
         if ours and "error" not in ours and limit and "error" not in limit:
             rows.append((f"{algo} update tokens/s ÷ forward+backward limit", f"{rate(ours)[1] / limit['tokens_per_s']:.2f}",
                          f"N={n}; LoRA update incl. scoring; 1.00 = the plain fwd+bwd rate"))
+            if ours.get("critic_tokens"):
+                work = (ours["tokens"] + ours["critic_tokens"]) / ours["update_s"]
+                rows.append((f"{algo} update work ÷ forward+backward limit", f"{work / limit['tokens_per_s']:.2f}",
+                             f"N={n}; actor {ours['tokens']} + critic {ours['critic_tokens']} history tokens trained "
+                             "per update second (the critic's V_old forward not counted)"))
         if not (ours and theirs) or "error" in ours or "error" in theirs:
             continue
         (e1, t1), (e2, t2) = rate(ours), rate(theirs)

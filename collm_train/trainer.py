@@ -272,13 +272,14 @@ class Trainer:
                 f"away from the learner's (version {self.version}); sample with the learner's adapter"
             )
         stats: dict[str, list[float]] = defaultdict(list)
+        work = {"actor_tokens": 0, "critic_tokens": 0}  # trained with grad, this process
         n_steps = cfg.epochs * math.ceil(len(train_idx) / cfg.minibatch_size)
         done = 0
         for _epoch in range(cfg.epochs):
             perm = train_idx[torch.randperm(len(train_idx), generator=self.rng)].tolist()
             for mb_idx in _chunks(perm, cfg.minibatch_size):
                 self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
-                                     b_use_ratio, b_values)
+                                     b_use_ratio, b_values, work)
                 done += 1
                 if on_step is not None:
                     on_step(done, n_steps)
@@ -304,6 +305,10 @@ class Trainer:
             "charts/rescored_frac": float(b_rescore.float().mean()),
             "charts/response_len": float(sum(len(s.response_ids) for s in samples) / len(samples)),
             "charts/samples": float(len(train_idx)),
+            # forward + backward work of this process: actor rows (prompt + response) and distinct
+            # critic histories; the V_old pass (forward only) is not counted (bench/peer.py)
+            "charts/actor_tokens": float(work["actor_tokens"]),
+            "charts/critic_tokens": float(work["critic_tokens"]),
             "charts/dropped_stale": float(len(samples) - len(train_idx)),
             "charts/episodes": float(batch.n_episodes),
             "charts/episodes_skipped": float(batch.n_skipped),
@@ -317,7 +322,9 @@ class Trainer:
         return metrics
 
     def _minibatch_step(self, batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
-                        b_use_ratio, b_values) -> None:
+                        b_use_ratio, b_values, work) -> None:
+        """One optimizer step; adds the tokens this process trained (forward + backward) to
+        work['actor_tokens'] / work['critic_tokens']."""
         cfg = self.config
         micro = cfg.micro_batch_size
         for opt in self._opts():
@@ -331,6 +338,7 @@ class Trainer:
             n_agent = sum(1 for i in mb_idx if batch.samples[i].agent == agent)
             a_idx = self.dist.shard(i for i in mb_idx if batch.samples[i].agent == agent)
             for chunk in self._micro(a_idx, micro, lambda i: _sample_len(batch.samples[i])):
+                work["actor_tokens"] += sum(_sample_len(batch.samples[i]) for i in chunk)
                 out = self._logprobs(agent, [batch.samples[i] for i in chunk])
                 dev = out.seq_logp.device
                 mb_logp = out.seq_logp  # (n,)
@@ -367,6 +375,7 @@ class Trainer:
             hist_of = lambda i: self.algo.history(batch.samples[i])  # noqa: E731
             for chunk in self._micro(c_idx, micro, lambda i: (len(hist_of(i)), hist_of(i))):
                 hist = [self.algo.history(batch.samples[i]) for i in chunk]
+                work["critic_tokens"] += sum(map(len, {tuple(h) for h in hist}))  # _critic_values' distinct rows
                 v = self._critic_values(critic, hist, None)  # (n,)
                 y = b_v_target[chunk].to(v.device)
                 sq = value_loss(v, y, 1.0)  # (y - V)^2

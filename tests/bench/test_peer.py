@@ -61,7 +61,7 @@ def _run(side, algo, episodes, loop_s, tokens, update_s, rss, **extra):
 def test_ratio_rows_are_named_for_the_runner():
     results = {
         "comlrl-MAAC": _run("comlrl", "MAAC", 8, 200.0, 4000, 40.0, 10000.0),
-        "collm-cc": _run("collm", "cc", 8, 100.0, 4000, 10.0, 2500.0, services_rss_mb=3000.0),
+        "collm-cc": _run("collm", "cc", 8, 100.0, 4000, 10.0, 2500.0, services_rss_mb=3000.0, critic_tokens=2000),
         "comlrl-IAC": {"error": "killed (SIGKILL: out of memory?)"},
         "collm-dc": _run("collm", "dc", 8, 100.0, 4000, 10.0, 2500.0, services_rss_mb=3000.0),
     }
@@ -70,6 +70,8 @@ def test_ratio_rows_are_named_for_the_runner():
     assert rows["update tokens/s ÷ comlrl MAAC"][1] == "4.00"  # 400 ÷ 100
     assert rows["trainer peak RSS ÷ comlrl MAAC"][1] == "0.25"
     assert rows["cc update tokens/s ÷ forward+backward limit"][1] == "0.50"
+    assert rows["cc update work ÷ forward+backward limit"][1] == "0.75"  # (4000 + 2000) / 10 s ÷ 800
+    assert "dc update work ÷ forward+backward limit" not in rows  # no critic count: no row
     assert rows["comlrl-IAC"][1] == "failed" and "episodes/hour ÷ comlrl IAC" not in rows
     # run_all keeps exactly the ratio rows of a benchmark's table
     kept = [r[1] for r in run_all.ratio_rows("peer", [{"title": "t", "rows": [list(r) for r in rows.values()]}])]

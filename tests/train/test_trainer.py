@@ -52,6 +52,33 @@ def test_update_moves_lora_and_heads_not_base(algo):
     assert metrics["charts/samples"] == 24
 
 
+
+@pytest.mark.parametrize("algo", ["cc", "dc", "magrpo"])
+def test_update_reports_the_tokens_it_trained(algo):
+    """charts/actor_tokens and charts/critic_tokens count the rows that got a forward + backward:
+    every actor row (prompt + response) per epoch, each distinct critic history once per forward
+    (CC: the agents of a turn share one joint history). bench/peer.py divides these by time."""
+    from collm_train.data import build_batch
+
+    episodes = [tree_episode(episode_id="t0"), tree_episode(episode_id="t1")]
+    cfg = TrainConfig(algo=algo, epochs=2, minibatch_size=64)  # one minibatch, one forward per critic
+    trainer = Trainer(cfg, tiny_llama(), AGENTS, base_model_id="tiny-llama")
+    batch = build_batch(episodes, AGENTS, 0, cfg.critic_max_len, cfg.max_staleness)
+    m = trainer.update(episodes)
+    actor = sum(len(s.prompt_ids) + len(s.response_ids) for s in batch.samples)
+    assert m["charts/actor_tokens"] == 2 * actor
+    if algo == "magrpo":
+        assert m["charts/critic_tokens"] == 0
+        return
+    per_critic: dict[str, set] = {}
+    for s in batch.samples:
+        h = tuple(trainer.algo.history(s))
+        per_critic.setdefault("joint" if algo == "cc" else s.agent, set()).add(h)
+    critic = sum(len(h) for hs in per_critic.values() for h in hs)
+    assert m["charts/critic_tokens"] == 2 * critic
+    if algo == "cc":  # shared joint histories are counted once, not per agent
+        assert critic < sum(len(trainer.algo.history(s)) for s in batch.samples)
+
 def test_dc_value_head_on_actor():
     cfg = TrainConfig(algo="dc", critic_on_actor=True, lr=1e-3, epochs=2)
     trainer = Trainer(cfg, tiny_llama(), AGENTS)
