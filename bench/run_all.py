@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,9 @@ def _peer_skip() -> str | None:
     return skip_reason()
 
 
+# Default seconds per benchmark over the 1 h default: peer's default run (N = 8 and 32, three pairs)
+# took ~85 min on the 2-core VM on 2026-12-03 and was cut off at 1 h.
+TIMEOUTS = {"peer": 3 * 3600.0}
 # Benchmarks that need something this repository does not install: a reason to skip, or None to run.
 PRECONDITIONS = {"peer": _peer_skip}
 RATIO_MARKS = ("÷", " / ", "ratio", "speed-up", "speedup")
@@ -99,6 +103,27 @@ def bench_args(name: str, source: str, quick: bool, extra: dict[str, list[str]] 
     return (["--quick"] if '"--quick"' in source else QUICK_ARGS.get(name, [])) + given
 
 
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the benchmark's whole process group, then SIGKILL what is left after `grace` s
+    (its workers can outlive it: the group exists while any member does)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        if sig == signal.SIGTERM:
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+    proc.wait()
+
+
+def timeout_of(name: str, given: float | None) -> float:
+    """Seconds bench/<name>.py may run: --timeout, else its own allowance (TIMEOUTS), else 1 h."""
+    return given if given is not None else TIMEOUTS.get(name, 3600.0)
+
+
 def run_one(name: str, quick: bool, timeout: float, extra: dict[str, list[str]] | None = None) -> dict:
     """Run bench/<name>.py; returns {"status", "seconds", "tables"} (tables: title + rows)."""
     skip = PRECONDITIONS[name]() if name in PRECONDITIONS else None
@@ -114,11 +139,18 @@ def run_one(name: str, quick: bool, timeout: float, extra: dict[str, list[str]] 
         cmd = [sys.executable, "-c", CAPTURE.format(repo=str(REPO)), str(path), *args]
         print(f"\n=== {name}: python bench/{name}.py {' '.join(args)}", flush=True)
         start = time.perf_counter()
+        # its own session, so a timeout stops the benchmark's workers and agent services too
+        # (a plain kill of the benchmark left bench/peer.py's worker training for 20 minutes)
+        proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "COLLM_BENCH_TABLES": str(tables_file)},
+                                start_new_session=True)
         try:
-            code = subprocess.run(cmd, cwd=REPO, env={**os.environ, "COLLM_BENCH_TABLES": str(tables_file)},
-                                  timeout=timeout).returncode
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             code = None
+            stop_group(proc)
+        except BaseException:
+            stop_group(proc)
+            raise
         seconds = time.perf_counter() - start
         tables = json.loads(tables_file.read_text()) if tables_file.exists() else []
     status = "ok" if code == 0 else f"timed out after {timeout:.0f} s" if code is None else f"failed (exit {code})"
@@ -158,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (smoke checks; not for the record)")
     ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (spaces or commas)")
-    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per benchmark")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per benchmark (default 1 h; peer 3 h); on expiry its whole process group stops")
     ap.add_argument("--bench-args", action="append", default=[], metavar="NAME=ARGS",
                     help="extra arguments for one benchmark, e.g. peer='--episodes 8' (recorded in the Runs table)")
     ap.add_argument("--out", type=Path, default=None,
@@ -190,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     results = dict(previous["results"]) if previous else {}
     for name in wanted:
         if name in runnable:
-            results[name] = {**run_one(name, args.quick, args.timeout, extra), "date": time.strftime("%Y-%m-%d %H:%M")}
+            results[name] = {**run_one(name, args.quick, timeout_of(name, args.timeout), extra), "date": time.strftime("%Y-%m-%d %H:%M")}
 
     rows = [(f"{bench}: {metric}", value, note) for bench, metric, value, note in
             (r for name, res in results.items() for r in ratio_rows(name, res["tables"]))]

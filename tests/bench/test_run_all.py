@@ -75,3 +75,45 @@ def test_only_takes_commas_and_refuses_unknown_names(bench_dir, tmp_path, capsys
     with pytest.raises(SystemExit) as e:  # a typo used to be skipped with a note, the run "passing"
         run_all.main(["--out", str(out), "--only", "alpha,gamma"])
     assert e.value.code == 2 and "--only: no benchmark named gamma" in capsys.readouterr().err
+
+
+HANGS = """
+import subprocess, sys, time
+from pathlib import Path
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+Path({pid_file!r}).write_text(str(child.pid))
+time.sleep(300)
+"""
+
+
+def test_a_timed_out_benchmark_leaves_no_process_behind(tmp_path, monkeypatch):
+    """bench/peer.py runs its trainers in worker processes; when the runner's time is up, the
+    workers must stop with the benchmark (with a plain kill of the benchmark, one trained on
+    for 20 minutes and died on a broken pipe)."""
+    import os
+    import time
+
+    d = tmp_path / "bench"
+    d.mkdir()
+    pid_file = tmp_path / "worker.pid"
+    (d / "hangs.py").write_text(HANGS.format(pid_file=str(pid_file)))
+    monkeypatch.setattr(run_all, "BENCH", d)
+    result = run_all.run_one("hangs", quick=False, timeout=5)
+    assert result["status"] == "timed out after 5 s"
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(worker, 9)
+        pytest.fail("the benchmark's worker process outlived the timeout")
+
+
+def test_peer_gets_the_time_its_default_run_needs():
+    assert run_all.timeout_of("peer", None) >= 2 * 3600  # N = 8 and 32 took ~85 min on 2 cores
+    assert run_all.timeout_of("hot_swap", None) == 3600
+    assert run_all.timeout_of("peer", 60.0) == 60.0  # --timeout wins
