@@ -196,12 +196,16 @@ class Trainer:
             ref_tok = self.dist.all_reduce_rows(ref_tok, [len(s.response_ids) for s in batch.samples])
         return self.dist.all_reduce_(logp), ref_tok
 
-    def _critic_values(self, critic: Critic, histories: Sequence[list[int]], chunk: int | None) -> torch.Tensor:
+    def _critic_values(self, critic: Critic, histories: Sequence[list[int]], chunk: int | None,
+                       work: dict[str, int] | None = None) -> torch.Tensor:
         """V(h) for histories, each distinct history evaluated once (shortest first when
-        config.length_buckets, `chunk` per forward). -> (n,) on the critic device."""
+        config.length_buckets, `chunk` per forward). -> (n,) on the critic device.
+        work: adds the tokens of the distinct histories to work['critic_tokens']."""
         uniq: dict[tuple[int, ...], int] = {}
         where = [uniq.setdefault(tuple(h), len(uniq)) for h in histories]
         keys = list(uniq)
+        if work is not None:
+            work["critic_tokens"] += sum(map(len, keys))
         order = [j for c in self._micro(range(len(keys)), None, lambda j: len(keys[j])) for j in c]
         parts = [critic.values([list(keys[j]) for j in c]) for c in _chunks(order, chunk)]
         flat = torch.cat(parts)  # (n_unique,) in `order`
@@ -375,8 +379,7 @@ class Trainer:
             hist_of = lambda i: self.algo.history(batch.samples[i])  # noqa: E731
             for chunk in self._micro(c_idx, micro, lambda i: (len(hist_of(i)), hist_of(i))):
                 hist = [self.algo.history(batch.samples[i]) for i in chunk]
-                work["critic_tokens"] += sum(map(len, {tuple(h) for h in hist}))  # _critic_values' distinct rows
-                v = self._critic_values(critic, hist, None)  # (n,)
+                v = self._critic_values(critic, hist, None, work)  # (n,)
                 y = b_v_target[chunk].to(v.device)
                 sq = value_loss(v, y, 1.0)  # (y - V)^2
                 if clip_v is not None and b_values is not None:

@@ -52,7 +52,6 @@ def test_update_moves_lora_and_heads_not_base(algo):
     assert metrics["charts/samples"] == 24
 
 
-
 @pytest.mark.parametrize("algo", ["cc", "dc", "magrpo"])
 def test_update_reports_the_tokens_it_trained(algo):
     """charts/actor_tokens and charts/critic_tokens count the rows that got a forward + backward:
@@ -78,6 +77,7 @@ def test_update_reports_the_tokens_it_trained(algo):
     assert m["charts/critic_tokens"] == 2 * critic
     if algo == "cc":  # shared joint histories are counted once, not per agent
         assert critic < sum(len(trainer.algo.history(s)) for s in batch.samples)
+
 
 def test_dc_value_head_on_actor():
     cfg = TrainConfig(algo="dc", critic_on_actor=True, lr=1e-3, epochs=2)
