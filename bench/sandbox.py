@@ -6,13 +6,12 @@ The old harness (unshare + audit hook, verdicts written by the child) is read fr
 problem is evaluated by both, interleaved (old, new, old, new...), so machine load hits both
 alike. An "answer" = the problem's prompt + canonical solution against all its tests.
 
-    python bench/sandbox.py [--rounds 1] [--write bench/results/latest.md]
+    python bench/sandbox.py [--rounds 1]     (bench/run_all.py records its rows)
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import os
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import print_table  # noqa: E402
 from collm_serve.tasks.coding import CodingTask  # noqa: E402
 from collm_serve.tasks.sandbox import CallCheck, run_tests  # noqa: E402
 
@@ -50,20 +50,9 @@ def load_old_harness():
     return mod
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--write", type=Path, help="append a section to this markdown file")
     args = ap.parse_args()
     old = load_old_harness()
     task = CodingTask()
@@ -88,30 +77,21 @@ def main() -> None:
             fails_new += r.num_passed != r.num_tests
     load_after = os.getloadavg()[0]
     rate_old, rate_new = len(t_old) / sum(t_old), len(t_new) / sum(t_new)
-    lines = [
-        f"## Sandbox (bench/sandbox.py)",
-        "",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {cpu_model()}, {os.cpu_count()} cores; 1-min load average {load:.1f} before, "
-        f"{load_after:.1f} after" + (" (shared, busy machine: other work was running)" if max(load, load_after) > 1.0 else ""),
-        f"- {len(problems)} canonical HumanEval solutions × {args.rounds} round(s), old and new interleaved",
-        "",
-        "| harness | answers / s | median s / answer | p90 s / answer | answers not fully passing |",
-        "|---|---|---|---|---|",
-        f"| old: unshare + audit hook ({OLD_COMMIT[:7]}) | {rate_old:.2f} | {statistics.median(t_old):.3f} | "
-        f"{sorted(t_old)[int(0.9 * len(t_old))]:.3f} | {fails_old} |",
-        f"| new: bwrap + seccomp, parent verdict | {rate_new:.2f} | {statistics.median(t_new):.3f} | "
-        f"{sorted(t_new)[int(0.9 * len(t_new))]:.3f} | {fails_new} |",
-        "",
-        f"new ÷ old (answers/s): **{rate_new / rate_old:.2f}**; goal: median ≤ 1 s per answer "
-        f"({'met' if statistics.median(t_new) <= 1.0 else 'NOT met'}).",
-        "",
-    ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "a") as f:
-            f.write("\n" + text)
+    busy = "busy machine: other work was running" if max(load, load_after) > 1.0 else ""
+    median_new = statistics.median(t_new)
+    # through bench.common.print_table, so bench/run_all.py records these rows in latest.md
+    print_table(f"sandbox: {len(problems)} canonical HumanEval solutions x {args.rounds} round(s), "
+                f"old and new harness interleaved", [
+        ("new ÷ old answers/s", f"{rate_new / rate_old:.2f}", "bwrap + seccomp, parent verdict ÷ unshare + audit hook "
+                                                             f"({OLD_COMMIT[:7]}); > 1: new faster"),
+        ("new: median s per answer", f"{median_new:.3f}",
+         f"goal <= 1 s ({'met' if median_new <= 1.0 else 'NOT met'}); p90 {sorted(t_new)[int(0.9 * len(t_new))]:.3f}; "
+         f"{rate_new:.2f} answers/s"),
+        ("old: median s per answer", f"{statistics.median(t_old):.3f}",
+         f"p90 {sorted(t_old)[int(0.9 * len(t_old))]:.3f}; {rate_old:.2f} answers/s"),
+        ("answers not fully passing, old and new", f"{fails_old}, {fails_new}", "canonical solutions: 0 expected"),
+        ("1-min load average before and after", f"{load:.1f}, {load_after:.1f}", busy or "idle machine"),
+    ])
 
 
 if __name__ == "__main__":
