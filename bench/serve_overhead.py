@@ -5,6 +5,8 @@ tokens/s through gRPC (agent in its own process, the asyncio client here) ÷ tok
 same engine in-process with the same prompt ids, sampling and seeds (goal >= 0.97, on the overall
 rate and on the median of the per-round ratios). Every request generates exactly `--max-tokens`
 tokens (`min_tokens = max_tokens`), so each round is the same fixed work on both sides.
+Each cell also gets the geometric mean of its per-round ratios with a 95% bootstrap interval, and a
+last row pools every cell's rounds: whether this run can tell the service's cost from 3% at all.
 
 Both sides stay up for the whole run and take turns round by round, the order alternating (an idle
 engine costs ~0 CPU), so machine-load drift hits each side alike. Beside the rates it reports CPU
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import sys
@@ -38,6 +41,7 @@ os.environ.setdefault("COLLM_HOME", str(Path(__file__).resolve().parents[1] / ".
 
 from bench.common import print_table, smoke_title  # noqa: E402
 from collm_serve.config import STREAM_INTERVAL  # noqa: E402
+from collm_train.evaluate import Estimate, mean_ci  # noqa: E402
 
 PROMPTS = [f"Write a long story, at least 300 words, about the number {i}." for i in range(32)]
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
@@ -200,20 +204,33 @@ async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes
     return {"cells": res, "transformers": transformers}
 
 
+def geometric_mean_ci(ratios: list[float]) -> Estimate:
+    """The geometric mean of per-round ratios with its 95% bootstrap interval (collm_train.evaluate,
+    the same intervals the learning results use): a ratio's noise is multiplicative, so the mean is
+    taken over log ratios. An interval that holds 0.97 says this many rounds cannot tell the cell
+    from the goal on this machine; one wholly below it is a real cost."""
+    e = mean_ci([math.log(r) for r in ratios])
+    return Estimate(math.exp(e.mean), math.exp(e.low), math.exp(e.high), e.n)
+
+
 def rows_of(m: dict, rounds: int) -> list[tuple[str, str, str]]:
     rows = []
     all_ok = True
+    pooled: list[float] = []
     for (mode, c), cell in m["cells"].items():
         rate = {s: sum(cell["tokens"][s]) / sum(cell["seconds"][s]) for s in cell["seconds"]}
         per_round = [(tg / sg) / (ti / si) for tg, sg, ti, si in zip(cell["tokens"]["grpc"], cell["seconds"]["grpc"],
                                                                       cell["tokens"]["inproc"], cell["seconds"]["inproc"])]
+        pooled += per_round
         overall, median = rate["grpc"] / rate["inproc"], statistics.median(per_round)
         all_ok &= min(overall, median) >= 0.97
+        mean = geometric_mean_ci(per_round)
         tokens = {s: sum(cell["tokens"][s]) / 1000 for s in rate}
         label = f"{mode}, concurrency {c}"
         rows += [
             (f"gRPC ÷ in-process ({label})", f"{overall:.3f}",
              f"goal >= 0.97; median of {rounds} rounds {median:.3f} (range {min(per_round):.3f}–{max(per_round):.3f}); "
+             f"geometric mean {mean.mean:.3f}, 95% CI [{mean.low:.3f}, {mean.high:.3f}]; "
              f"{rate['grpc']:.1f} vs {rate['inproc']:.1f} tokens/s"),
             (f"CPU s per 1000 tokens ({label}): agent process / in-process front end",
              f"{cell['front_cpu']['grpc'] / tokens['grpc']:.2f} / {cell['front_cpu']['inproc'] / tokens['inproc']:.2f}",
@@ -223,6 +240,12 @@ def rows_of(m: dict, rounds: int) -> list[tuple[str, str, str]]:
         ]
     rows.append(("all cells meet gRPC ÷ in-process >= 0.97", "yes" if all_ok else "no",
                  "overall rate and median of rounds, every mode and concurrency"))
+    if len(m["cells"]) > 1:
+        every = geometric_mean_ci(pooled)
+        verdict = ("the service costs less than 3%" if every.low >= 0.97 else "the service costs more than 3%"
+                   if every.high < 0.97 else "this run cannot tell the cost from 3%")
+        rows.append(("gRPC ÷ in-process, every cell's rounds pooled", f"{every.mean:.3f}",
+                     f"geometric mean of {every.n} round ratios, 95% CI [{every.low:.3f}, {every.high:.3f}]: {verdict}"))
     if m["transformers"]:
         vllm8 = m["cells"].get(("unary", 8))
         if vllm8:
