@@ -26,9 +26,11 @@ class AgentStartError(RuntimeError):
     pass
 
 
-@dataclass
+@dataclass(frozen=True)
 class Endpoint:
-    """Where one agent of a process listens (from its `listening` event)."""
+    """Where one agent of a process listens, as its `listening` event reported it: the gRPC port,
+    and the Prometheus and OpenAI-compatible HTTP ports where the agent serves them (else None).
+    Frozen: it is what the process said, not something the launcher may change."""
 
     agent: str
     port: int

@@ -17,10 +17,10 @@ class EpisodeHead:
 
     episode_id: str
     task: str
-    split: str
+    split: str  # "train" or "eval": which of the task's problem sets it was drawn from
     problem_id: str
-    seed: int
-    group_size: int
+    seed: int  # the episode's sampling seed; (problem_id, seed) is its key (EpisodeOutcome.key)
+    group_size: int  # K: responses sampled per agent at each node of the episode's tree
 
 
 @dataclass(frozen=True)

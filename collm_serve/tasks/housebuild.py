@@ -242,12 +242,8 @@ def score_world(world: dict[tuple[int, int, int], str], house: House) -> dict[st
             "match_total": len(house.expected), "iou": len(want & have) / union if union else 0.0}
 
 
-class HouseBuildTask(MinecraftTask):
+class HouseBuildTask(MinecraftTask, palettes=PALETTES, max_commands=MAX_COMMANDS, read_turn=parse_commands):
     name = "housebuild"
-    palettes = PALETTES
-    max_commands = MAX_COMMANDS
-    read_turn = staticmethod(parse_commands)
-    # reward_shift / early_stop_threshold: the paper's values are __init__'s defaults, set per instance
 
     def __init__(self, num_turns: int = 4, reward_shift: float = REWARD_SHIFT,
                  early_stop_threshold: float | None = EARLY_STOP_THRESHOLD, rpg_seed: int = 0):

@@ -176,6 +176,21 @@ class MinecraftTask(Task):
     # (response, the agent's palette, the target, the agent's budget) -> (accepted, rejected)
     read_turn: ClassVar[Callable[[str, tuple[str, ...], Any, int], tuple[list, list[dict[str, str]]]]]
 
+    def __init_subclass__(cls, *, palettes: dict[str, tuple[str, ...]], max_commands: int,
+                          read_turn: Callable, **kwargs: Any):
+        """A task declares its per-task constants in its class statement
+        (`class X(MinecraftTask, palettes=..., max_commands=..., read_turn=...)`), so a task that
+        forgets one fails where it is defined, not at its first turn. The reward shift and the
+        early-stop threshold are `__init__` arguments instead (set per instance; each subclass's
+        defaults are the paper's config values)."""
+        super().__init_subclass__(**kwargs)
+        if not palettes or max_commands < len(palettes):
+            raise ValueError(f"{cls.__name__}: palettes must name the agents and max_commands "
+                             f"give each at least one command, got {len(palettes)} agents, {max_commands}")
+        cls.palettes = palettes
+        cls.max_commands = max_commands
+        cls.read_turn = staticmethod(read_turn)
+
     def __init__(self, num_turns: int, reward_shift: float, early_stop_threshold: float | None):
         if num_turns < 1:
             raise ValueError(f"num_turns must be >= 1, got {num_turns}")

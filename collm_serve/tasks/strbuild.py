@@ -217,12 +217,8 @@ def score_world(world: dict[tuple[int, int, int], str], target: StrTarget,
     }
 
 
-class StrBuildTask(MinecraftTask):
+class StrBuildTask(MinecraftTask, palettes=PALETTES, max_commands=MAX_COMMANDS, read_turn=parse_setblocks):
     name = "strbuild"
-    palettes = PALETTES
-    max_commands = MAX_COMMANDS
-    read_turn = staticmethod(parse_setblocks)
-    # reward_shift / early_stop_threshold: the paper's values are __init__'s defaults, set per instance
 
     def __init__(self, num_turns: int = 4, reward_shift: float = REWARD_SHIFT,
                  early_stop_threshold: float | None = EARLY_STOP_THRESHOLD,

@@ -156,3 +156,24 @@ def test_perfect_turn_stops_the_episode_early():
     ep = get_task("strbuild", early_stop_threshold=None, num_turns=2).new_episode(I)
     assert not ep.step({"builder_a": setblocks(EVEN, ["oak_planks", "stone"]),
                         "builder_b": setblocks(ODD, ["white_concrete", "obsidian"])}).done
+
+
+def test_a_minecraft_task_missing_its_constants_fails_where_it_is_defined():
+    """`MinecraftTask.__init_subclass__`: palettes, max_commands and read_turn are class-statement
+    arguments, so a task that forgets one (or gives no agent a command) fails at definition."""
+    from collm_serve.tasks.minecraft import MinecraftTask
+    from collm_serve.tasks.strbuild import PALETTES, parse_setblocks
+
+    with pytest.raises(TypeError, match="max_commands"):
+        class NoBudget(MinecraftTask, palettes=PALETTES, read_turn=parse_setblocks):  # noqa: F841
+            name = "nobudget"
+    with pytest.raises(ValueError, match="at least one command"):
+        class TooSmall(MinecraftTask, palettes=PALETTES, max_commands=1,  # noqa: F841
+                       read_turn=parse_setblocks):
+            name = "toosmall"
+
+    class Fine(MinecraftTask, palettes=PALETTES, max_commands=4, read_turn=parse_setblocks):
+        name = "fine"
+
+    assert Fine.palettes is PALETTES and Fine.max_commands == 4
+    assert Fine.read_turn is parse_setblocks  # a plain function again: no `self` is bound to it
