@@ -8,8 +8,9 @@ tokens (`min_tokens = max_tokens`), so each round is the same fixed work on both
 Each cell also gets the geometric mean of its per-round ratios with a 95% bootstrap interval, and a
 last row pools every cell's rounds: whether this run can tell the service's cost from 3% at all.
 
-Both sides stay up for the whole run and take turns round by round, the order alternating (an idle
-engine costs ~0 CPU), so machine-load drift hits each side alike. Beside the rates it reports CPU
+Both sides stay up for the whole run and take turns round by round, the order alternating, so
+machine-load drift hits each side alike; each timed round starts after `SETTLE_S` of rest, once
+the engine that ran before has stopped spinning (an idle engine then costs ~0 CPU). Beside the rates it reports CPU
 seconds per 1000 generated tokens of: the agent process (gRPC side: service + engine front end),
 the in-process front end (this process during in-process rounds), the engine core process of each
 side, and the client (this process during gRPC rounds) — on a CPU machine that front-end time is
@@ -50,6 +51,15 @@ MODES = ("unary", "stream")
 # Requests per round: concurrency 1 runs a few one after another so a round is not one request long.
 REQUESTS = {1: 3, 8: 8, 32: 32}
 GOAL = 0.97  # gRPC ÷ in-process, overall and median of rounds, in every cell (issue 17)
+# Seconds of rest before each timed round. vLLM's shared-memory queue readers (the worker and the
+# engine core) keep busy-looping with sched_yield for 1 s after their last read (vllm/distributed/
+# device_communicators/shm_broadcast.py, SpinCondition busy_loop_s=1), so the engine that just ran
+# keeps spinning on the cores the other side is about to be timed on. Measured without the rest
+# (stream, concurrency 1, 60 alternating single requests): the first request after a switch took
+# 0.50 s (gRPC) / 0.29 s (in-process) longer than one after the same side, of ~2.5 s; with 1.5 s
+# of rest the two were equal and the per-pair ratios' spread fell from 0.19 to 0.07 (sd of log).
+# Both sides rest alike, so a cost the service pays after an idle moment still counts.
+SETTLE_S = 1.5
 COST = f"{1 - GOAL:.0%}"  # the service cost the goal allows
 
 
@@ -183,6 +193,7 @@ async def measure(model: str, max_tokens: int, rounds: int, concurrencies, modes
                         cell, outs = res[(mode, c)], {}
                         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
                         for name in order:
+                            await asyncio.sleep(SETTLE_S)  # the other side's engine stops spinning
                             before, client_before = meters[name].read(), me.read()[0]
                             seconds, outs[name] = await one_round(sides[name], f"r{r}-{name}-{mode}-{c}",
                                                                   max_tokens, mode, c)
