@@ -10,10 +10,10 @@ last row pools every cell's rounds: whether this run can tell the service's cost
 
 Both sides stay up for the whole run and take turns round by round, the order alternating, so
 machine-load drift hits each side alike; each timed round starts after `SETTLE_S` of rest, once
-the engine that ran before has stopped spinning (an idle engine then costs ~0 CPU). Beside the rates it reports CPU
-seconds per 1000 generated tokens of: the agent process (gRPC side: service + engine front end),
-the in-process front end (this process during in-process rounds), the engine core process of each
-side, and the client (this process during gRPC rounds) — on a CPU machine that front-end time is
+the engine that ran before has stopped spinning (an idle engine then costs ~0 CPU). Beside the
+rates it reports CPU seconds per 1000 generated tokens of: the agent process (gRPC side: service +
+engine front end), the in-process front end (this process during in-process rounds), the engine
+core process of each side, and the client (this process during gRPC rounds) — on a CPU machine that front-end time is
 taken from the engine's cores; on a GPU box it is what stands between the engine and its next batch.
 Same seeds → the same sampled tokens on both sides; the run reports how many matched. Streaming
 uses the agent's default `stream_interval` (collm_serve.config.STREAM_INTERVAL tokens per message) on
@@ -51,6 +51,7 @@ MODES = ("unary", "stream")
 # Requests per round: concurrency 1 runs a few one after another so a round is not one request long.
 REQUESTS = {1: 3, 8: 8, 32: 32}
 GOAL = 0.97  # gRPC ÷ in-process, overall and median of rounds, in every cell (issue 17)
+COST = f"{1 - GOAL:.0%}"  # the service cost the goal allows
 # Seconds of rest before each timed round. vLLM's shared-memory queue readers (the worker and the
 # engine core) keep busy-looping with sched_yield for 1 s after their last read (vllm/distributed/
 # device_communicators/shm_broadcast.py, SpinCondition busy_loop_s=1), so the engine that just ran
@@ -60,7 +61,6 @@ GOAL = 0.97  # gRPC ÷ in-process, overall and median of rounds, in every cell (
 # of rest the two were equal and the per-pair ratios' spread fell from 0.19 to 0.07 (sd of log).
 # Both sides rest alike, so a cost the service pays after an idle moment still counts.
 SETTLE_S = 1.5
-COST = f"{1 - GOAL:.0%}"  # the service cost the goal allows
 
 
 def cpu_seconds(proc) -> float:
