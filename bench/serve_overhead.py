@@ -13,8 +13,9 @@ machine-load drift hits each side alike; each timed round starts after `SETTLE_S
 the engine that ran before has stopped spinning (an idle engine then costs ~0 CPU). Beside the
 rates it reports CPU seconds per 1000 generated tokens of: the agent process (gRPC side: service +
 engine front end), the in-process front end (this process during in-process rounds), the engine
-core process of each side, and the client (this process during gRPC rounds) — on a CPU machine that front-end time is
-taken from the engine's cores; on a GPU box it is what stands between the engine and its next batch.
+core process of each side, and the client (this process during gRPC rounds) — on a CPU machine that
+front-end time is taken from the engine's cores; on a GPU box it is what stands between the engine
+and its next batch.
 Same seeds → the same sampled tokens on both sides; the run reports how many matched. Streaming
 uses the agent's default `stream_interval` (collm_serve.config.STREAM_INTERVAL tokens per message) on
 both sides — the in-process engine gets the same per-request `stream_interval` — or `--stream-interval`.
