@@ -28,7 +28,13 @@ Agents and protocol (train_maac.py `aux_function_formatter` / `main_function_for
   `{"math": math}` as globals, code_rewards.py:192) + the problem prompt's preamble (everything
   before `def <entry_point>`: its imports and any function the statement gives; the paper keeps
   only the import lines, code_utils.py:17-46 - see docs/paper-fidelity.md) + aux + main.
-  It runs ONLY in the sandbox (`sandbox.run_tests`).
+  It runs ONLY in the sandbox (`sandbox.run_tests`). The paper's rule cuts a function at its
+  first nested `def` (docs/paper-fidelity.md lists the canonical solutions it fails);
+  `extraction="ast"` takes functions as Python's parser delimits them instead.
+- Model text is read in THIS process, so every check is bounded (coding_checks.py): a response
+  over `MAX_ANALYSED_CHARS` is not read (its function counts as missing), the regexes are
+  linear-time, a parse that fails in any way (RecursionError, MemoryError included) is a syntax
+  error with its reason, and `evaluate` never raises on model text (`analysis_error` in info).
 
 Reward: `code_reward` below, the paper's levels and numbers (max 4.0):
   L1  +0.4 aux defined with a return (optional)              code_rewards.py:114-123
@@ -58,6 +64,7 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import logging
 import re
 import threading
 from dataclasses import asdict, dataclass
@@ -65,11 +72,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from collm_serve.tasks.base import Problem, Task, TaskEpisode, check_split
+from collm_serve.tasks.coding_checks import (  # noqa: F401  (re-exported: the reward's text rules)
+    AUX_NAME,
+    MAX_ANALYSED_CHARS,
+    calls_aux,
+    clean_functions,
+    extract_function,
+    extract_function_ast,
+    has_return,
+    ignored_aux_calls_ast,
+    ignored_aux_calls_paper,
+    is_thin_wrapper,
+    parse_code,
+    prompt_imports,
+    too_long,
+)
 from collm_serve.tasks.sandbox import CallCheck, SandboxLimits, run_tests
 from collm_serve.tasks.sandbox_checks import prepare_checks
 
+log = logging.getLogger(__name__)
+
 DATA_PATH = Path(__file__).parent / "data" / "HumanEval.jsonl.gz"
-AUX_NAME = "aux"
 TRAIN_RANGE = (33, 163)  # HumanEval/33..162: configs/maac_he_config.yaml:24 "test[33:163]"
 EVAL_RANGE = (0, 32)  # HumanEval/0..31: configs/maac_he_config.yaml:25 "test[:32]"
 
@@ -84,187 +107,6 @@ MAX_REWARD = (AUX_DEFINED_REWARD + MAIN_DEFINED_REWARD + SYNTAX_REWARD + TESTS_R
               + USES_AUX_REWARD + NOT_WRAPPER_REWARD)  # 4.0, code_rewards.py:49
 
 FEEDBACK_TESTS = 1  # the paper's feedback runs the first assert only (sandbox_slice: 1)
-
-_DEF_LINE = re.compile(r"^(\s*)def\s+\w+\s*\(")
-_IMPORT_LINE = (re.compile(r"^from\s+[\w\.]+\s+import\s+.*$"), re.compile(r"^import\s+[\w\.,\s]+$"))
-_CODE_MARKERS = ("def ", "return ", "if ", "for ", "while ", "=", "(", ")", "[", "]")
-_PROSE_LINE = re.compile(r"^[A-Z][a-z].*[.!?:]$")
-_QUOTES = ('"' * 3, "'" * 3)
-
-
-# ---------------------------------------------------------------- extraction (the paper's rules)
-
-def clean_functions(response: str) -> str:
-    """The `def` blocks of a response, as code_utils.py:49-169 `cleanup_code` extracts them.
-
-    Fences are removed; a block starts at any line `def name(` (at any indent) and keeps blank
-    lines, lines indented deeper than its `def`, and docstrings that start at the `def`'s level;
-    the first other line ends it. Blocks are joined by a blank line; lines that read as prose
-    (capitalised sentence, no code marker) are dropped; no `def` left -> "".
-    """
-    if not response or not isinstance(response, str):
-        return ""
-    text = re.sub(r"```\s*\n?", "", re.sub(r"```python\s*\n?", "", response))
-    lines = text.split("\n")
-    blocks: list[list[str]] = []
-    current: list[str] | None = None
-    indent = 0
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        starts = _DEF_LINE.match(line)
-        if current is not None and not starts:
-            if stripped == "" or line.startswith(" " * (indent + 1)) or line.startswith("\t"):
-                current.append(line)
-            elif stripped.startswith(_QUOTES):
-                current.append(line)
-                quote = stripped[:3]
-                if not (stripped.endswith(quote) and len(stripped) > 3):
-                    i += 1
-                    while i < len(lines):
-                        current.append(lines[i])
-                        if quote in lines[i]:
-                            break
-                        i += 1
-            else:
-                current = None
-        if starts:
-            current = [line]
-            blocks.append(current)
-            indent = len(line) - len(line.lstrip())
-        i += 1
-    joined = "\n\n".join("\n".join(b) for b in blocks)
-    kept = [
-        ln for ln in joined.split("\n")
-        if not (ln.strip() and not ln.strip().startswith(("#", *_QUOTES))
-                and not any(k in ln for k in _CODE_MARKERS) and _PROSE_LINE.match(ln.strip()))
-    ]
-    result = "\n".join(kept).strip()
-    return result if re.search(r"def\s+\w+\s*\(", result) else ""
-
-
-def extract_function(response: str, name: str) -> str:
-    """The function `name` of a response (code_utils.py:172-205 `extract_specific_function`):
-    from the first `def name(` line of the cleaned code to the first line that is neither blank
-    nor indented deeper (another `def name(` before that cut starts over); "" when none."""
-    if not response or not name:
-        return ""
-    out: list[str] = []
-    inside = False
-    indent = 0
-    target = re.compile(rf"^(\s*)def\s+{re.escape(name)}\s*\(")
-    for line in clean_functions(response).split("\n"):
-        if target.match(line):
-            out, inside, indent = [line], True, len(line) - len(line.lstrip())
-        elif inside:
-            if line.strip() == "" or line.startswith(" " * (indent + 1)) or line.startswith("\t"):
-                out.append(line)
-            else:
-                break
-    return "\n".join(out).strip()
-
-
-def has_return(func: str) -> bool:
-    """code_utils.py:217: the function's text matches `return\\s+`."""
-    return re.search(r"return\s+", func) is not None
-
-
-def prompt_imports(prompt: str) -> str:
-    """Import lines of the problem statement, deduplicated (code_utils.py:17-46)."""
-    seen: list[str] = []
-    for line in prompt.split("\n"):
-        s = line.strip()
-        if any(p.match(s) for p in _IMPORT_LINE) and s not in seen:
-            seen.append(s)
-    return "\n".join(seen)
-
-
-def calls_aux(main_func: str) -> bool:
-    """code_utils.py:326-347: main's text (comments and docstrings included) has `aux(`."""
-    return bool(main_func) and re.search(rf"\b{AUX_NAME}\s*\(", main_func) is not None
-
-
-def is_thin_wrapper(main_func: str) -> bool:
-    """code_utils.py:350-428: after dropping blank lines, docstrings, comments and `def` lines,
-    the body is empty, or one `return ...aux...` line, or `v = aux(...)` then `return v`.
-
-    As in the paper's code, a line that starts with triple quotes and does not also end a
-    docstring on that line opens one - including a docstring's lone closing quotes - so after a
-    HumanEval-style docstring the whole rest of the body is skipped and the function counts as
-    a wrapper (no +1.0)."""
-    if not main_func:
-        return False
-    body: list[str] = []
-    in_doc = False
-    for line in main_func.split("\n"):
-        s = line.strip()
-        if not s:
-            continue
-        if s.startswith(_QUOTES):
-            if not (s.endswith(s[:3]) and len(s) > 3):
-                in_doc = True
-            continue
-        if in_doc:
-            if any(q in s for q in _QUOTES):
-                in_doc = False
-            continue
-        if s.startswith("#") or s.startswith("def "):
-            continue
-        body.append(s)
-    if not body:
-        return True
-    if len(body) == 1:
-        return body[0].startswith("return ") and AUX_NAME in body[0]
-    if len(body) == 2:
-        m = re.search(rf"(\w+)\s*=\s*{AUX_NAME}\s*\(", body[0])
-        return bool(m) and body[1] == f"return {m.group(1)}"
-    return False
-
-
-def ignored_aux_calls_paper(main_func: str) -> list[str]:
-    """Lines the paper's deduction flags (code_utils.py:431-473
-    `check_aux_call_without_assignment`): a stripped, non-comment line that is exactly `aux`,
-    ONE whitespace character, `(`, ONE non-`)` character, `)` - the only one of its three "bad
-    patterns" a stripped line can match."""
-    if not main_func or AUX_NAME not in main_func:
-        return []
-    pat = re.compile(rf"{AUX_NAME}\s\([^)]\)")
-    return [f"Line {n}: {line.strip()}" for n, line in enumerate(main_func.split("\n"), 1)
-            if line.strip() and not line.strip().startswith("#") and pat.fullmatch(line.strip())]
-
-
-def ignored_aux_calls_ast(main_func: str) -> list[str]:
-    """Calls of `aux` whose value is dropped: an expression statement, or assigned to a name that
-    is never read afterwards. What the paper's feedback means by "called but misused"
-    (level_feedback.py uses `check_aux_call_without_usage`, code_utils.py `AuxUsageAnalyzer`;
-    that analyser decides "never read" before it has visited the later reads, so it flags
-    almost every assignment - here reads anywhere after the assignment count)."""
-    if not main_func:
-        return []
-    try:
-        tree = ast.parse(main_func)
-    except (SyntaxError, ValueError):
-        return []
-    parents = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
-    loads: dict[str, list[tuple[int, int]]] = {}
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
-            loads.setdefault(n.id, []).append((n.lineno, n.col_offset))
-    out: list[str] = []
-    for n in ast.walk(tree):
-        if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == AUX_NAME):
-            continue
-        parent = parents.get(n)
-        if isinstance(parent, ast.Expr):
-            out.append(f"Line {n.lineno}: standalone call (not assigned)")
-        elif isinstance(parent, ast.Assign):
-            end = (parent.end_lineno or parent.lineno, parent.end_col_offset or 0)
-            for t in parent.targets:
-                if isinstance(t, ast.Name) and not any(pos > end for pos in loads.get(t.id, [])):
-                    out.append(f"Line {n.lineno}: assigned to {t.id} but never used")
-    return sorted(out)
-
 
 # ---------------------------------------------------------------- the reward (pure)
 
@@ -319,13 +161,8 @@ def _definition_message(func: str, label: str) -> str:
 
 
 def _syntax_error(code: str) -> dict[str, Any] | None:
-    try:
-        ast.parse(code)
-        return None
-    except SyntaxError as e:
-        return {"line": e.lineno, "offset": e.offset, "msg": e.msg, "text": str(e)}
-    except (ValueError, OverflowError) as e:  # e.g. null bytes
-        return {"line": None, "offset": None, "msg": str(e), "text": str(e)}
+    """None when `code` parses; else what the feedback shows (coding_checks.parse_code)."""
+    return parse_code(code)[1]
 
 
 def _prompt_preamble(prompt: str, entry_point: str) -> str:
@@ -358,14 +195,22 @@ class CodingTask(Task):
     early_stop_threshold: float | None = -0.2  # configs/maac_he_config.yaml:53
 
     def __init__(self, num_turns: int = 2, timeout_s: float = 10.0, per_test_timeout_s: float = 3.0,
-                 ignored_aux_rule: Literal["paper", "ast"] = "paper"):
+                 ignored_aux_rule: Literal["paper", "ast"] = "paper",
+                 extraction: Literal["paper", "ast"] = "paper"):
+        """`extraction="ast"` takes each function as Python's parser delimits it instead of the
+        paper's line rules, which cut a function at its first nested `def`
+        (coding_checks.extract_function_ast; docs/paper-fidelity.md lists the canonical
+        solutions that the paper's rule fails)."""
         if num_turns < 1:
             raise ValueError(f"num_turns must be >= 1, got {num_turns}")
         if ignored_aux_rule not in ("paper", "ast"):
             raise ValueError(f"ignored_aux_rule must be 'paper' or 'ast', got {ignored_aux_rule!r}")
+        if extraction not in ("paper", "ast"):
+            raise ValueError(f"extraction must be 'paper' or 'ast', got {extraction!r}")
         self.agents = ("helper", "main")
         self.num_turns = num_turns
         self.ignored_aux_rule = ignored_aux_rule
+        self.extraction = extraction
         self.limits = SandboxLimits(timeout_s=timeout_s, per_test_timeout_s=per_test_timeout_s)
         self._problems: dict[str, list[Problem]] | None = None
         self._all: dict[str, Problem] = {}
@@ -423,12 +268,20 @@ class CodingTask(Task):
 
     def facts(self, problem: Problem, helper_response: str, main_response: str) -> tuple[CodeFacts, dict[str, Any]]:
         """The reward's facts about the two responses, what feedback shows, and the joint program
-        (no test runs here)."""
+        (no test runs here). A response over MAX_ANALYSED_CHARS is not read at all: its function
+        counts as missing and `analysis_error` says why."""
         p = problem.payload
         entry = p["entry_point"]
-        aux_func = extract_function(helper_response, AUX_NAME)
-        main_func = extract_function(main_response, entry)
-        pieces = ("import math", p["preamble"].strip(), clean_functions(aux_func), clean_functions(main_func))
+        refused = {label: why for label, text in (("Aux function", helper_response),
+                                                  (f"Main function ({entry})", main_response))
+                   if (why := too_long(text, label))}
+        extract = extract_function_ast if self.extraction == "ast" else extract_function
+        aux_label, main_label = "Aux function", f"Main function ({entry})"
+        aux_func = "" if aux_label in refused else extract(helper_response, AUX_NAME)
+        main_func = "" if main_label in refused else extract(main_response, entry)
+        # the paper's rule cleans the extracted text again; a parser-delimited function is clean
+        tidy = (lambda f: f) if self.extraction == "ast" else clean_functions
+        pieces = ("import math", p["preamble"].strip(), tidy(aux_func), tidy(main_func))
         program = "\n\n".join(x for x in pieces if x) + "\n"
         syntax_error = _syntax_error(program)
         ignored = (ignored_aux_calls_paper(main_func) if self.ignored_aux_rule == "paper"
@@ -443,23 +296,42 @@ class CodingTask(Task):
             aux_value_ignored=bool(ignored),
         )
         extra = {
-            "aux_message": _definition_message(aux_func, "Aux function"),
-            "main_message": _definition_message(main_func, f"Main function ({entry})"),
+            "aux_message": refused.get(aux_label) or _definition_message(aux_func, aux_label),
+            "main_message": refused.get(main_label) or _definition_message(main_func, main_label),
             "syntax_error": syntax_error,
             "ignored_aux_calls": ignored,
             "misused_aux_calls": ignored_aux_calls_ast(main_func),
             "program": program,
         }
+        if refused:
+            extra["analysis_error"] = "; ".join(refused.values())
         return facts, extra
+
+    def _unanalysed(self, problem: Problem, error: BaseException) -> tuple[CodeFacts, dict[str, Any]]:
+        """The facts of an answer whose analysis failed unexpectedly: nothing defined (reward 0,
+        level 0), with the reason in `analysis_error` and the feedback. The checks are meant to
+        never raise; this is the floor under a bug, so a step never fails on model text."""
+        why = f"answer not analysed: {type(error).__name__}: {str(error)[:200]}"
+        log.warning("coding reward: %s (problem %s)", why, problem.problem_id)
+        facts = CodeFacts(aux_defined=False, main_defined=False, syntax_ok=False, aux_present=False,
+                          main_calls_aux=False, main_is_wrapper=False, aux_value_ignored=False)
+        error_record = {"line": None, "offset": None, "msg": why, "text": why}
+        return facts, {"aux_message": why, "main_message": why, "syntax_error": error_record,
+                       "ignored_aux_calls": [], "misused_aux_calls": [], "program": "",
+                       "analysis_error": why}
 
     def evaluate(
         self, problem: Problem, helper_response: str, main_response: str
     ) -> tuple[float, dict[str, Any]]:
         """Reward and level info of one joint answer (stateless; what `step` uses). Tests run only
-        when the reward reaches them (main defined, combined code parses)."""
+        when the reward reaches them (main defined, combined code parses). Reading the answers
+        never raises: any failure there is reward level 0 with `analysis_error` set."""
         p = problem.payload
         entry = p["entry_point"]
-        facts, extra = self.facts(problem, helper_response, main_response)
+        try:
+            facts, extra = self.facts(problem, helper_response, main_response)
+        except Exception as e:  # RecursionError and MemoryError included
+            facts, extra = self._unanalysed(problem, e)
         program = extra.pop("program")
         info: dict[str, Any] = {"max_reward": MAX_REWARD, "facts": asdict(facts), **extra}
         num_passed = num_tests = 0
