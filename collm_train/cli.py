@@ -4,6 +4,7 @@
     collm-train online --algo cc --team team.yaml --iterations 50 --episodes-per-iteration 16
     collm-train plot runs/ --out curves.png
     collm-train config --algo cc --preset paper --dump   # the effective TrainConfig as YAML
+    collm-train config --algo cc --preset paper --task housebuild   # what the paper ran on it
 
 Every TrainConfig field is a flag (`--lr`, `--clip-eps none`, `--critic-on-actor/--no-critic-on-actor`),
 generated from the config model: names, types, choices and help come from its fields and their
@@ -31,6 +32,7 @@ from typing import Any
 import click
 
 from collm_train.config import PRESETS, TrainConfig
+from collm_train.paper import COMMON, PAPER_TASKS, paper_values
 
 TRAIN_FIELDS = tuple(TrainConfig.model_fields)
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
@@ -99,13 +101,17 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
     return (_Nullable(t) if nullable else t), False
 
 
+_PER_TASK = {k for fam in PAPER_TASKS.values() for vals in fam.values() for k in vals} | set(COMMON)
+
+
 def _field_help(name: str, field) -> str:
     text = " ".join((field.description or "").split())
+    task = "; --preset paper --task T: what the paper ran on T" if name in _PER_TASK else ""
     if name in PRESETS["paper"]:
         default = ", ".join(f"{p}: {PRESETS[p][name]}" for p in PRESETS)
-        return f"{text} [default by --preset: {default}]"
+        return f"{text} [default by --preset: {default}{task}]"
     default = field.default if not isinstance(field.default, tuple) else ",".join(field.default)
-    return f"{text} [default: {default}]"
+    return f"{text} [default: {default}{task}]"
 
 
 def train_config_options(fn):
@@ -134,6 +140,13 @@ def _train_config(config_path: str | None, flags: dict[str, Any]) -> TrainConfig
     except ValidationError as e:
         source = f"--config {config_path}" if config_path else "train config"
         raise CliError(format_validation_error(source, e, TrainConfig, flags=flag_names(list(given)))) from None
+
+
+def _check_task(cfg: TrainConfig, team, team_path) -> None:
+    """--task (or the config file's task) must be the team's: a preset for another task is a mistake."""
+    if cfg.task is not None and cfg.task != team.task:
+        raise CliError(f"--task {cfg.task} but the team in {team_path} plays {team.task!r}; "
+                       f"pass --task {team.task} (or leave --task out)")
 
 
 def _common(fn=None, *, team_required: bool = True):
@@ -374,6 +387,7 @@ def main(ctx, team_path, out_dir, model, runs_dir, config_path, resume, trackers
         raise CliError("--traces and --team are required (or use a subcommand: online, plot, config)")
     team = _load_team(team_path)
     cfg = _train_config(config_path, flags)
+    _check_task(cfg, team, team_path)
     episodes = _load_episodes(traces, team, team_path)
     _refuse_small_groups(cfg.algo, team, episodes)
     resume = _resolve_resume(runs_dir, resume, team, cfg)
@@ -415,6 +429,7 @@ def online(team_path, out_dir, model, runs_dir, config_path, resume, trackers, p
     """collect (orchestrator) → update → push, repeatedly, on the live team."""
     team = _load_team(team_path)
     cfg = _train_config(config_path, flags)
+    _check_task(cfg, team, team_path)
     traces = traces or team.traces
     _check_trace_file(traces, team, team_path)
     _refuse_small_groups(cfg.algo, team)
@@ -456,10 +471,16 @@ def config_cmd(config_path, dump, **flags):
 
     cfg = _train_config(config_path, flags)
     values = cfg.model_dump(mode="json")
-    lines = [f"# effective TrainConfig: algo {cfg.algo}, preset {cfg.preset} (docs/paper-fidelity.md)"]
+    ran = paper_values(cfg.task, cfg.algo) if cfg.preset == "paper" else {}
+    what = (f", what the paper ran on {cfg.task}" if ran else
+            f"; the paper did not run {cfg.task!r}, no per-task values" if cfg.task and cfg.preset == "paper" else "")
+    lines = [f"# effective TrainConfig: algo {cfg.algo}, preset {cfg.preset}{what} (docs/paper-fidelity.md)"]
     for name, field in TrainConfig.model_fields.items():
         lines += [f"# {ln}" for ln in textwrap.wrap(" ".join((field.description or "").split()), 96)]
-        lines.append(yaml.safe_dump({name: values[name]}, default_flow_style=True, sort_keys=False).strip()[1:-1])
+        line = yaml.safe_dump({name: values[name]}, default_flow_style=True, sort_keys=False).strip()[1:-1]
+        if name in ran and values[name] == ran[name][0]:
+            line += f"  # paper: {ran[name][1]}"
+        lines.append(line)
     click.echo("\n".join(lines))
 
 

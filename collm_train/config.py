@@ -16,6 +16,13 @@ Presets (`preset`): a preset fills every field it names that the caller did not 
          the learner holds) get a truncated importance weight min(rho, 1).
   collm  the extensions this project used before issue 12: PPO clipping (eps 0.2) on every
          action, no advantage standardisation, gradient-norm clip 1.0, no value clipping.
+  paper + task  (`task` housebuild, strbuild, coding or writing) also what the paper RAN on that
+         task, per algorithm (collm_train/paper.py, each value with its config file:line; the
+         table in docs/paper-fidelity.md): the temperature-1 log-prob rule (use_sampling_params
+         False, pi_old recomputed under the same rule: off_policy none), pool size
+         (rollout_buffer_size) and step size (minibatch_size), lr and critic_lr, gamma, K
+         (num_generations), sampling (temperature, top_p, top_k, max_new_tokens), reward_shift,
+         early_stop_threshold. Print it: `collm-train config --algo cc --preset paper --task housebuild`.
 Explicitly given fields always win; `clip_eps` and `truncated_is` are alternatives, so giving
 one of them turns the preset's other one off.
 """
@@ -28,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from collm_train.algorithms.spec import AlgoName, algo_help, spec
+from collm_train.paper import paper_values
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(clip_eps=None, truncated_is=1.0, ratio_on="stale", normalize_adv="auto",
@@ -69,7 +77,10 @@ class TrainConfig(BaseModel):
     turn_index) over the batch (CoMLRL's CC/DC, ac_base.py:94-103), `group` each Monte Carlo
     sibling group of K (CoMLRL's MC, magrpo.py:1417-1420), `auto` the paper's choice for the
     algorithm (agent_turn for cc/dc, group for the Monte Carlo baselines), `off` none. A group of
-    one sample passes through unchanged (CoMLRL: `numel() > 1`). true/false mean agent_turn/off."""
+    one sample passes through unchanged (CoMLRL: `numel() > 1`). true/false mean auto/off, so a
+    Monte Carlo baseline standardises within its group under every spelling (magrpo.py:1416-1420;
+    agent_turn is refused for it). With rollout_buffer_size, agent_turn standardises within each
+    pool's (agent, turn) samples, as CoMLRL's buffer (ac_base.py:94-103, 205-218)."""
 
     clip_eps: float | None = Field(None, gt=0.0)
     """PPO clip range on the macro-action ratio rho = exp(log pi_theta - log pi_old) (preset
@@ -111,7 +122,8 @@ class TrainConfig(BaseModel):
     summed over response tokens. 0 disables it and skips the reference forward."""
 
     lr: float = Field(1e-4, gt=0.0)
-    """Actor (LoRA) learning rate; the paper's 5e-6 is for full fine-tuning."""
+    """Actor (LoRA) learning rate. Task-independent default 1e-4 (LoRA needs a larger step than the
+    paper's full fine-tuning); preset paper with `task` sets the paper's per-algorithm lr."""
 
     critic_lr: float = Field(1e-4, gt=0.0)
     """Critic learning rate (critic LoRA + value head)."""
@@ -120,10 +132,22 @@ class TrainConfig(BaseModel):
     """AdamW weight decay for actors and critics."""
 
     epochs: int = Field(1, ge=1)
-    """Passes over the batch per `update` call."""
+    """Passes over the batch per `update` call. Every optimizer step after the first of an update
+    trains on actions the learner has moved away from: they are treated as stale (ratio against
+    pi_old, the log-prob before the update, like PPO's logp_old; truncated_is / clip_eps)."""
 
     minibatch_size: int = Field(8, ge=1)
-    """(agent, turn) samples per optimizer step."""
+    """(agent, turn) samples per optimizer step. With rollout_buffer_size set: CoMLRL's
+    train_batch_size, units of ONE agent and ONE turn per step (units: samples for cc/dc, sibling
+    groups of K (CoMLRL's nodes) for the Monte Carlo baselines)."""
+
+    rollout_buffer_size: int | None = Field(None, ge=1)
+    """CoMLRL's pool: None = our schedule (the update's batch, shuffled minibatches across agents
+    and turns, standardisation over the whole batch per (agent, turn)). A number: the paper's
+    schedule (ac_base.py:196-240, magrpo.py:1316-1377): each agent's units, in the order they were
+    played, are cut into pools of this many; each pool is split per turn, its advantages
+    standardised there (cc/dc), shuffled and stepped in minibatch_size units, the pools in the
+    order they fill. 1 with minibatch_size 1: one actor step (and one critic step) per sample."""
 
     micro_batch_size: int | None = Field(None, ge=1)
     """Samples per forward pass (gradient accumulation inside a minibatch); None = whole minibatch."""
@@ -199,12 +223,46 @@ class TrainConfig(BaseModel):
     None = the path / name the base was loaded from."""
 
     use_sampling_params: bool = True
-    """log pi is the log-prob under the distribution actually sampled from (each action's logged
-    temperature, top_k, top_p), so it matches the logged behaviour log-probs and on-policy ratios
-    are exactly 1. False: the paper's choice, a temperature-1 log-softmax of the raw logits
-    (maac.py:818-830, magrpo.py:1473), which differs from the sampler's distribution whenever
-    temperature != 1 or top-k/top-p cut; behaviour log-probs are then not comparable, so it
-    requires off_policy='none'."""
+    """True: log pi is the log-prob under the distribution actually sampled from (each action's
+    logged temperature, top_k, top_p), so it matches the logged behaviour log-probs and on-policy
+    ratios are exactly 1. Its cost: a token whose nucleus holds one token has log-prob exactly 0
+    and carries NO gradient: 69% (writing) and 72% (coding) of tokens sampled at 0.7 / 0.9, 87%
+    (strbuild) and 95% (housebuild) at 0.6 / 0.6, SmolLM2-135M (issue 28, measured 2026-12-07).
+    False: the paper's rule, the temperature-1 log-softmax of the raw logits summed over the
+    response (maac.py:818-830, iac.py:853-867, magrpo.py:1464-1479): every token has gradient
+    (preset paper with `task`). The logged behaviour log-probs are then not comparable, so it
+    requires off_policy='none': pi_old is recomputed under the same rule before the update."""
+
+    task: str | None = None
+    """The task trained on. With preset paper and a task the paper ran (housebuild, strbuild,
+    coding, writing) the preset also fills what the paper ran on it (collm_train/paper.py);
+    another name fills nothing more. The training commands refuse a task other than the team's."""
+
+    num_generations: int | None = Field(None, ge=1)
+    """K, joint actions sampled per node (the team's group_size; the collector's setting, the
+    trainer reads K from the traces). Set by preset paper with `task`: 1 for cc/dc, the
+    paper's MAGRPO K otherwise. None: whatever the team uses."""
+
+    temperature: float | None = Field(None, gt=0.0)
+    """Sampling temperature the paper used on `task` (the collector's setting, not read by the
+    update: each action's logged temperature is). None: the team's."""
+
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    """Nucleus top-p the paper used on `task` (the collector's setting). None: the team's."""
+
+    top_k: int | None = Field(None, ge=0)
+    """Top-k the paper used on `task`, 0 = none (the collector's setting). None: the team's."""
+
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Response token limit the paper used on `task` (the collector's setting). None: the team's."""
+
+    reward_shift: float | None = None
+    """Constant added to every reward (CoMLRL reward_processor shift, applied by the task when it
+    scores; traces hold shifted rewards). Recorded for `task`; None: the task's own."""
+
+    early_stop_threshold: float | None = None
+    """Episode ends early when the turn's (mean) reward passes it (applied by the task / runner).
+    Recorded for `task`; None: the task's own (or none)."""
 
     seed: int = 0
     """Seed for LoRA / value-head init and minibatch shuffling."""
@@ -222,7 +280,10 @@ class TrainConfig(BaseModel):
         if preset not in PRESETS:
             return data  # the Literal check names the choices
         given = set(data)
-        for key, value in PRESETS[preset].items():
+        fill = dict(PRESETS[preset])
+        if preset == "paper":  # what the paper ran on `task` (collm_train/paper.py), if it ran it
+            fill.update({k: v for k, (v, _src) in paper_values(data.get("task"), data.get("algo", "cc")).items()})
+        for key, value in fill.items():
             if key in given:
                 continue
             if key in _ALTERNATIVES and given & set(_ALTERNATIVES):
@@ -234,7 +295,7 @@ class TrainConfig(BaseModel):
     @field_validator("normalize_adv", mode="before")
     @classmethod
     def _bool_normalize(cls, v: Any) -> Any:
-        return {True: "agent_turn", False: "off"}.get(v, v) if isinstance(v, bool) else v
+        return {True: "auto", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("lora_target_modules")
     @classmethod
@@ -263,6 +324,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "use_sampling_params=False makes learner log-probs incomparable with the logged "
                 "behaviour log-probs; set off_policy='none'"
+            )
+        if not self.has_critic and self.normalize_adv == "agent_turn":
+            raise ValueError(
+                f"algo={self.algo!r} standardises within each sibling group of K (the paper's rule, "
+                "magrpo.py:1416-1420); use normalize_adv='auto' (or 'group', true), or 'off'"
             )
         if self.micro_batch_size is not None and self.micro_batch_size > self.minibatch_size:
             raise ValueError(

@@ -12,7 +12,8 @@ One `update`:
      TD(0) / GAE bootstrap V_old(h_{t+1}) is a child's V_old(h), from the same pass)
   3. adv / v_target from the algorithm class (TD(0), GAE, or Monte Carlo over the tree), then
      standardised as config.adv_norm says
-  4. epochs x shuffled minibatches: per agent, actor loss + kl, that agent's MEAN over its
+  4. the steps schedule.plan_steps lists (epochs x shuffled minibatches, or the paper's per-agent
+     pools, config.rollout_buffer_size): per agent, actor loss + kl, that agent's MEAN over its
      samples in the minibatch (CoMLRL steps each agent on the mean of its own batch,
      maac.py:881, iac.py:957, magrpo.py:1369-1376); per critic, c_v * its mean (y - V)^2
      (maac.py:882-883); clip grad norms if configured; step.
@@ -25,7 +26,9 @@ holds: same adapter version, no update since it was published) gets the paper's 
 -A * log pi (maac.py:875, iac.py:932, magrpo.py:1481); a STALE one (another version, or the
 learner moved since publishing) gets the truncated weight -min(rho, c) * A * log pi
 (truncated_is) or PPO clipping (clip_eps), rho = pi_learner / pi_behaviour from the logged
-log-probs. With ratio_on='all' every action gets the ratio loss.
+log-probs. With ratio_on='all' every action gets the ratio loss. From the second optimizer step
+of an update on, the learner has moved away from every action's pi_old (the log-prob before the
+update, as PPO's logp_old), so every action is stale and gets the ratio loss.
 """
 
 from __future__ import annotations
@@ -54,15 +57,10 @@ from collm_train.losses import (
 )
 from collm_train.models import CRITIC_PREFIX, Critic, TeamModels
 from collm_train.returns import explained_variance
+from collm_train.schedule import chunks as _chunks
+from collm_train.schedule import plan_steps
 
 CHECKPOINT_FORMAT = "collm-train-ckpt/1"
-
-
-def _chunks(idx: Sequence[int], size: int | None) -> list[list[int]]:
-    idx = list(idx)
-    if not size:
-        return [idx] if idx else []
-    return [idx[i : i + size] for i in range(0, len(idx), size)]
 
 
 def _sample_len(s: ActionSample) -> int:
@@ -277,16 +275,18 @@ class Trainer:
             )
         stats: dict[str, list[float]] = defaultdict(list)
         work = {"actor_tokens": 0, "critic_tokens": 0}  # trained with grad, this process
-        n_steps = cfg.epochs * math.ceil(len(train_idx) / cfg.minibatch_size)
-        done = 0
-        for _epoch in range(cfg.epochs):
-            perm = train_idx[torch.randperm(len(train_idx), generator=self.rng)].tolist()
-            for mb_idx in _chunks(perm, cfg.minibatch_size):
-                self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
-                                     b_use_ratio, b_values, work)
-                done += 1
-                if on_step is not None:
-                    on_step(done, n_steps)
+        plan = plan_steps(batch, train_idx.tolist(), cfg, self.rng, by_group=self.algo.critic is None)
+        # after the first step the learner has moved: every action is stale against it, and its
+        # ratio is taken against b_logp_old, the log-prob before this update (PPO's logp_old)
+        b_use_ratio_moved = torch.ones_like(b_use_ratio)
+        n_ratio = 0
+        for done, mb_idx in enumerate(plan, start=1):
+            use_ratio = b_use_ratio if done == 1 else b_use_ratio_moved
+            n_ratio += int(use_ratio[mb_idx].sum())
+            self._minibatch_step(batch, mb_idx, b_logp_old, b_adv, b_v_target, b_ref_tok, stats,
+                                 use_ratio, b_values, work)
+            if on_step is not None:
+                on_step(done, len(plan))
         self.step += 1
         self.dirty = True
 
@@ -303,6 +303,9 @@ class Trainer:
             "charts/adv_std": float(b_adv.std(unbiased=False)),
             "charts/staleness": float(b_staleness.mean()),
             "charts/stale_frac": float(b_stale.float().mean()),
+            # trained with the ratio loss: stale at the start, or after the update's first step
+            "charts/ratio_frac": n_ratio / max(sum(map(len, plan)), 1),
+            "charts/steps": float(len(plan)),
             "charts/staleness_max": float(b_staleness.max()),
             "charts/ess": effective_sample_size_log(log_rho_behaviour),
             "charts/logp_gap": float(log_rho_behaviour.abs().mean()) if len(log_rho_behaviour) else math.nan,

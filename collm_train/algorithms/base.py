@@ -44,14 +44,19 @@ class Algorithm:
     def train_advantages(
         self, batch: "Batch", values: torch.Tensor | None, config: "TrainConfig"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`advantages`, then standardised as config.adv_norm says (paper: per (agent, turn) for
-        CC/DC, ac_base.py:94-103 + 205-218; within each sibling group for MC, magrpo.py:1417-1420)."""
+        """`advantages`, then standardised as config.adv_norm says (paper: per (agent, turn) of each
+        pool for CC/DC, ac_base.py:94-103 + 205-218, the pool being config.rollout_buffer_size
+        (schedule.pool_ids; None: the whole batch); within each sibling group for MC,
+        magrpo.py:1417-1420)."""
         from collm_train.returns import normalize_by_group
+        from collm_train.schedule import pool_ids
 
         adv, target = self.advantages(batch, values, config)
         mode = config.adv_norm
         if mode == "agent_turn":
-            adv = normalize_by_group(adv, [(s.agent, s.turn_index) for s in batch.samples], config.adv_eps)
+            pool = pool_ids(batch, config.rollout_buffer_size, by_group=self.critic is None)
+            keys = [(s.agent, pool[i], s.turn_index) for i, s in enumerate(batch.samples)]
+            adv = normalize_by_group(adv, keys, config.adv_eps)
         elif mode == "group":
             adv = normalize_by_group(adv, [s.group for s in batch.samples], config.adv_eps)
         return adv, target
