@@ -7,7 +7,8 @@ to block names. Agents write Minecraft-style lines `/setblock x y z block` (an o
 Parsing a response: only lines containing `/setblock` are commands (prose, code fences, list
 bullets and backticks around a command are ignored). A command line is invalid when it is
 malformed, out of bounds, names an unknown block, a block outside the agent's palette, or comes
-after the first MAX_COMMANDS_PER_TURN commands. Invalid lines change nothing.
+after the first MAX_COMMANDS_PER_TURN commands. Invalid lines change nothing; a coordinate
+too long for `int` is out of bounds (parsing never raises on model text).
 
 Scoring a world against a target (a set of cells that must be filled):
     coverage  = |filled & target| / |target|
@@ -55,6 +56,15 @@ class InvalidLine:
     reason: str  # malformed | out_of_bounds | unknown_block | off_palette | over_limit
 
 
+def _cell(m: re.Match[str]) -> Cell | None:
+    """The command's coordinates, or None when one is too long for `int` (over 4300 digits
+    raises ValueError since Python 3.11): such a number is out of bounds, not a crash."""
+    try:
+        return (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        return None
+
+
 def parse_commands(
     text: str, palette: frozenset[str], size: tuple[int, int, int],
     max_commands: int = MAX_COMMANDS_PER_TURN,
@@ -76,9 +86,9 @@ def parse_commands(
         if not m:
             invalid.append(InvalidLine(line, "malformed"))
             continue
-        cell = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        cell = _cell(m)
         block = m.group(4).lower()
-        if not all(0 <= c < s for c, s in zip(cell, size)):
+        if cell is None or not all(0 <= c < s for c, s in zip(cell, size)):
             invalid.append(InvalidLine(line, "out_of_bounds"))
         elif block not in KNOWN_BLOCKS:
             invalid.append(InvalidLine(line, "unknown_block"))

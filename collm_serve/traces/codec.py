@@ -11,12 +11,34 @@ column (or the reverse) fails at import, not in a trace file. Rows are read by c
 
 Pure functions without a connection, testable on their own; the store keeps transactions,
 validation of the episode tree and the queries.
+
+Any Python string is stored losslessly (issue 27, item 4). Text a model, a task or a test
+produces may hold what UTF-8 cannot encode - lone surrogates (U+D800..U+DFFF, e.g. from a test's
+error message or a `surrogateescape`-decoded byte) - and SQLite TEXT is UTF-8, so Python's
+sqlite3 refuses such a string (UnicodeEncodeError) and the turn would be lost:
+- JSON columns (feedback, info, observation, metadata, ...): `dumps` writes each lone surrogate
+  as its JSON escape `\\udXXX`, which is valid JSON in valid UTF-8 and which `json.loads` turns
+  back into the same lone surrogate. Every other character is written as itself.
+- Plain text columns (response_text, failure_reason, ...): a string with a lone surrogate is
+  stored as a BLOB of its UTF-8 bytes with the surrogates encoded as UTF-8 would encode any code
+  point (Python's 'surrogatepass'); reading a BLOB from a text column decodes it the same way.
+  Such a value is not TEXT to SQL (`WHERE x = ?`, `LIKE`), so keys the store queries on (ids,
+  task, split, status) come from code, never from model text.
+One string a JSON column cannot give back as it was: a high surrogate directly followed by a
+low one reads back as the single character that pair encodes in UTF-16 (JSON has no way to
+write the two apart; json.loads always joins them).
+No lossy replacement ('replace', 'backslashreplace') is used: a trace must give back exactly the
+text the model saw and wrote. NUL characters and lines of any length need nothing special:
+sqlite3 binds text with its length, so "a\\x00b" comes back whole (SQL's own length() stops at
+the NUL). One value is bounded only by SQLite's SQLITE_MAX_LENGTH (1e9 bytes by default); a
+larger one fails that turn's write (sqlite3.DataError), never an earlier turn.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from array import array
@@ -67,11 +89,37 @@ def unpack_logprobs(blob: bytes) -> list[float]:
     return _unpack("d", blob)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(text: str) -> str:
+    """JSON text with each lone surrogate as its `\\udXXX` escape (module doc): in `json.dumps`
+    output with ensure_ascii=False a non-ASCII character can only sit inside a string literal,
+    where the escape means the same code point."""
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def text_to_sql(value: Any, what: str = "") -> Any:
+    """A plain text column's value: itself, or (a string with a lone surrogate) the BLOB of its
+    'surrogatepass' UTF-8 bytes (module doc)."""
+    if isinstance(value, str) and _SURROGATE.search(value):
+        return value.encode("utf-8", "surrogatepass")
+    return value
+
+
+def text_from_sql(value: Any) -> Any:
+    """The inverse of `text_to_sql`: a BLOB read from a text column is decoded back."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogatepass")
+    return value
+
+
 def dumps(value: Any, what: str) -> str:
-    """`value` as JSON text; ValueError naming `what` if it is not JSON-serialisable."""
+    """`value` as JSON text, any string in it storable (module doc); ValueError naming `what`
+    if it is not JSON-serialisable."""
     # allow_nan=False: NaN/Infinity are not JSON, and exports must stay readable by `datasets`
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False)
+        return _escape_surrogates(json.dumps(value, allow_nan=False, ensure_ascii=False))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{what} is not JSON-serialisable ({e})") from e
 
@@ -129,14 +177,14 @@ def completion_text(messages: Sequence[Mapping[str, Any]]) -> str:
 
 
 def export_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return _escape_surrogates(json.dumps(value, ensure_ascii=False, allow_nan=False))
 
 
 def _sampling_json(s: SamplingRecord | None) -> dict[str, Any]:
     return {} if s is None else s.to_json()
 
 
-TEXT = Codec()
+TEXT = Codec(to_sql=text_to_sql, from_sql=text_from_sql)  # any str, losslessly
 INT = Codec(to_sql=lambda v, what: int(v), arrow="int64")
 ID = Codec(arrow="int64")  # ids the store assigns (turn_id, parent_turn_id): None or int
 REAL = Codec(to_sql=lambda v, what: float(v), arrow="float64")
@@ -153,7 +201,8 @@ CHAT = Codec(  # chat messages: JSON text in SQLite, a list of {role, content} i
     to_sql=dumps, from_sql=json.loads, to_export=chat,
     from_export=lambda v: [dict(m) for m in v], arrow="messages",
 )
-COMPLETION = Codec(to_export=completion, from_export=completion_text, arrow="messages")
+COMPLETION = Codec(to_sql=text_to_sql, from_sql=text_from_sql, to_export=completion,
+                   from_export=completion_text, arrow="messages")
 TOKEN_IDS = Codec(
     to_sql=lambda v, what: pack_token_ids(v), from_sql=unpack_token_ids, to_export=list,
     from_export=list, arrow="list<int32>",

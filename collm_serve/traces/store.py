@@ -47,6 +47,8 @@ from collm_serve.traces.codec import (
     pack_token_ids,
     record_from_row,
     record_values,
+    text_from_sql,
+    text_to_sql,
     unpack_logprobs,
     unpack_token_ids,
 )
@@ -281,14 +283,14 @@ class TraceStore:
         def tx(c: sqlite3.Connection) -> None:
             ep = self._episode_head(c, episode_id)
             if ep["status"] != EPISODE_RUNNING:
-                why = ep["failure_reason"]
+                why = text_from_sql(ep["failure_reason"])
                 raise ValueError(
                     f"episode {episode_id!r} is already {ep['status']}" + (f" ({why})" if why else "")
                 )
             c.execute(
                 "UPDATE episodes SET status = ?, final_return = ?, failure_reason = ?, "
                 "finished_at = ? WHERE episode_id = ?",
-                (status, ret, reason, time.time(), episode_id),
+                (status, ret, text_to_sql(reason), time.time(), episode_id),
             )
 
         self._write(tx)
@@ -483,7 +485,7 @@ class TraceStore:
         )
         with self._lock:
             rows = self.conn.execute(sql, [*args] + ([] if f.limit is None else [f.limit])).fetchall()
-        return [dict(r) for r in rows]
+        return [{**dict(r), **{c.name: c.codec.from_sql(r[c.name]) for c in head}} for r in rows]
 
     def completed_keys(self, task: str, split: str) -> set[tuple[str, int]]:
         """(problem_id, seed) of the ok episodes of (task, split): what `collect --resume` skips."""
