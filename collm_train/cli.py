@@ -143,10 +143,30 @@ def _train_config(config_path: str | None, flags: dict[str, Any]) -> TrainConfig
 
 
 def _check_task(cfg: TrainConfig, team, team_path) -> None:
-    """--task (or the config file's task) must be the team's: a preset for another task is a mistake."""
+    """--task (or the config file's task) must be the team's: a preset for another task is a
+    mistake. The collector's settings the config records (K, sampling) that the team does not
+    use are warned about: the traces, not the config, say how actions were sampled."""
     if cfg.task is not None and cfg.task != team.task:
         raise CliError(f"--task {cfg.task} but the team in {team_path} plays {team.task!r}; "
                        f"pass --task {team.task} (or leave --task out)")
+    for line in preset_vs_team(cfg, team):
+        click.echo(f"warning: {line} (the team in {team_path}; docs/paper-fidelity.md, Per-task settings)", err=True)
+
+
+def preset_vs_team(cfg: TrainConfig, team) -> list[str]:
+    """Where the team's group_size / sampling differ from the config's num_generations /
+    temperature / top_p / top_k / max_new_tokens (those set, e.g. by --preset paper --task)."""
+    out = []
+    if cfg.num_generations is not None and team.group_size != cfg.num_generations:
+        out.append(f"num_generations {cfg.num_generations} but group_size {team.group_size}")
+    pairs = (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"), ("max_new_tokens", "max_tokens"))
+    for name, agent in team.agents.items():
+        diff = [f"{ours} {getattr(cfg, ours)} but {theirs} {getattr(agent.sampling, theirs)}"
+                for ours, theirs in pairs
+                if getattr(cfg, ours) is not None and getattr(cfg, ours) != getattr(agent.sampling, theirs)]
+        if diff:
+            out.append(f"agent {name} samples differently: " + ", ".join(diff))
+    return out
 
 
 def _common(fn=None, *, team_required: bool = True):

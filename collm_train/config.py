@@ -13,7 +13,8 @@ Presets (`preset`): a preset fills every field it names that the caller did not 
          and within each Monte Carlo group (magrpo.py:1417-1420), no gradient clipping
          (maac.py:887-893), value clipping 0.2 only for a value head on the actor
          (iac.py:34, 938-950). Our one addition: stale actions (served by an older adapter than
-         the learner holds) get a truncated importance weight min(rho, 1).
+         the learner holds, and every action of an update's steps after the first, which the
+         learner has moved away from) get a truncated importance weight min(rho, 1).
   collm  the extensions this project used before issue 12: PPO clipping (eps 0.2) on every
          action, no advantage standardisation, gradient-norm clip 1.0, no value clipping.
   paper + task  (`task` housebuild, strbuild, coding or writing) also what the paper RAN on that

@@ -13,7 +13,9 @@ chat prompts and closes every response (the closing token is part of the action 
 
 Token log-probs are those of the sampling distribution (`collm_serve.sampling`:
 temperature -> top-k -> top-p), so for on-policy data the learner's log-prob equals the logged
-behaviour log-prob and the importance ratio is exactly 1.
+behaviour log-prob and the importance ratio is exactly 1. With the defaults (temperature 1, no
+top-k / top-p) they are the paper's rule, the log-softmax of the raw logits (CoMLRL maac.py:818-830,
+iac.py:853-867, magrpo.py:1464-1479), which the trainer uses when use_sampling_params is False.
 """
 
 from __future__ import annotations

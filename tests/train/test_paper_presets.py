@@ -213,3 +213,40 @@ def test_steps_after_the_first_use_the_ratio_against_pre_update_logp(monkeypatch
     # pi_old stays the log-prob BEFORE the update (these fresh actions' logged one: -1 a token)
     assert all(torch.equal(old, torch.full_like(old, -2.0)) for _, old in steps)
     assert m["charts/ratio_frac"] == pytest.approx(1 - len(steps[0][0]) / sum(len(u) for u, _ in steps))
+
+
+# ----------------------------------------------------------------------------- the CLI and the team
+def _team(tmp_path, task="housebuild", group_size=1, temperature=0.7):
+    import yaml
+
+    from collm_serve.team import load_team_config
+
+    path = tmp_path / "team.yaml"
+    path.write_text(yaml.safe_dump({"task": task, "group_size": group_size, "traces": str(tmp_path / "t.db"),
+                                    "agents": {a: {"address": f"127.0.0.1:{5001 + i}",
+                                                   "sampling": {"temperature": temperature, "top_p": 0.6,
+                                                                "max_tokens": 512}}
+                                               for i, a in enumerate(AGENTS)}}))
+    return path, load_team_config(path)
+
+
+def test_training_refuses_a_task_other_than_the_teams(tmp_path):
+    path, _ = _team(tmp_path, task="writing")
+    (tmp_path / "t.db").write_bytes(b"")
+    out = CliRunner().invoke(main, ["--algo", "cc", "--task", "housebuild", "--team", str(path),
+                                    "--traces", str(tmp_path / "t.db")])
+    assert out.exit_code != 0 and "--task housebuild but the team" in out.output
+    assert "pass --task writing" in out.output
+
+
+def test_preset_settings_the_team_does_not_use_are_named(tmp_path):
+    from collm_train.cli import preset_vs_team
+
+    _, team = _team(tmp_path, group_size=4, temperature=0.7)
+    lines = preset_vs_team(TrainConfig(algo="magrpo", task="housebuild"), team)  # K 2, 0.6 / 0.6, 512
+    assert lines[0] == "num_generations 2 but group_size 4"
+    assert all("temperature 0.6 but temperature 0.7" in ln and "top_p" not in ln for ln in lines[1:])
+    assert len(lines) == 1 + len(AGENTS)
+    _, same = _team(tmp_path, group_size=2, temperature=0.6)
+    assert preset_vs_team(TrainConfig(algo="magrpo", task="housebuild"), same) == []
+    assert preset_vs_team(TrainConfig(algo="magrpo"), team) == []  # nothing recorded, nothing to say
