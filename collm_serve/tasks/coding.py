@@ -307,6 +307,14 @@ class CodingTask(Task):
             extra["analysis_error"] = "; ".join(refused.values())
         return facts, extra
 
+    def safe_facts(self, problem: Problem, helper_response: str, main_response: str
+                   ) -> tuple[CodeFacts, dict[str, Any]]:
+        """`facts`, or the facts of an unanalysed answer if reading the text fails anyway."""
+        try:
+            return self.facts(problem, helper_response, main_response)
+        except Exception as e:  # RecursionError and MemoryError included
+            return self._unanalysed(problem, e)
+
     def _unanalysed(self, problem: Problem, error: BaseException) -> tuple[CodeFacts, dict[str, Any]]:
         """The facts of an answer whose analysis failed unexpectedly: nothing defined (reward 0,
         level 0), with the reason in `analysis_error` and the feedback. The checks are meant to
