@@ -336,10 +336,7 @@ class CodingTask(Task):
         never raises: any failure there is reward level 0 with `analysis_error` set."""
         p = problem.payload
         entry = p["entry_point"]
-        try:
-            facts, extra = self.facts(problem, helper_response, main_response)
-        except Exception as e:  # RecursionError and MemoryError included
-            facts, extra = self._unanalysed(problem, e)
+        facts, extra = self.safe_facts(problem, helper_response, main_response)
         program = extra.pop("program")
         info: dict[str, Any] = {"max_reward": MAX_REWARD, "facts": asdict(facts), **extra}
         num_passed = num_tests = 0
