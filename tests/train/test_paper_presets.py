@@ -250,3 +250,26 @@ def test_preset_settings_the_team_does_not_use_are_named(tmp_path):
     _, same = _team(tmp_path, group_size=2, temperature=0.6)
     assert preset_vs_team(TrainConfig(algo="magrpo", task="housebuild"), same) == []
     assert preset_vs_team(TrainConfig(algo="magrpo"), team) == []  # nothing recorded, nothing to say
+
+
+def test_the_docs_table_cites_every_value_of_the_preset():
+    """docs/paper-fidelity.md's per-task table and collm_train/paper.py cannot drift apart."""
+    from pathlib import Path
+
+    from collm_train.paper import PAPER_TASKS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "paper-fidelity.md").read_text()
+    label = {"cc": "CC (MAAC)", "dc": "DC (IAC)", "mc": "MAGRPO"}
+    for task, fams in PAPER_TASKS.items():
+        for fam, vals in fams.items():
+            (row,) = [ln for ln in doc.splitlines() if ln.startswith(f"| {task} | {label[fam]} |")]
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            for name, (value, src) in vals.items():
+                line = src.rsplit(":", 1)[1].split(" ")[0] if src.split(" ", 1)[0] in ("MC", "CG", "W") else None
+                shown = "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+                if name == "top_k" and value == 0:
+                    shown = "none (0)"
+                hits = [c for c in cells if c.startswith(shown + " ") or c == shown]
+                assert hits, f"{task} {fam} {name}={value} not in the docs row"
+                if line and line[0].isdigit():
+                    assert any(c.endswith(f":{line}") or f":{line} " in c for c in hits), (task, fam, name, line)
