@@ -1,11 +1,14 @@
 """Logging set-up of the collm-serve processes: `--log-level` and an optional JSON line format
 (one object per record: ts, level, logger, message, exc) that log collectors parse without rules.
-Life-cycle events stay the JSON lines `server.announce` prints on stdout; logs go to stderr."""
+Life-cycle events stay the JSON lines `server.announce` prints on stdout; logs go to stderr —
+vLLM's too, including its engine core's traceback when it dies (vLLM logs to stdout unless
+`VLLM_LOGGING_STREAM` says otherwise; its engine processes inherit the variable)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -27,6 +30,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Our root handler on stderr; replaces the one an earlier call installed."""
     if level not in LEVELS or fmt not in FORMATS:
         raise ValueError(f"log level must be one of {LEVELS} and format one of {FORMATS}")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # read when vLLM is imported
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.collm = True  # ours: replaced on the next call; others' handlers (pytest's caplog) stay

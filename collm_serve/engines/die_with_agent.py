@@ -12,8 +12,8 @@ How it is armed:
   installs an at-fork hook. vLLM's default start method on CPU is fork; a forked child inherits
   the "plugins loaded" flag, so no plugin runs in it again: the hook arms it right after fork.
 - A spawned engine process (spawn method, e.g. once CUDA is initialised) arms itself in
-  `register`, through the `vllm.general_plugins` entry point that already runs in every vLLM
-  process (vllm_cpu_lora_fix.register calls it; no second entry point to install).
+  `register`, through the `vllm.general_plugins` entry point `collm_die_with_agent` that runs
+  in every vLLM process (pyproject.toml).
 - Armed processes point the variable at themselves, so their own workers die with them.
 A process without the variable (any other vLLM user of this environment) is left alone.
 Tested by tests/reliability/test_engine_orphans.py (kill -9 of the agent; and the same test
@@ -84,7 +84,7 @@ def protect_children() -> None:
 
 
 def register() -> None:
-    """vLLM general-plugin hook (through vllm_cpu_lora_fix.register): arms a spawned engine
+    """vLLM general-plugin hook (entry point `collm_die_with_agent`): arms a spawned engine
     process of a CoLLM agent; idempotent, and nothing for any other process."""
     value = os.environ.get(ENV, "")
     if value.isdigit() and int(value) != os.getpid():

@@ -71,12 +71,8 @@ def bgmv_expand_slice(
 
 
 def register() -> None:
-    """vLLM general-plugin hook; idempotent. Also arms a spawned engine process of an agent to
-    die with it (die_with_agent.py): the one CoLLM entry point every engine process runs."""
+    """vLLM general-plugin hook; idempotent, CPU only."""
     global _PATCHED
-    from collm_serve.engines import die_with_agent
-
-    die_with_agent.register()
     if _PATCHED:
         return
     from vllm.platforms import current_platform
