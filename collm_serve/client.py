@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from collm_serve.errors import CAUSE_KEY, EngineDead
 from collm_serve.proto.collm.v1 import agent_pb2 as pb
 from collm_serve.proto.collm.v1 import agent_pb2_grpc
 from collm_serve.traces.records import SamplingRecord
@@ -40,6 +41,8 @@ class PermissionDeniedError(AgentError): ...
 class UnauthenticatedError(AgentError): ...
 class ResourceExhaustedError(AgentError): ...
 class UnavailableError(AgentError): ...
+class EngineDeadError(UnavailableError):
+    """UNAVAILABLE because the agent's engine died (cause `engine_dead`): it exits with code 3."""
 class DeadlineExceededError(AgentError): ...
 class CancelledError(AgentError): ...
 
@@ -57,9 +60,15 @@ _ERRORS = {
 }
 
 
+_CAUSES = {(grpc.StatusCode.UNAVAILABLE, EngineDead.cause): EngineDeadError}  # (code, collm-cause)
+
+
 def error_from_rpc(e: grpc.RpcError) -> AgentError:
     code = e.code() if callable(getattr(e, "code", None)) else grpc.StatusCode.UNKNOWN
-    return _ERRORS.get(code, AgentError)(code, e.details() or "")
+    trailing = e.trailing_metadata() if callable(getattr(e, "trailing_metadata", None)) else None
+    cause = dict(trailing or ()).get(CAUSE_KEY, "")
+    cls = _CAUSES.get((code, cause)) or _ERRORS.get(code, AgentError)
+    return cls(code, e.details() or "")
 
 
 # -- results ------------------------------------------------------------------------------

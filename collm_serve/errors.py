@@ -13,6 +13,12 @@ class CollmError(Exception):
     """Base class: `code` is the gRPC status the server answers with."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # A cause the client can tell apart from others of the same code without reading the message:
+    # sent as trailing metadata `collm-cause` (CAUSE_KEY) with the status.
+    cause: str = ""
+
+
+CAUSE_KEY = "collm-cause"
 
 
 class InvalidArgument(CollmError, ValueError):
@@ -44,4 +50,12 @@ class Unavailable(CollmError):
 
 
 class EngineDead(Unavailable):
-    """The engine cannot serve any more: the process reports NOT_SERVING and must restart."""
+    """The engine cannot serve any more: the process reports NOT_SERVING and exits with code 3
+    for its supervisor to restart it. Clients see UNAVAILABLE with cause `engine_dead`, so a
+    collector reports the death, not only the refused calls after it."""
+
+    cause = "engine_dead"
+
+    def __init__(self, detail: str = ""):
+        super().__init__("the agent's engine died; the agent exits with code 3 to be restarted "
+                         "(its log has the engine's traceback)" + (f": {detail}" if detail else ""))

@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from collm_serve.auth import AuthInterceptor, AuthPolicy, checked
 from collm_serve.config import TLSConfig
-from collm_serve.errors import CollmError
+from collm_serve.errors import CAUSE_KEY, CollmError
 
 MAX_MESSAGE_BYTES = 16 << 20
 
@@ -173,6 +173,8 @@ async def outcome(context: grpc.aio.ServicerContext, method: str, log: logging.L
     except CollmError as e:
         on_error(e)
         count(e.code)
+        if e.cause:
+            context.set_trailing_metadata(((CAUSE_KEY, e.cause),))
         await context.abort(e.code, str(e))
     except (asyncio.CancelledError, GeneratorExit):  # client cancel, deadline, stream closed early
         count(grpc.StatusCode.CANCELLED)

@@ -121,6 +121,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     def _require_serving(self) -> None:
         if self.state.phase == "loading":
             raise Unavailable("agent is still loading its model; retry shortly")
+        if self.engine.dead:  # the cause, not "draining", while the agent exits for its restart
+            raise EngineDead()
         if self.state.phase == "draining":
             raise Unavailable("agent is draining (shutting down); retry on another replica")
 

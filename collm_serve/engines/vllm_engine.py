@@ -139,7 +139,7 @@ class VLLMEngine(ModelEngine):
         if self._llm is None:
             raise FailedPrecondition("engine not started")
         if self._llm.errored:
-            raise EngineDead(f"vLLM engine is dead: {self._llm.dead_error}")
+            raise EngineDead(f"vLLM: {self._llm.dead_error}")
 
     def _sampling(self, request: EngineRequest):
         from vllm import SamplingParams as VSamplingParams

@@ -29,6 +29,7 @@ from collm_serve.client import (
     AgentError,
     AsyncAgentClient,
     DeadlineExceededError,
+    EngineDeadError,
     FailedPreconditionError,
     GenerateOutput,
     InvalidArgumentError,
@@ -48,6 +49,11 @@ DEFAULT_MAX_IN_FLIGHT = 8  # requests per agent service at once (its admission q
 
 def fix_for(error: AgentError, agent: str, address: str) -> str:
     """What a user does about a failed agent call, by the error's type (one status, one fix)."""
+    if isinstance(error, EngineDeadError):
+        return (f"the engine of agent {agent} died and the agent exited with code 3 ('restart me'): "
+                "run agents under a supervisor that restarts them (the generated Compose files: "
+                "restart: unless-stopped; Kubernetes restarts the container); vLLM's traceback is "
+                "in the agent's log")
     if isinstance(error, UnavailableError):
         return (f"start the agent (collm-serve start --agent {agent}) or correct its address "
                 f"{address} in the team file")
@@ -71,11 +77,16 @@ class AgentCallError(RuntimeError):
     `fix` names what the user can do about it (`fix_for`); `collect` prints it when every
     episode fails."""
 
-    def __init__(self, agent: str, address: str, attempts: int, error: AgentError):
+    def __init__(self, agent: str, address: str, attempts: int, error: AgentError,
+                 cause: AgentError | None = None):
+        """`cause`: an earlier attempt's error that explains the last one (the agent's engine
+        died; the attempts after it only found the agent gone)."""
         self.agent, self.address, self.attempts, self.error = agent, address, attempts, error
-        self.fix = fix_for(error, agent, address)
+        self.cause = cause
+        self.fix = fix_for(cause or error, agent, address)
         tries = f" after {attempts} attempt{'s' * (attempts > 1)}" if isinstance(error, RETRYABLE) else ""
-        super().__init__(f"agent {agent} ({address}): {error.code.name}{tries}: {error.details}")
+        first = f"engine died ({cause.details}); then " if cause is not None and cause is not error else ""
+        super().__init__(f"agent {agent} ({address}): {first}{error.code.name}{tries}: {error.details}")
 
 
 @dataclass
@@ -157,6 +168,7 @@ class AgentPool:
         selector = pins.selector(agent) if pins is not None else {}
         fallback = ""
         attempt = 0
+        engine_death: EngineDeadError | None = None  # the cause of the UNAVAILABLEs that follow it
         while True:
             rid = f"{request_id}.{attempt}" + (".f" if fallback else "")
             error: AgentError
@@ -175,6 +187,8 @@ class AgentPool:
                 except AgentError as e:
                     if isinstance(e, DeadlineExceededError):
                         await self._abort(client, rid)
+                    if isinstance(e, EngineDeadError) and engine_death is None:
+                        engine_death = e
                     error = e
                 else:
                     latency_ms = (time.perf_counter() - started) * 1000
@@ -184,7 +198,7 @@ class AgentPool:
                                       attempts=attempt + 1, pin_fallback=fallback)
             attempt += 1
             if not isinstance(error, RETRYABLE) or attempt >= policy.attempts:
-                raise AgentCallError(agent, spec.address, attempt, error) from None
+                raise AgentCallError(agent, spec.address, attempt, error, engine_death) from None
             await asyncio.sleep(policy.backoff_s * 2 ** (attempt - 1))
 
     @staticmethod

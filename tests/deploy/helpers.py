@@ -117,6 +117,10 @@ def _flag(cmd: list[str], flag: str) -> str:
     return cmd[cmd.index(flag) + 1]
 
 
+# Compose restart policies that bring back an agent that exited non-zero (not "no")
+RESTARTS_ON_FAILURE = ("always", "unless-stopped", "on-failure")
+
+
 def check_compose(compose_file: Path, gpu: bool) -> None:
     """Required keys, GPU pins, health checks and health-gated start order of one compose file."""
     doc = load_yaml(compose_file)
@@ -142,6 +146,8 @@ def check_compose(compose_file: Path, gpu: bool) -> None:
         assert _flag(test, "--address") == f"127.0.0.1:{port}"
         assert _flag(test, "--service") == AGENT_SERVICE
         assert "adapters:/data/adapters" in svc["volumes"]
+        # an agent whose engine died exits with code 3 ("restart me"): Compose must restart it
+        assert svc.get("restart") in RESTARTS_ON_FAILURE, f"{name}: restart {svc.get('restart')!r}"
         devices = (svc.get("deploy") or {}).get("resources", {}).get("reservations", {}).get("devices")
         if gpu:
             assert devices and len(devices) == 1 and devices[0]["driver"] == "nvidia"
@@ -227,6 +233,8 @@ def check_k8s(docs: list[dict[str, Any]], gpu: bool) -> None:
         assert {"name": "grpc", "containerPort": port} in c["ports"]
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert _probe_port(c[kind]) == port, (agent, kind)
+        # exit code 3 ("restart me", the engine died): the kubelet restarts the container
+        assert dep["spec"]["template"]["spec"].get("restartPolicy", "Always") == "Always", agent
         assert _probe_service(c["startupProbe"]) == _probe_service(c["readinessProbe"]) == AGENT_SERVICE
         limits = (c.get("resources") or {}).get("limits", {})
         assert (limits.get("nvidia.com/gpu") == 1) if gpu else ("nvidia.com/gpu" not in limits), (agent, limits)

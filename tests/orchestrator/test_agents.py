@@ -12,6 +12,7 @@ from collm_serve.client import (
     AdapterRef,
     ChoiceOutput,
     DeadlineExceededError,
+    EngineDeadError,
     GenerateOutput,
     InvalidArgumentError,
     NotFoundError,
@@ -101,6 +102,17 @@ async def test_retries_exhausted_raise_with_the_reason():
         await act(pool_with(helper=fake))
     assert len(fake.calls) == 3
     assert fake.aborted == [c["request_id"] for c in fake.calls]  # each timed-out try is aborted
+
+
+async def test_an_engine_death_stays_the_reason_after_the_retries_that_follow_it():
+    """The engine dies mid-call (cause engine_dead), then the agent is gone (connection refused):
+    the episode's reason and fix name the death and the restart, not only the last UNAVAILABLE."""
+    died = EngineDeadError(grpc.StatusCode.UNAVAILABLE, "the agent's engine died; the agent exits with code 3")
+    fake = FakeClient([died, unavailable()])
+    with pytest.raises(AgentCallError, match=r"engine died \(the agent's engine died.*then UNAVAILABLE after 3 "
+                                             r"attempts: connection refused") as e:
+        await act(pool_with(helper=fake))
+    assert e.value.cause is died and "exited with code 3" in e.value.fix and "restart" in e.value.fix
 
 
 async def test_non_transient_errors_are_not_retried():

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from collm_serve.client import AgentClient, AgentError
+from collm_serve.client import AgentClient, AgentError, EngineDeadError
 
 N_REQUESTS = 6
 PROMPT_WORDS = 300  # ~1,500 tokens with the chat template: two such prompts exceed a 2048-token step
@@ -29,7 +29,7 @@ def prompt(i: int) -> list[dict]:
 
 
 def ask(agent, i: int) -> list[int]:
-    with AgentClient(agent.address, timeout=300) as c:
+    with AgentClient(agent.address, timeout=300, retries=0) as c:  # each error as the service sent it
         out = c.generate(messages=prompt(i), max_tokens=12, min_tokens=12, temperature=0.6, top_p=0.6,
                          seed=100 + i)
     return list(out.choices[0].token_ids)
@@ -75,6 +75,8 @@ def test_seeded_requests_split_over_steps(tmp_path, rewind):
         else:
             agent.proc.wait(timeout=120)  # an engine death is fatal: the agent exits (code 3)
             assert errors, "without the rewind the engine should die (did vLLM fix it?)"
-            assert "CPU Generator does not use offset" in log.read_text()
+            assert "CPU Generator does not use offset" in log.read_text()  # vLLM's traceback, in the log
+            # the requests in flight are told the cause (collm-cause: engine_dead), not only UNAVAILABLE
+            assert any(isinstance(e, EngineDeadError) for e in errors.values()), errors
     finally:
         agent.stop()
