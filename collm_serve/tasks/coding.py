@@ -87,7 +87,7 @@ from collm_serve.tasks.coding_checks import (  # noqa: F401  (re-exported: the r
     prompt_imports,
     too_long,
 )
-from collm_serve.tasks.sandbox import CallCheck, SandboxLimits, run_tests
+from collm_serve.tasks.sandbox import CallCheck, SandboxLimits, run_tests_retried
 from collm_serve.tasks.sandbox_checks import prepare_checks
 
 log = logging.getLogger(__name__)
@@ -342,7 +342,7 @@ class CodingTask(Task):
         num_passed = num_tests = 0
         if facts.main_defined and facts.syntax_ok and p["checks"]:
             checks = [CallCheck.from_dict(c) for c in p["checks"]]
-            result = run_tests(program, checks, entry_point=entry, rebind=p["preamble"], limits=self.limits)
+            result = run_tests_retried(program, checks, entry_point=entry, rebind=p["preamble"], limits=self.limits)
             num_passed, num_tests = result.num_passed, result.num_tests
             info["tests"] = {
                 "passed": result.num_passed,

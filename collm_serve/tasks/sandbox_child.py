@@ -31,6 +31,7 @@ MAX_DEPTH = 48  # nesting of a result; deeper is "unserialisable"
 MAX_NODES = 200_000  # values in one result
 MAX_INT_DIGITS = 4000
 ERROR_CHARS = 300
+INODE_POLL_S = 0.005  # how often the harness checks the work dir's inodes while a worker runs
 _HEADER = struct.Struct(">I")
 
 
@@ -75,10 +76,16 @@ def encode(value, _depth=0, _count=None):
     raise NotPlainData("type %s is not plain data" % (t.__name__,))
 
 
-def decode(tree, _depth=0):
-    """Inverse of `encode`; raises ValueError/TypeError on anything else (hostile input)."""
+def decode(tree, _depth=0, budget=None):
+    """Inverse of `encode`; raises ValueError/TypeError on anything else (hostile input).
+    `budget` ([n]): values the caller may still build; ValueError when spent (the parent's
+    read budget: a result may not cost it more memory or time than that)."""
     if _depth > MAX_DEPTH + 1:
         raise ValueError("nested too deeply")
+    if budget is not None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ValueError("result over the read budget")
     t = type(tree)
     if tree is None or t is bool or t is str or t is int:
         return tree
@@ -93,19 +100,19 @@ def decode(tree, _depth=0):
     if type(body) is not list:
         raise ValueError("not an encoded value")
     if tag == "l":
-        return [decode(v, d) for v in body]
+        return [decode(v, d, budget) for v in body]
     if tag == "t":
-        return tuple(decode(v, d) for v in body)
+        return tuple(decode(v, d, budget) for v in body)
     if tag == "s":
-        return {decode(v, d) for v in body}
+        return {decode(v, d, budget) for v in body}
     if tag == "z":
-        return frozenset(decode(v, d) for v in body)
+        return frozenset(decode(v, d, budget) for v in body)
     if tag == "d":
         out = {}
         for kv in body:
             if type(kv) is not list or len(kv) != 2:
                 raise ValueError("not an encoded dict item")
-            out[decode(kv[0], d)] = decode(kv[1], d)
+            out[decode(kv[0], d, budget)] = decode(kv[1], d, budget)
         return out
     raise ValueError("unknown tag")
 
@@ -194,8 +201,17 @@ def _kill_strays(keep):
                 pass
 
 
-def _collect(rfd, pid, per_test_s, cap):
-    """Reads the worker's pipe until EOF, the cap, or the per-test deadline; then kills it."""
+def _inodes_used(path="/work"):
+    st = os.statvfs(path)
+    return st.f_files - st.f_ffree
+
+
+def _collect(rfd, pid, per_test_s, cap, inodes=None):
+    """Reads the worker's pipe until EOF, the cap, or the per-test deadline; then kills it.
+
+    `inodes`: the work dir's inode cap. bwrap cannot mount a tmpfs with `nr_inodes`, so the
+    harness checks the tmpfs's used inodes every INODE_POLL_S and kills a worker over the cap
+    ("inode_limit"); the overshoot is what one worker creates in that interval."""
     import select
     import signal
     import time
@@ -207,7 +223,10 @@ def _collect(rfd, pid, per_test_s, cap):
         if left <= 0:
             why = "timeout"
             break
-        ready, _, _ = select.select([rfd], [], [], left)
+        ready, _, _ = select.select([rfd], [], [], min(left, INODE_POLL_S) if inodes else left)
+        if inodes and _inodes_used() > inodes:
+            why = "inode_limit"
+            break
         if not ready:
             continue
         chunk = os.read(rfd, 65536)
@@ -268,7 +287,7 @@ def _worker(job, test, wfd):
         emit(frame)
 
 
-def _in_worker(run, result_fd, timeout_s, cap):
+def _in_worker(run, result_fd, timeout_s, cap, inodes=None):
     """Forks a worker that runs `run(wfd)` and exits, without RESULT_FD; returns what
     `_collect` reads of its pipe: (data, status, why)."""
     rfd, wfd = os.pipe()
@@ -281,7 +300,7 @@ def _in_worker(run, result_fd, timeout_s, cap):
         finally:
             os._exit(0)
     os.close(wfd)
-    return _collect(rfd, pid, timeout_s, cap)
+    return _collect(rfd, pid, timeout_s, cap, inodes)
 
 
 def _flushed(fn, *args):
@@ -304,7 +323,8 @@ def _run_candidate(job, result_fd):
     job["nproc_base"] = len(_live_pids())
     for i, test in enumerate(job["tests"]):
         data, status, why = _in_worker(lambda wfd: _flushed(_worker, job, test, wfd), result_fd,
-                                       lim["per_test_timeout_s"], lim["result_bytes"])
+                                       lim["per_test_timeout_s"], lim["result_bytes"],
+                                       lim.get("tmpfs_inodes"))
         if job["kill_strays"] and os.getppid() == 1:  # only as pid 2 of our own namespace
             _kill_strays(keep)
         write_all(result_fd, pack_frame({"t": i, "why": why, "status": status}, data))

