@@ -27,6 +27,15 @@ ELSEWHERE = {
         "test_agent_killed_mid_run_then_restarted", "test_collector_killed_mid_episode_then_resumed",
     ],
     "traces/test_concurrency.py": ["test_kill9_loses_nothing_acknowledged"],
+    "tasks/test_sandbox_budget.py": [
+        "test_every_writable_mount_is_capped_in_bytes_and_inodes", "test_host_shared_memory_outside_the_mounts_is_denied",
+        "test_a_record_flood_costs_the_parent_its_budget_only", "test_a_stdout_or_stderr_flood_is_read_up_to_its_cap_only",
+        "test_a_stopped_harness_ends_the_run_early", "test_a_signalled_harness_ends_the_run_early",
+    ],
+    "tasks/test_sandbox_concurrency.py": [
+        "test_many_sandboxes_start_at_once_as_root", "test_a_failed_start_names_its_cause",
+        "test_the_coding_task_retries_a_failed_start",
+    ],
     "tasks/test_sandbox_escapes.py": [
         "test_network_socket_and_loopback_connect", "test_read_etc_passwd_and_parent_files",
         "test_parent_env_secret_is_invisible", "test_write_outside_work_dir", "test_fork_bomb_is_bounded",
