@@ -7,6 +7,7 @@
     task = get_task("housebuild")         # the paper's HouseBuild, Minecraft houses (housebuild.py)
     task = get_task("build", num_turns=4) # our own 3D voxel game after StrBuild (build.py, voxel.py)
     task = get_task("toy")                # trivially learnable, for trainer tests (toy.py)
+    task = get_task("tally", variant="long")  # issue 28's LLM miniature: build a total (tally.py)
 
 The interface is in base.py; model-written code runs only through sandbox.py. Importing this
 package is cheap (stdlib only): task modules load on first `get_task`.
@@ -32,6 +33,7 @@ _REGISTRY: dict[str, tuple[str, str]] = {
     "coding": ("collm_serve.tasks.coding", "CodingTask"),
     "housebuild": ("collm_serve.tasks.housebuild", "HouseBuildTask"),
     "strbuild": ("collm_serve.tasks.strbuild", "StrBuildTask"),
+    "tally": ("collm_serve.tasks.tally", "TallyTask"),
     "toy": ("collm_serve.tasks.toy", "ToyTask"),
     "writing": ("collm_serve.tasks.writing", "WritingTask"),
     "writing_arxiv": ("collm_serve.tasks.writing", "WritingArxivTask"),

@@ -19,8 +19,8 @@ SAMPLE_ACTIONS = {
 
 
 def test_registry_names_and_unknown_name():
-    assert TASKS == ("build", "coding", "housebuild", "strbuild", "toy", "writing", "writing_arxiv")
-    with pytest.raises(ValueError, match="valid tasks: build, coding, housebuild, strbuild, toy, writing, writing_arxiv"):
+    assert TASKS == ("build", "coding", "housebuild", "strbuild", "tally", "toy", "writing", "writing_arxiv")
+    with pytest.raises(ValueError, match="valid tasks: build, coding, housebuild, strbuild, tally, toy, writing, writing_arxiv"):
         get_task("chess")
 
 
