@@ -37,7 +37,9 @@ check code in a FRESH sandbox without the model code, against the plain results
 
 The parent never trusts the child's bytes, and spends a budget on them (issue 27): results
 (`read_bytes`, `read_nodes`, calls + 2 records per test, DECODE_S of decoding), stdout and stderr
-(STREAM_CAP read, then the pipe is closed) are read with poll() and a deadline; a stopped harness
+(STREAM_CAP read, then the pipe is closed; the harness relays each worker's output and drops
+what is past the cap inside the sandbox, so chatty code keeps its verdict) are read with poll()
+and a deadline; a stopped harness
 ends the run at once; `run_tests` returns within `timeout_s` + RETURN_GRACE_S (a sandbox that must
 start cold counts against the same deadline) and SIGKILLs the sandbox's PID-namespace init (the
 kernel kills every process in it) and bwrap. The work dir is a tmpfs inside the namespace:
@@ -75,7 +77,15 @@ from collm_serve.tasks.sandbox_results import (  # noqa: F401 (EXCERPT_CHARS: pa
     _status_reason,
     _worker_results,
 )
-from collm_serve.tasks.sandbox_launch import SANDBOX_UID, UNSAFE_ENV, _POOL, _Sandbox, _unsafe, start_error
+from collm_serve.tasks.sandbox_launch import (
+    SANDBOX_UID,
+    STREAM_CAP,
+    UNSAFE_ENV,
+    _POOL,
+    _Sandbox,
+    _unsafe,
+    start_error,
+)
 
 __all__ = [
     "CallCheck",
@@ -341,7 +351,7 @@ def _limit_dict(limits: SandboxLimits) -> dict:
     return {"memory_bytes": limits.memory_bytes, "cpu_s": limits.effective_cpu_s,
             "fsize_bytes": limits.fsize_bytes, "nproc": limits.nproc, "nofile": limits.nofile,
             "per_test_timeout_s": limits.per_test_timeout_s, "result_bytes": limits.result_bytes,
-            "tmpfs_inodes": inodes}
+            "tmpfs_inodes": inodes, "stream_bytes": STREAM_CAP if _LAYERS.stream_budget else None}
 
 
 def run_tests(

@@ -9,7 +9,9 @@ Process tree inside the sandbox's PID namespace:
   pid 2  this harness: trusted, starts before any model code, warms the stdlib, then blocks on
          stdin until the parent sends one job (so a pool of sandboxes can wait ready)
   pid N  one WORKER per test, forked from the warm harness: it alone runs model code, then
-         exits; the harness SIGKILLs it (and any process it left) when the test ends.
+         exits; the harness SIGKILLs it (and any process it left) when the test ends. Its
+         stdout/stderr are pipes to the harness, which forwards them up to the job's cap and
+         drops the rest here (`_relay`), and watches the work dir's inodes (`_collect`).
 
 Verdicts are NOT computed here. A worker can only hand the harness a list of frames, each "call
 k returned <plain data>" or "call k raised <message>"; the harness relays the raw bytes, capped,
@@ -32,6 +34,7 @@ MAX_NODES = 200_000  # values in one result
 MAX_INT_DIGITS = 4000
 ERROR_CHARS = 300
 INODE_POLL_S = 0.005  # how often the harness checks the work dir's inodes while a worker runs
+STREAM_LEFT = {}  # fd 1 / 2 -> bytes the harness may still forward this job (None: no cap)
 _HEADER = struct.Struct(">I")
 
 
@@ -206,8 +209,36 @@ def _inodes_used(path="/work"):
     return st.f_files - st.f_ffree
 
 
-def _collect(rfd, pid, per_test_s, cap, inodes=None):
+def _relay(fd, target):
+    """Forwards what a worker wrote to its stdout/stderr pipe `fd` to the harness's own `target`
+    (the parent's pipe), up to the job's STREAM_LEFT[target] bytes; the rest is read and dropped
+    HERE, inside the sandbox. Why: the parent reads each stream only up to its cap and then
+    closes it (issue 27: a flood may not cost the parent CPU), and a worker that merely prints a
+    lot must not get EPIPE for it (its verdict would change). "eof", "again" (nothing to read
+    now) or "ok"."""
+    try:
+        chunk = os.read(fd, 65536)
+    except (BlockingIOError, InterruptedError):
+        return "again"
+    except OSError:
+        return "eof"
+    if not chunk:
+        return "eof"
+    left = STREAM_LEFT.get(target)
+    if left is not None:
+        chunk = chunk[:left]
+        STREAM_LEFT[target] = left - len(chunk)
+    if chunk:
+        try:
+            write_all(target, chunk)
+        except OSError:  # the parent closed it: its cap
+            STREAM_LEFT[target] = 0
+    return "ok"
+
+
+def _collect(rfd, pid, per_test_s, cap, inodes=None, streams=None):
     """Reads the worker's pipe until EOF, the cap, or the per-test deadline; then kills it.
+    Meanwhile relays its stdout/stderr (`streams`: {pipe fd: 1 or 2}, `_relay`).
 
     `inodes`: the work dir's inode cap. bwrap cannot mount a tmpfs with `nr_inodes`, so the
     harness checks the tmpfs's used inodes every INODE_POLL_S and kills a worker over the cap
@@ -216,27 +247,35 @@ def _collect(rfd, pid, per_test_s, cap, inodes=None):
     import signal
     import time
 
+    streams = dict(streams or {})
     deadline = time.monotonic() + per_test_s
     chunks, size, why = [], 0, ""
-    while True:
+    done = False
+    while not done:
         left = deadline - time.monotonic()
         if left <= 0:
             why = "timeout"
             break
-        ready, _, _ = select.select([rfd], [], [], min(left, INODE_POLL_S) if inodes else left)
+        ready, _, _ = select.select([rfd] + list(streams), [], [], min(left, INODE_POLL_S) if inodes else left)
         if inodes and _inodes_used() > inodes:
             why = "inode_limit"
             break
-        if not ready:
-            continue
-        chunk = os.read(rfd, 65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > cap:
-            why = "output_limit"
-            break
-        chunks.append(chunk)
+        for fd in ready:
+            if fd in streams:
+                if _relay(fd, streams[fd]) == "eof":
+                    os.close(fd)
+                    del streams[fd]
+                continue
+            chunk = os.read(rfd, 65536)
+            if not chunk:
+                done = True
+                break
+            size += len(chunk)
+            if size > cap:
+                why = "output_limit"
+                done = True
+                break
+            chunks.append(chunk)
     try:
         os.kill(pid, signal.SIGKILL)
     except OSError:
@@ -246,6 +285,12 @@ def _collect(rfd, pid, per_test_s, cap, inodes=None):
     except OSError:
         status = 0
     os.close(rfd)
+    for fd, target in streams.items():  # what the worker wrote last (it is dead: EOF follows)
+        os.set_blocking(fd, False)
+        for _ in range(64):  # <= 4 MiB: a pipe holds 64 KiB unless a stray writer refills it
+            if _relay(fd, target) != "ok":
+                break
+        os.close(fd)
     return b"".join(chunks), status, why
 
 
@@ -288,19 +333,26 @@ def _worker(job, test, wfd):
 
 
 def _in_worker(run, result_fd, timeout_s, cap, inodes=None):
-    """Forks a worker that runs `run(wfd)` and exits, without RESULT_FD; returns what
-    `_collect` reads of its pipe: (data, status, why)."""
+    """Forks a worker that runs `run(wfd)` and exits, without RESULT_FD and with its stdout
+    and stderr on pipes the harness relays; returns what `_collect` reads of its result pipe:
+    (data, status, why)."""
     rfd, wfd = os.pipe()
+    (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
-            os.close(rfd)
-            os.close(result_fd)
+            for fd in (rfd, out_r, err_r, result_fd):
+                os.close(fd)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.close(out_w)
+            os.close(err_w)
             run(wfd)
         finally:
             os._exit(0)
-    os.close(wfd)
-    return _collect(rfd, pid, timeout_s, cap, inodes)
+    for fd in (wfd, out_w, err_w):
+        os.close(fd)
+    return _collect(rfd, pid, timeout_s, cap, inodes, {out_r: 1, err_r: 2})
 
 
 def _flushed(fn, *args):
@@ -407,6 +459,8 @@ def main(argv):
     os.close(fd)
     job = json.loads(raw.decode("utf-8"))
     del raw
+    cap = job["limits"].get("stream_bytes")
+    STREAM_LEFT.update({1: cap, 2: cap})
     if job["mode"] == "run":
         _run_candidate(job, result_fd)
     else:

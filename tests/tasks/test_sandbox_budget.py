@@ -186,6 +186,15 @@ def test_a_stdout_or_stderr_flood_is_read_up_to_its_cap_only(monkeypatch):
     assert weak["stdout"] > 4 * STREAM_CAP, f"without the guard the parent reads the whole flood: {weak}"
 
 
+def test_chatty_honest_code_keeps_its_verdict(monkeypatch):
+    """Past the cap the harness drops a worker's output inside the sandbox: code that prints
+    2 MiB still returns its value (it is not cut off by EPIPE), and the parent reads one cap."""
+    code = "def attack(k):\n    for i in range(32768):\n        print('x' * 63)\n    return 'escaped'\n"
+    r = run(monkeypatch, code, [(0,), (1,)])
+    assert r.num_passed == 2, r
+    assert r.parent_read["stdout"] <= STREAM_CAP and r.stdout.startswith("x" * 63), r.parent_read
+
+
 # --- a stopped or signalled harness ---------------------------------------------------------------
 STOP = """
 import os, signal, time
