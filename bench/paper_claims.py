@@ -223,8 +223,8 @@ def play(sampler: Sampler, task_obj, problems: list, k: int, generator, store=No
 
 
 # ------------------------------------------------------------------------------ one cell
-def eval_problems(task_obj, task: str, quick: bool) -> list[tuple[str, int, object]]:
-    n, reps = (QUICK["eval"] if quick else EVAL)[task]
+def eval_problems(task_obj, task: str, quick: bool, override: tuple[int, int] | None = None) -> list[tuple]:
+    n, reps = override or (QUICK["eval"] if quick else EVAL)[task]
     probs = task_obj.problems("eval")[:n]
     return [(p.problem_id, r, p) for p in probs for r in range(reps)]
 
@@ -258,7 +258,7 @@ def run_cell(task: str, algo: str, seed: int, args) -> dict:
     cc = make_config(task, "cc", seed, args.device, args.threads)
     eval_task = make_task(task)
     eval_sampler = Sampler(trainer, tok, task, max_new, cc.temperature, cc.top_p, cc.top_k)
-    keyed = eval_problems(eval_task, task, args.quick)
+    keyed = eval_problems(eval_task, task, args.quick, args.eval)
     load_s = time.perf_counter() - t0
 
     t = time.perf_counter()
@@ -356,6 +356,7 @@ def run_grid(args) -> int:
                 "--out", str(out), "--jobs", "1", "--force"] + (["--quick"] if args.quick else []) + \
                (["--budget", str(args.budget)] if args.budget else []) + \
                (["--threads", str(args.threads)] if args.threads else []) + \
+               (["--eval", ",".join(map(str, args.eval))] if args.eval else []) + \
                (["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else [])
         running: list[subprocess.Popen] = []
         failed = 0
@@ -472,7 +473,7 @@ def unpack_model(src: Path) -> int:
 
     from collm_serve.models import collm_home
 
-    stage = Path("/tmp/collm-parts")
+    stage = Path(os.environ.get("COLLM_PARTS_STAGE", "/tmp/collm-parts"))  # outside the repo: kept between warm calls
     stage.mkdir(parents=True, exist_ok=True)
     manifest = None
     for part in sorted(src.glob("part-*")):
@@ -513,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed-list", default=None, help="comma list of seeds (instead of --seeds)")
     ap.add_argument("--budget", type=int, default=None, help="training joint actions per cell (default per task)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="override the paper's response limit")
+    ap.add_argument("--eval", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                    help="PROBLEMS,REPEATS of the held-out evaluation (default per task)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per cell process")
     ap.add_argument("--jobs", type=int, default=1, help="cells run as parallel processes")
     ap.add_argument("--quick", action="store_true", help="smoke sizes: tiny budget and eval, 8 new tokens, 1 seed")

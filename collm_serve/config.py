@@ -44,6 +44,21 @@ class SamplingDefaults(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus mass kept (0, 1].")
     top_k: int = Field(0, ge=0, description="0 disables top-k.")
 
+    @model_validator(mode="after")
+    def _an_engine_takes_it(self) -> "SamplingDefaults":
+        """The request-time rules (engines/base.py `SamplingParams`, one definition), at load: a
+        value every request would be refused for (temperature 3) is a config error, not a
+        SERVING agent that fails each request."""
+        from collm_serve.engines.base import SamplingParams
+        from collm_serve.errors import InvalidArgument
+
+        try:
+            SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                           top_k=self.top_k)
+        except InvalidArgument as e:
+            raise ValueError(str(e).removeprefix("sampling.")) from None
+        return self
+
 
 ROLE_NAMES = ("inference", "admin")  # collm_serve.auth.Role; admin implies inference
 

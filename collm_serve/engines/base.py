@@ -20,6 +20,9 @@ from collm_serve.errors import InvalidArgument
 # the tiny model). vLLM clamps anything below this bound up to it (`_MAX_TEMP` in
 # vllm/sampling_params.py); we refuse instead of silently sampling another distribution.
 MIN_TEMPERATURE = 1e-2
+# vLLM refuses a temperature above this (vllm/sampling_params.py `_verify_args`), and so does
+# OpenAI's API: refused here, naming the field, rather than as an engine error (INTERNAL).
+MAX_TEMPERATURE = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,9 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens <= 0:
             raise InvalidArgument("sampling.max_tokens", f"must be > 0, got {self.max_tokens}")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise InvalidArgument("sampling.temperature", f"must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise InvalidArgument("sampling.temperature",
+                                  f"must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if 0 < self.temperature < MIN_TEMPERATURE:
             raise InvalidArgument("sampling.temperature",
                                   f"must be 0 (greedy) or >= {MIN_TEMPERATURE}, got {self.temperature}")

@@ -47,6 +47,14 @@ def test_cli_bad_config_exits_with_one_line(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1 and "not valid YAML" in p.stderr
 
 
+def test_sampling_an_engine_refuses_is_a_config_error(tmp_path):
+    """temperature 3 was accepted, reached SERVING, then failed every request with INTERNAL."""
+    bad = tmp_path / "a.yaml"
+    bad.write_text("agents:\n  helper:\n    sampling: {temperature: 3.0}\n")
+    r = CliRunner().invoke(main, ["start", "--agent", "helper", "--config", str(bad)])
+    assert r.exit_code == 1 and "sampling" in r.output and "must be in [0, 2], got 3.0" in r.output, r.output
+
+
 def test_cli_unknown_model_exits_cleanly(tmp_path):
     r = CliRunner().invoke(main, ["start", "--agent", "helper", "--model", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "neither" in r.output

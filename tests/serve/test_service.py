@@ -139,6 +139,7 @@ def test_info_abort_list(agent):
         (dict(messages=USER, n=0), "sampling.n"),
         (dict(messages=USER, n=10000), "sampling.n"),
         (dict(messages=USER, temperature=0, n=2), "sampling.n"),
+        (dict(messages=USER, temperature=2.5), "sampling.temperature"),  # vLLM's bound: INTERNAL before
         (dict(messages=[{"role": "user", "content": "word " * 2000}]), "messages"),
         (dict(prompt="x" * 100000), "prompt"),
         (dict(messages=USER, request_id="x" * 500), "request_id"),
