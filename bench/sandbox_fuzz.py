@@ -15,7 +15,7 @@ soup in a function body), seeded. Reported:
   minus its value just before (host-wide: other processes on the machine add noise), and what
   stayed after the last answer (a leak would show here).
 
-    python bench/sandbox_fuzz.py [--n 32] [--timeout 5]     (bench/run_all.py records its rows)
+    python bench/sandbox_fuzz.py [--n 32] [--timeout 5] [--quick]     (bench/run_all.py records its rows)
 """
 
 from __future__ import annotations
@@ -224,7 +224,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=32, help="answers in all: every attack once, the rest random")
     ap.add_argument("--timeout", type=float, default=5.0, help="run_tests timeout_s (the task's default: 10)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 8 answers, timeout 2 s (not for the record)")
     args = ap.parse_args()
+    if args.quick:
+        args.n, args.timeout = 8, 2.0
     rng = random.Random(args.seed)
     task = CodingTask(timeout_s=args.timeout, per_test_timeout_s=min(2.0, args.timeout))
     problems = task.all_problems()
@@ -270,7 +273,7 @@ def main() -> None:
     shm_left = _shmem_kib() - shm0
     bound = 1 + RETURN_GRACE_S / limits.timeout_s
     n_adv = sum(1 for n, b in answers if b is not None)
-    print_table(f"sandbox fuzz: {len(answers)} answers ({n_adv} adversarial, {len(answers) - n_adv} random, seed "
+    print_table(f"{'SMOKE (--quick) ' if args.quick else ''}sandbox fuzz: {len(answers)} answers ({n_adv} adversarial, {len(answers) - n_adv} random, seed "
                 f"{args.seed}) through CodingTask.evaluate, timeout_s {limits.timeout_s:g}, "
                 f"{time.strftime('%Y-%m-%d')}, 2-core VM, 24 GB", [
         ("worst run_tests wall ÷ timeout_s", f"{worst[0]:.2f}",
