@@ -55,3 +55,27 @@ def test_budget_units_are_equal_across_algorithms():
     assert lm.joint_actions_per_problem(4, 2) == 30 and lm.joint_actions_per_problem(1, 4) == 4
     assert lm.unit_lcm("long") == 60 and lm.unit_lcm("short") == 4
     assert lm.auc([{"fraction": 0.0, "eval_return": 0.0}, {"fraction": 1.0, "eval_return": 1.0}]) == 0.5
+
+
+def _cell(variant, algo, seed, curve, budget=100):
+    fr = lm.FRACTIONS
+    return {"variant": variant, "algo": algo, "seed": seed, "lr": 1e-4, "stage": "eval", "budget_joint_actions": budget,
+            "curve": [{"fraction": f, "joint_actions": int(f * budget), "eval_return": r} for f, r in zip(fr, curve)]}
+
+
+def test_decision_rule_on_synthetic_cells():
+    """The pre-registered rule: no learning -> inconclusive; a clear CC lead -> confirms; a clear
+    Monte Carlo lead -> refutes; tuning cells never count."""
+    from bench import llm_miniature_stats as st
+
+    flat = [_cell("long", a, s, [0.2] * 5) for a in lm.ALGOS for s in range(3)]
+    assert st.summarize(flat)["long"]["verdict"].startswith("inconclusive (no learning")
+    up = lambda top, s: [0.2, 0.2 + top / 4 + 0.01 * s, 0.2 + top / 2, 0.2 + 3 * top / 4, 0.2 + top + 0.01 * s]  # noqa: E731
+    cc_wins = ([_cell("long", "cc", s, up(0.6, s)) for s in range(3)] + [_cell("long", "magrpo", s, up(0.2, s)) for s in range(3)]
+               + [_cell("long", "dc", s, up(0.1, s)) for s in range(3)])
+    row = st.summarize(cc_wins + [dict(_cell("long", "magrpo", 100, up(0.9, 0)), stage="tune")])["long"]
+    assert row["algos"]["magrpo"]["n"] == 3 and row["verdict"].startswith("CC better")
+    assert row["deltas"]["cc-magrpo"]["boot"][0] > 0 and row["deltas"]["cc-magrpo"]["welch"][0] > 0
+    mc_wins = [_cell("long", "cc", s, up(0.2, s)) for s in range(3)] + [_cell("long", "magrpo", s, up(0.6, s)) for s in range(3)]
+    assert st.summarize(mc_wins)["long"]["verdict"].startswith("Monte Carlo better")
+    assert st.to_threshold(_cell("long", "cc", 0, [0.2, 0.25, 0.31, 0.4, 0.5]), 0.3) == 50.0
