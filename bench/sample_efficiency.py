@@ -1,4 +1,10 @@
-"""Sample efficiency, the paper's RQ1/RQ2 in miniature: env steps until a target return.
+"""RETIRED miniature (random tiny model; issue 28): env steps until a target return, CC / DC / MAGRPO.
+
+Kept only as a unit-level check that the trainer path (trace store, K-ary trees, update) runs
+end to end; it is NOT a fair test of the paper's claim (a random 2-layer model from scratch, a
+binary "dense" reward with 0.4-3.5% initial success, a "long" task without per-turn rewards or
+feedback, one lr for all). The fair test is bench/llm_miniature.py with the pretrained
+SmolLM2 on the `tally` task; its pre-registered rule is in docs/sample-efficiency.md, Part 1.
 
 The paper's claim: with decentralized agents, Monte Carlo methods (MAGRPO) and CoLLM-DC match
 CoLLM-CC on short-horizon dense-reward tasks, but on long-horizon sparse-reward tasks CoLLM-CC
