@@ -319,7 +319,7 @@ def run_grid(args, out_dir: Path, model_dir: Path) -> int:
 
 def _pilot_budgets(out_dir: Path) -> dict[str, int]:
     p = out_dir / "pilot.json"
-    return json.loads(p.read_text())["budgets"] if p.exists() else {}
+    return json.loads(p.read_text()).get("budgets", {}) if p.exists() else {}
 
 
 # ------------------------------------------------------------------------------ pilot
@@ -358,6 +358,9 @@ def pilot(model_dir: Path, out_dir: Path, variants: list[str], episodes: int, th
                "sample_s_per_episode": sample_s / episodes,
                "nucleus_zero_frac": res["zero_logprob_tokens"] / max(res["tokens"], 1),
                "eval_pass_s": eval_s, "cost": {}}
+        out["variants"][v] = row
+        _save_pilot(out_dir, out, partial=True)  # a slow machine keeps what it measured
+        print(json.dumps({v: row}, indent=1), flush=True)
         del base
         for a in ALGOS:
             cfg = train_config(v, a, 1e-4, 0, threads)
@@ -377,20 +380,28 @@ def pilot(model_dir: Path, out_dir: Path, variants: list[str], episodes: int, th
                               "actor_tokens": m.get("charts/actor_tokens"), "critic_tokens": m.get("charts/critic_tokens")}
             print(f"pilot {v} {a}: {ja} joint actions, sample {s:.1f} s, update {u:.1f} s", flush=True)
             del tr
+            _save_pilot(out_dir, out, partial=True)
         worst = max(c["s_per_joint_action"] for c in row["cost"].values())
         fixed = 30 + len(FRACTIONS) * eval_s  # model load + the eval passes
         lcm = unit_lcm(v)
         row["budget"] = max(lcm, int((cell_share - fixed) / worst) // lcm * lcm)
         row["cell_estimate_s"] = fixed + row["budget"] * worst
-        out["variants"][v] = row
-        print(json.dumps({v: row}, indent=1), flush=True)
+        print(json.dumps({v: {"budget": row["budget"], "cell_estimate_s": row["cell_estimate_s"]}}), flush=True)
     out["budgets"] = {v: r["budget"] for v, r in out["variants"].items()}
     out["cell_share_s"] = cell_share
-    out["load_avg_end"] = os.getloadavg()
-    out["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "pilot.json").write_text(json.dumps(out, indent=1))
+    _save_pilot(out_dir, out, partial=False)
     return out
+
+
+def _save_pilot(out_dir: Path, out: dict, partial: bool) -> None:
+    """pilot.json, rewritten after every measurement; `budgets` only once complete, so a partial
+    pilot never sizes a grid."""
+    out = dict(out, partial=partial, load_avg_now=os.getloadavg(), measured_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+    if partial:
+        out.pop("budgets", None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "pilot.json.tmp").write_text(json.dumps(out, indent=1))
+    (out_dir / "pilot.json.tmp").replace(out_dir / "pilot.json")
 
 
 # ------------------------------------------------------------------------------ main
