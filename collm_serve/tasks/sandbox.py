@@ -228,7 +228,7 @@ class SandboxResult:
     timed_out: bool  # the wall-clock deadline of the call cut the run
     killed_reason: str
     """"" | "wall_timeout" | "per_test_timeout" | "output_limit" | "inode_limit" | "harness_stopped"
-    | "result_limit" | "read_budget" | "signal N" """
+    | "harness_died" | "result_limit" | "read_budget" | "signal N" """
     returncode: int
     duration_s: float
     isolation: str
@@ -413,7 +413,8 @@ def run_tests(
             data, out, err, timed_out = sbx.run(job, deadline, cap)
         finally:
             rc = sbx.kill()
-    if data.endswith(pack_frame({"done": True})):
+    finished = data.endswith(pack_frame({"done": True}))
+    if finished:
         rc = 0  # the harness finished; the SIGKILL only swept the namespace
     read = dict(sbx.read)
     decode_start = time.monotonic()
@@ -452,7 +453,8 @@ def run_tests(
     read.update(frames=budget.frames if budget else None,
                 values=limits.read_nodes - budget.nodes[0] if budget else None,
                 decode_s=round(time.monotonic() - decode_start, 4))
-    killed = sbx.ended or ("wall_timeout" if timed_out else "")
+    # a harness that ended without its "done" (killed or crashed by a worker) ended the run early
+    killed = sbx.ended or ("wall_timeout" if timed_out else "" if finished else "harness_died")
     if budget is not None and budget.spent():
         killed = killed or "read_budget"
     programs = [i for i, o in enumerate(outcomes) if o is None]

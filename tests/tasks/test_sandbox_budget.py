@@ -226,3 +226,4 @@ def test_a_signalled_harness_ends_the_run_early(monkeypatch, sig):
 
     r = run(monkeypatch, STOP, [(int(getattr(signal, sig)),)])
     assert r.num_passed == 0 and not r.timed_out and r.duration_s < LIMITS.timeout_s, r
+    assert r.killed_reason == "harness_died", r
