@@ -32,9 +32,18 @@ fine-tuning lrs, so a handful of updates may move the policy little; the result 
 moved.
 
 Budget and updates. Every algorithm gets the same number of training JOINT ACTIONS per cell
-(`--budget`, default HouseBuild 60, writing 32: 2 MAGRPO trees of 30 / 8 problems of K=4), and
-calls `trainer.update` after every `rollout_buffer_size` problems (the paper's pool: HouseBuild
-after each episode/tree, TLDR CC/DC every 4 episodes, MAGRPO after each group).
+(`--budget`, default HouseBuild 60, writing 32: 2 MAGRPO trees of 30 / 8 problems of K=4). A
+round samples `ROUND` problems in one batch, then calls `trainer.update` once, whose steps follow
+the paper's pools (collm_train/schedule.py). Writing keeps the paper's schedule exactly (CC/DC
+pool 4 = 4 episodes per round, MAGRPO one group of K = 4). HouseBuild MAGRPO samples one tree per
+round (its 15 groups are 15 singleton pools). HouseBuild CC/DC (pool 1) would update after every
+episode in the paper; sampled one at a time, 15 episodes of 4 turns x 512 tokens would take
+~17 min per cell on the H100 (estimate below), so a round samples 8 episodes (~ the 30 joint
+actions of one MAGRPO tree) with the round's starting policy and the update then takes one step
+per sample in play order, as the pool of 1 does. The deviation: the samples after the first
+step of an update are stale, and the trainer corrects them like any stale action (truncated
+importance weight against pi_old recomputed at the start of the update; trainer.py). Set
+`--problems-per-round 1` for the paper's schedule when time allows.
 Evaluation: before and after training on held-out problems (the task's eval split: HouseBuild's
 2 houses x 4 samples, the first 8 writing eval posts x 1), sampled with the paper's CC sampling
 from one generator seeded per cell seed, identical before and after (common random numbers);
@@ -54,15 +63,18 @@ device tool's 64 MiB working-tree limit, so the model cannot travel in one call.
 `--pack-model` below for the staged transfer. `--model tiny` is a random 2-layer Llama with
 SmolLM2's tokenizer (tests); a path is used as an HF folder.
 
-Cost (measured / estimated; see docs/sample-efficiency.md "Viability on the paper's tasks"):
-  CPU, this machine (2 cores, shared with a running benchmark), tiny model, --quick: ~1 s/episode.
-  CPU, SmolLM2-135M: MEASURED_CPU (filled from the run recorded in the docs section).
-  H100: NOT MEASURED: no accelerator was lent to this task. Estimate, from the per-step work:
-  a KV-cached decode step of a 30-layer 135M model with LoRA is ~0.6k kernel launches, about
-  8-15 ms/step from Python, so a 512-token turn for both agents ~10-15 s per batch; a HouseBuild
-  CC cell (budget 60 joint actions ~ 15 episodes, sampled one episode per update, + 16 eval
-  episodes batched) ~ 4-6 min, writing ~1-2 min. 18 cells at --jobs 9 on one H100 therefore
-  estimate ~8-9 min wall; the first GPU run must confirm it (each cell records its wall time).
+Cost. Measured on this machine (2-core Xeon, CPU, shared with other benchmarks; load average
+15-24 during the runs, so an upper bound), SmolLM2-135M fp32, the paper's token limits:
+MEASURED_CPU
+H100: NOT MEASURED: no accelerator was lent to this task (issue 28's session had none either).
+Estimate, not a measurement: a KV-cached decode step of a 30-layer 135M model with LoRA from
+Python is launch-bound, ~15-20 ms per step whatever the batch, so a 512-token HouseBuild turn
+costs ~8-10 s per agent and a 4-turn round (both agents, any batch size up to ~16) ~70 s; a
+256-token writing round ~9 s. Per cell: HouseBuild ~2 training rounds + 2 eval rounds + updates
+(~120 one-sample steps on ~1.9k-token histories) ~5 min; writing 8 rounds + eval ~1.5 min.
+18 cells ~60 process-minutes; `--jobs 18` on the 16-core machine (kernel launches of the
+processes interleave; ~18 x 1-2 GiB of GPU memory) estimates ~6-8 min wall. Every cell records
+its wall time and phases (load / sample / update / eval), so the first GPU run checks this.
 
 Viability (`--viability`): for housebuild, strbuild, coding and writing, the task's built-in
 agents served on vLLM by bench/task_sweep.py's `run_task` (the paper's sampling, every episode
@@ -97,6 +109,10 @@ TASKS = ("housebuild", "writing")
 ALGOS = ("cc", "dc", "magrpo")
 BUDGET = {"housebuild": 60, "writing": 32}  # training joint actions per cell
 EVAL = {"housebuild": (2, 4), "writing": (8, 1)}  # (eval problems, samples of each)
+# problems sampled per round (one batch, then one trainer.update): the paper's pool where that
+# fits the budget; HouseBuild CC/DC batch 8 episodes (~ the 30 joint actions of one MAGRPO tree),
+# because 15 episodes sampled one at a time would take ~17 min on the H100 (docstring, "Budget")
+ROUND = {"housebuild": {"cc": 8, "dc": 8, "magrpo": 1}, "writing": {"cc": 4, "dc": 4, "magrpo": 1}}
 QUICK = {"budget": {"housebuild": 2, "writing": 4}, "eval": {"housebuild": (1, 2), "writing": (2, 1)},
          "max_new_tokens": 8, "seeds": 1}
 VIABILITY_TASKS = ("housebuild", "strbuild", "coding", "writing")
@@ -266,7 +282,8 @@ def run_cell(task: str, algo: str, seed: int, args) -> dict:
     eval_s = time.perf_counter() - t
     budget = args.budget or (QUICK["budget"] if args.quick else BUDGET)[task]
     k = cfg.num_generations or 1
-    per_update = cfg.rollout_buffer_size or 1
+    per_update = args.problems_per_round or (cfg.rollout_buffer_size or 1 if args.quick
+                                             else ROUND[task].get(algo, cfg.rollout_buffer_size or 1))
     train_problems = train_task.problems("train")
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -299,7 +316,7 @@ def run_cell(task: str, algo: str, seed: int, args) -> dict:
     return {"task": task, "algo": algo, "seed": seed, "quick": bool(args.quick), "model": args.model,
             "device": args.device, "device_name": device_name(args.device), "machine": machine(),
             "config": {f: getattr(cfg, f) for f in keep}, "max_new_tokens_used": max_new,
-            "budget_joint_actions": budget, "joint_actions": joint, "train_episodes": episodes,
+            "budget_joint_actions": budget, "problems_per_round": per_update, "joint_actions": joint, "train_episodes": episodes,
             "updates": updates, "eval": {**cmp.to_dict(), "before_returns": before, "after_returns": after,
                                          "episodes": len(keyed)},
             "wall_s": wall, "load_s": load_s, "sample_s": sample_s, "update_s": update_s, "eval_s": eval_s,
@@ -357,6 +374,7 @@ def run_grid(args) -> int:
                (["--budget", str(args.budget)] if args.budget else []) + \
                (["--threads", str(args.threads)] if args.threads else []) + \
                (["--eval", ",".join(map(str, args.eval))] if args.eval else []) + \
+               (["--problems-per-round", str(args.problems_per_round)] if args.problems_per_round else []) + \
                (["--max-new-tokens", str(args.max_new_tokens)] if args.max_new_tokens else [])
         running: list[subprocess.Popen] = []
         failed = 0
@@ -513,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per (task, algo) (default 3; --quick 1)")
     ap.add_argument("--seed-list", default=None, help="comma list of seeds (instead of --seeds)")
     ap.add_argument("--budget", type=int, default=None, help="training joint actions per cell (default per task)")
+    ap.add_argument("--problems-per-round", type=int, default=None,
+                    help="problems sampled per round before one trainer.update (default ROUND)")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="override the paper's response limit")
     ap.add_argument("--eval", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
                     help="PROBLEMS,REPEATS of the held-out evaluation (default per task)")
@@ -547,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in args.tasks:
         BUDGET.setdefault(t, 60)
         EVAL.setdefault(t, (2, 4))
+        ROUND.setdefault(t, {})
         QUICK["budget"].setdefault(t, 2)
         QUICK["eval"].setdefault(t, (1, 2))
     args.seed_list = ([int(s) for s in args.seed_list.split(",")] if args.seed_list
