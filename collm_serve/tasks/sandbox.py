@@ -67,7 +67,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from collm_serve.tasks.sandbox_child import ERROR_CHARS, decode, encode, pack_frame, unpack_frames
+from collm_serve.tasks.sandbox_child import ERROR_CHARS, READY, decode, encode, pack_frame, unpack_frames
 from collm_serve.tasks.sandbox_results import (  # noqa: F401 (EXCERPT_CHARS: part of the contract)
     EXCERPT_CHARS,
     _Budget,
@@ -99,10 +99,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-RETURN_GRACE_S = 2.0
+RETURN_GRACE_S = 3.0
 """`run_tests` returns within `timeout_s` + RETURN_GRACE_S whatever the child does: killing the
-sandbox (<= 0.5 s, then a reaper thread takes over), decoding results (<= DECODE_S, a budget),
-the trusted program checks (until at most 1.2 s after the deadline) and their kill."""
+sandbox (<= 1.25 s, then a reaper thread takes over), decoding results (<= DECODE_S, a budget),
+the trusted program checks (until at most 1.2 s after the deadline) and their kill. Typical: a
+few hundredths of a second (bench/sandbox_fuzz.py)."""
 DECODE_S = 0.5  # the most the parent spends decoding one run's results
 PROBE_S = 20.0  # the first start in a process (the probe) may take this long, once
 
@@ -306,19 +307,30 @@ def _probe() -> None:
         finally:
             rc = sbx.kill()
         if not any(h.get("done") for h, _ in unpack_frames(data)):
-            raise SandboxUnavailable(_probe_failure(err.decode("utf-8", "replace").strip()[-600:], timed_out, rc))
+            raise SandboxUnavailable(_start_failure(_tail(err), timed_out, rc, PROBE_S, "the first sandbox"))
         _probe_ok = True
 
 
+_LIMIT_SIGNS = ("resource temporarily unavailable", "no space left on device", "cannot allocate memory",
+                "too many open files")
 _USERNS_SIGNS = ("namespace", "uid map", "gid map", "uid_map", "setgroups", "unshare", "clone",
                  "operation not permitted", "permission denied", "no permissions")
 
 
-def _probe_failure(msg: str, timed_out: bool, rc: int) -> str:
-    """The probe's error: user namespaces are blamed only when bwrap's own message points at
-    them. Why: the old text advised "allow unprivileged user namespaces" for every silent
+def _tail(err: bytes) -> str:
+    return err.decode("utf-8", "replace").strip()[-600:]
+
+
+def _start_failure(msg: str, timed_out: bool, rc: int, within_s: float, what: str) -> str:
+    """Why a sandbox did not start its job: user namespaces are blamed only when bwrap's own
+    message points at them. Why: the old text advised "allow unprivileged user namespaces" for every silent
     failure - wrong on the hosts where it happened (issue 33: namespaces worked, the parent's
     descriptors were past select()'s 1024)."""
+    if msg and any(sign in msg.lower() for sign in _LIMIT_SIGNS):
+        return (f"sandbox: {what} could not start: {msg}. A per-user limit was reached: processes "
+                "(`ulimit -u`, the pids cgroup) or namespaces (sysctl user.max_user_namespaces, "
+                "each sandbox takes 2). Fix: raise the limit or lower the concurrency; the call may "
+                "simply be retried.")
     if msg and any(sign in msg.lower() for sign in _USERNS_SIGNS):
         return (f"sandbox: bubblewrap could not start a sandbox: {msg}. Fix: allow "
                 "unprivileged user namespaces (sysctl user.max_user_namespaces=15000, "
@@ -326,7 +338,7 @@ def _probe_failure(msg: str, timed_out: bool, rc: int) -> str:
                 "or run as root; in a container, allow unshare(CLONE_NEWUSER) (seccomp profile). "
                 f"{UNSAFE_ENV}=1 runs code unsandboxed (unsafe, never in CI).")
     if timed_out:
-        return (f"sandbox: the first sandbox did not answer within {PROBE_S:.0f} s (bwrap status {rc}"
+        return (f"sandbox: {what} did not start within {within_s:.0f} s (bwrap status {rc}"
                 f"{'; stderr: ' + msg if msg else ''}). Fix: the host is overloaded - lower the "
                 "concurrency or free CPU; the call may simply be retried.")
     return (f"sandbox: bubblewrap exited before its harness answered (status {rc}"
@@ -405,14 +417,18 @@ def run_tests(
         data, out, err, timed_out = sbx.run(job, deadline, cap)
     finally:
         rc = sbx.kill()
-    if not data and not timed_out and not sbx.ended and deadline - time.monotonic() > 0.5:
-        # The harness said nothing at all: the sandbox died before the job (no model code ran
-        # to completion in it). Once more in a fresh one, within the same deadline.
+    if not data.startswith(READY) and not timed_out and deadline - time.monotonic() > 0.5:
+        # The harness never had the job: the sandbox failed to start (no model code ran in it).
+        # Once more in a fresh one, within the same deadline.
         sbx = _Sandbox(limits)
         try:
             data, out, err, timed_out = sbx.run(job, deadline, cap)
         finally:
             rc = sbx.kill()
+    if not data.startswith(READY):
+        # Not a verdict on the code (none of it ran): an error the caller may retry, naming
+        # bwrap's own message - never a silent 0 (issue 33).
+        raise SandboxUnavailable(_start_failure(_tail(err), timed_out, rc, limits.timeout_s, "a sandbox"))
     finished = data.endswith(pack_frame({"done": True}))
     if finished:
         rc = 0  # the harness finished; the SIGKILL only swept the namespace
@@ -420,7 +436,7 @@ def run_tests(
     decode_start = time.monotonic()
     budget = _Budget(limits, max(deadline, decode_start) + DECODE_S) if _LAYERS.record_budget else None
     relays = {}
-    for head, blob in unpack_frames(data, len(tests) + 1) if budget else unpack_frames(data):
+    for head, blob in unpack_frames(data, len(tests) + 2) if budget else unpack_frames(data):
         t = head.get("t")
         if type(t) is int and 0 <= t < len(tests) and t not in relays:
             relays[t] = (blob, head.get("status"), head.get("why"))
@@ -515,16 +531,18 @@ def _run_program_checks(code: str, entry_point: str, tests: list[CallCheck], idx
     # code may have used up, but never past deadline + 1.2 s (inside RETURN_GRACE_S).
     check_deadline = min(max(deadline, time.monotonic() + 0.9), deadline + 1.2)
     job = {"mode": "check", "checks": checks, "limits": _limit_dict(limits)}
-    data = b""
+    data, err, rc, start = b"", b"", 0, time.monotonic()
     for sbx in (_POOL.take(limits), None):
-        sbx = sbx or _Sandbox(limits)  # once more in a fresh one if the first died silently
+        sbx = sbx or _Sandbox(limits)  # once more in a fresh one if the first did not start
         try:
-            data, _, _, timed_out = sbx.run(job, check_deadline, 1 << 20)
+            data, _, err, timed_out = sbx.run(job, check_deadline, 1 << 20)
         finally:
-            sbx.kill()
-        if data or timed_out:
+            rc = sbx.kill()
+        if data.startswith(READY) or timed_out:
             break
-    for head, blob in unpack_frames(data, len(idx) + 1):
+    if not data.startswith(READY):
+        raise SandboxUnavailable(_start_failure(_tail(err), timed_out, rc, check_deadline - start, "a check sandbox"))
+    for head, blob in unpack_frames(data, len(idx) + 2):
         t = head.get("t")
         if type(t) is not int or not 0 <= t < len(idx) or outcomes[idx[t]] is not None:
             continue

@@ -126,6 +126,9 @@ def pack_frame(obj, blob=b""):
     return _HEADER.pack(len(header)) + _HEADER.pack(len(blob)) + header + blob
 
 
+READY = None  # pack_frame({"ready": True}), set below: the harness has its job
+
+
 def unpack_frames(data, max_frames=100_000):
     """(header dict, blob) pairs from a byte string; a torn or malformed tail is dropped."""
     out = []
@@ -146,6 +149,9 @@ def unpack_frames(data, max_frames=100_000):
         out.append((header, bytes(data[pos + 8 + hlen: end])))
         pos = end
     return out
+
+
+READY = pack_frame({"ready": True})
 
 
 def describe(exc):
@@ -461,6 +467,7 @@ def main(argv):
     del raw
     cap = job["limits"].get("stream_bytes")
     STREAM_LEFT.update({1: cap, 2: cap})
+    write_all(result_fd, READY)  # before any model code: the parent tells a failed start from a run
     if job["mode"] == "run":
         _run_candidate(job, result_fd)
     else:

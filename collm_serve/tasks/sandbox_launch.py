@@ -55,7 +55,8 @@ CHILD_PATH = Path(__file__).with_name("sandbox_child.py")
 _CHILD_SOURCE = CHILD_PATH.read_bytes()
 STREAM_CAP = 64 << 10  # bytes of stdout / stderr read (and kept); then the stream is closed
 POLL_S = 0.1  # how often a run checks that its harness is not stopped
-REAP_WAIT_S = 0.25  # how long kill() waits for bwrap before a reaper thread takes over
+REAP_WAIT_S = 1.0  # how long kill() waits for the namespace to die (bwrap to exit) ...
+KILLPG_WAIT_S = 0.25  # ... and then for bwrap's group, before a reaper thread takes over
 UNSAFE_ENV = "COLLM_UNSAFE_EXEC"
 POOL_ENV = "COLLM_SANDBOX_POOL"
 
@@ -321,7 +322,9 @@ class _Sandbox:
 
     def kill(self) -> int:
         """SIGKILLs the namespace's init (the kernel then kills every process in it) and bwrap;
-        reaps bwrap for at most REAP_WAIT_S, then leaves the rest to a reaper thread (freeing a
+        reaps bwrap for at most REAP_WAIT_S + KILLPG_WAIT_S, then leaves the rest to a reaper thread
+        (a loaded host can take longer to tear a namespace down; bwrap exits only once every
+        process of it is gone, so a normal return means nothing is left; freeing a
         worker's gigabyte can take longer, and `run_tests` must return on time). Returns
         bwrap's exit status, -9 when it was handed over."""
         self._read_info()
@@ -340,7 +343,7 @@ class _Sandbox:
             except OSError:
                 pass
             try:
-                rc = self.proc.wait(timeout=REAP_WAIT_S)
+                rc = self.proc.wait(timeout=KILLPG_WAIT_S)
             except subprocess.TimeoutExpired:
                 rc = -9
                 threading.Thread(target=self.proc.wait, name="collm-sandbox-reaper", daemon=True).start()

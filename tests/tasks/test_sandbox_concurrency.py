@@ -14,14 +14,16 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import shutil
 import subprocess
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from collm_serve.tasks import sandbox
-from collm_serve.tasks.sandbox import CallCheck, SandboxUnavailable, run_tests
+from collm_serve.tasks.sandbox import CallCheck, SandboxLimits, SandboxUnavailable, run_tests
 
 AT_ONCE = 8
 ROUNDS = 20
@@ -84,9 +86,32 @@ def test_a_failed_start_names_its_cause(monkeypatch):
     with pytest.raises(SandboxUnavailable, match=r"exited before its harness answered \(status 1") as e:
         sandbox._probe()
     assert "namespaces" not in str(e.value)
-    assert "allow unprivileged user namespaces" in sandbox._probe_failure(
-        "bwrap: No permissions to create new namespace", False, 1)
+    assert "allow unprivileged user namespaces" in sandbox._start_failure(
+        "bwrap: No permissions to create new namespace", False, 1, 20, "a sandbox")
     monkeypatch.setattr(sandbox, "_probe_ok", True)
+
+
+def test_a_sandbox_that_never_got_its_job_is_an_error_not_a_zero(monkeypatch):
+    """After the probe, a start that fails (here a bwrap that reports the per-user process
+    limit, as the real one does when clone() gets EAGAIN) raises SandboxUnavailable with bwrap's
+    message - the coding task retries it - instead of scoring the answer 0 (no code ran)."""
+    d = tempfile.mkdtemp(prefix="collm_fake_bwrap_")
+    try:
+        os.chmod(d, 0o755)
+        fake = os.path.join(d, "bwrap")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\necho 'bwrap: Creating new namespace failed: Resource temporarily unavailable' >&2\n"
+                    "exit 1\n")
+        os.chmod(fake, 0o755)
+        monkeypatch.setattr(sandbox, "_probe_ok", True)
+        monkeypatch.setenv("COLLM_BWRAP", fake)
+        monkeypatch.delenv("COLLM_UNSAFE_EXEC", raising=False)
+        unpooled = SandboxLimits(tmpfs_bytes=8 << 20)  # the pool holds real sandboxes
+        with pytest.raises(SandboxUnavailable, match="Resource temporarily unavailable.*ulimit -u") as e:
+            run_tests("def f():\n    return 1", [CallCheck.call(expected=1)], entry_point="f", limits=unpooled)
+        assert "allow unprivileged user namespaces" not in str(e.value)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def test_the_coding_task_retries_a_failed_start(monkeypatch):
