@@ -1,11 +1,11 @@
 """Start and stop the OS sandboxes that `sandbox.run_tests` runs jobs in (the launcher).
 
-What is here: finding bubblewrap and the interpreter the sandbox may run, building bwrap's argv
-(namespaces, read-only binds, tmpfs work dir, seccomp fd; the layers are listed in sandbox.py's
-docstring), `_Sandbox` (one started sandbox: send the job, read the capped, non-blocking
-streams until done or the deadline, SIGKILL the namespace and reap bwrap) and `_Pool` (sandboxes
-started ahead by one long-lived thread). The `COLLM_UNSAFE_EXEC` switch (`_unsafe`) lives here
-too: it decides what gets launched.
+What is here: `_Sandbox` (one started sandbox: send the job, read the capped, non-blocking
+streams with poll() until done or the deadline, watch that the harness is not stopped, SIGKILL
+the namespace and reap bwrap), `_Pool` (sandboxes started ahead by one long-lived thread) and
+`start_error` (why a start failed, from its errno). What the sandbox sees - bubblewrap, the
+interpreter, bwrap's argv and mounts - is `sandbox_mounts.py` (its names are re-exported here).
+The `COLLM_UNSAFE_EXEC` switch (`_unsafe`) lives here too: it decides what gets launched.
 
 Why separate: sandbox.py is the public contract (limits, checks, results, the layer switches)
 and computes verdicts from plain data; this module is process plumbing: it carries each job to the
