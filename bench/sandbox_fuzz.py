@@ -21,6 +21,7 @@ soup in a function body), seeded. Reported:
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import threading
@@ -266,16 +267,18 @@ def main() -> None:
             if slab_grew > slab_growth[0]:
                 slab_growth = (slab_grew, name)
             levels[tests.get("killed_reason") or "-"] = levels.get(tests.get("killed_reason") or "-", 0) + 1
-            print(f"{k:3d} {name:28s} run {run_wall:6.2f} s  evaluate {wall:6.2f} s  shm +{grew / 1024:6.1f} slab +{slab_grew / 1024:6.1f} MiB  "
-                  f"{tests.get('killed_reason', '') or ''}", flush=True)
+            print(f"{k:3d} {name:28s} run {run_wall:6.2f} s  evaluate {wall:6.2f} s  shm +{grew / 1024:6.1f} "
+                  f"slab +{slab_grew / 1024:6.1f} MiB  {tests.get('killed_reason', '') or ''}", flush=True)
         rss_peak = s.rss_peak
     time.sleep(0.5)
     shm_left = _shmem_kib() - shm0
     bound = 1 + RETURN_GRACE_S / limits.timeout_s
     n_adv = sum(1 for n, b in answers if b is not None)
-    print_table(f"{'SMOKE (--quick) ' if args.quick else ''}sandbox fuzz: {len(answers)} answers ({n_adv} adversarial, {len(answers) - n_adv} random, seed "
-                f"{args.seed}) through CodingTask.evaluate, timeout_s {limits.timeout_s:g}, "
-                f"{time.strftime('%Y-%m-%d')}, 2-core VM, 24 GB", [
+    ram_gib = _meminfo_kib("MemTotal") / (1 << 20)
+    print_table(f"{'SMOKE (--quick) ' if args.quick else ''}sandbox fuzz: {len(answers)} answers ({n_adv} "
+                f"adversarial, {len(answers) - n_adv} random, seed {args.seed}) through CodingTask.evaluate, "
+                f"timeout_s {limits.timeout_s:g}, {time.strftime('%Y-%m-%d')}, "
+                f"{len(os.sched_getaffinity(0))}-core machine, {ram_gib:.1f} GiB RAM", [
         ("worst run_tests wall ÷ timeout_s", f"{worst[0]:.2f}",
          f"{worst[1]}; contract <= {bound:.2f} (timeout_s + RETURN_GRACE_S {RETURN_GRACE_S:g} s): "
          f"{'met' if worst[0] <= bound else 'NOT met'}"),
@@ -284,7 +287,8 @@ def main() -> None:
         ("peak parent RSS growth, MiB", f"{(rss_peak - rss0) / 1024:.1f}", "over the whole run, sampled every 10 ms"),
         ("host Shmem growth per answer (worst), MiB", f"{shm_growth[0] / 1024:.1f}",
          f"{shm_growth[1]}; cap per run: tmpfs_bytes {limits.tmpfs_bytes >> 20} MiB "
-         f"({'met' if shm_growth[0] <= limits.tmpfs_bytes >> 10 else 'NOT met'}); host-wide, other processes add noise"),
+         f"({'met' if shm_growth[0] <= limits.tmpfs_bytes >> 10 else 'NOT met'}); host-wide, other processes "
+         "add noise"),
         ("host slab growth per answer (worst), MiB", f"{slab_growth[0] / 1024:.1f}",
          f"{slab_growth[1]}; tmpfs inodes and dentries live here (tmpfs_inodes {limits.tmpfs_inodes}), and "
          "every process's kernel objects; host-wide, noisy"),

@@ -323,8 +323,8 @@ def _tail(err: bytes) -> str:
 
 def _start_failure(msg: str, timed_out: bool, rc: int, within_s: float, what: str) -> str:
     """Why a sandbox did not start its job: user namespaces are blamed only when bwrap's own
-    message points at them. Why: the old text advised "allow unprivileged user namespaces" for every silent
-    failure - wrong on the hosts where it happened (issue 33: namespaces worked, the parent's
+    message points at them. Why: the old text advised "allow unprivileged user namespaces" for
+    every silent failure - wrong where it happened (issue 33: namespaces worked, the parent's
     descriptors were past select()'s 1024)."""
     if msg and any(sign in msg.lower() for sign in _LIMIT_SIGNS):
         return (f"sandbox: {what} could not start: {msg}. A per-user limit was reached: processes "

@@ -179,7 +179,8 @@ def test_a_stdout_or_stderr_flood_is_read_up_to_its_cap_only(monkeypatch):
     most, instead of a read loop until the deadline. Without the guard it reads everything."""
     limits = SandboxLimits(timeout_s=6.0, per_test_timeout_s=2.0)
     r = run(monkeypatch, FLOOD_STREAMS, [(0,), (1,)], limits=limits)
-    assert r.parent_read["stdout"] <= STREAM_CAP + CHUNK and r.parent_read["stderr"] <= STREAM_CAP + CHUNK, r.parent_read
+    read = r.parent_read
+    assert read["stdout"] <= STREAM_CAP + CHUNK and read["stderr"] <= STREAM_CAP + CHUNK, read
     assert len(r.stdout) < 3000 and len(r.stderr) < 3000
     within_the_contract(r, limits)
     weak = run(monkeypatch, FLOOD_STREAMS, [(0,), (1,)], "stream_budget", limits=limits).parent_read
