@@ -64,8 +64,16 @@ device tool's 64 MiB working-tree limit, so the model cannot travel in one call.
 SmolLM2's tokenizer (tests); a path is used as an HF folder.
 
 Cost. Measured on this machine (2-core Xeon, CPU, shared with other benchmarks; load average
-15-24 during the runs, so an upper bound), SmolLM2-135M fp32, the paper's token limits:
-MEASURED_CPU
+15-24 during the runs, so upper bounds), 2026-12-07:
+  tiny model, --quick (8 new tokens), 1 thread: writing 0.5 s per training episode (sample +
+  update), 0.4 s per eval episode; HouseBuild CC 6-9 s per training episode (1.3k-token
+  prompts x 4 turns: the update's forward + backward over SmolLM2's 49k-token vocabulary
+  dominates), 2.0-3.0 s per eval episode; a MAGRPO tree (30 joint actions) 27 s. The test's
+  4 cells: 20 s of CPU, ~100 s wall at that load.
+  SmolLM2-135M, writing CC, 256 tokens, 2 threads: did not finish in 20 min at that load
+  (one round of 4 episodes + 2 x 4 eval episodes), so > 2 min per episode there; not a
+  figure to plan with. Rerun on a quiet machine:
+  `--device cpu --tasks writing --algos cc --seed-list 0 --budget 4 --eval 4,1 --out /tmp/pc-cpu`.
 H100: NOT MEASURED: no accelerator was lent to this task (issue 28's session had none either).
 Estimate, not a measurement: a KV-cached decode step of a 30-layer 135M model with LoRA from
 Python is launch-bound, ~15-20 ms per step whatever the batch, so a 512-token HouseBuild turn
