@@ -32,6 +32,11 @@ from pathlib import Path
 
 import yaml
 
+# --logprob-rule: the TrainConfig fields of each rule (issue 28 item 2 measures both on the demo)
+LOGPROB_RULES = {
+    "sampled": {"use_sampling_params": True},
+    "paper": {"use_sampling_params": False, "off_policy": "none"},
+}
 
 def agents_yaml(workdir: Path, agents: list[str], engine: str, model: str, max_tokens: int,
                 pack: bool = False) -> Path:
@@ -107,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--logprob-rule", choices=list(LOGPROB_RULES), default="sampled",
+                    help="the log-prob the actor is trained on: 'sampled' = under the distribution sampled "
+                         "from (temperature, top-p; ratios vs the logged behaviour log-probs), 'paper' = the "
+                         "paper's temperature-1 log-softmax of the raw logits (pi_old recomputed); "
+                         "docs/learning-curves.md compares them")
     ap.add_argument("--workdir", default="runs/demo")
     ap.add_argument("--pack", action="store_true",
                     help="serve every agent from ONE engine (one process, one copy of the model, each agent its "
@@ -181,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             console.print("[red]no eval episode completed before training; see the agents' logs in " + str(workdir))
             return 1
         config = TrainConfig(algo="cc", lr=args.lr, critic_lr=args.lr, seed=args.seed,
-                             micro_batch_size=4)  # exact gradient accumulation; bounds trainer memory
+                             micro_batch_size=4,  # exact gradient accumulation; bounds trainer memory
+                             **LOGPROB_RULES[args.logprob_rule])
         run = RunLog(workdir / "runs", args.task, "cc", args.seed,
                      {**config.model_dump(), "model": args.model, "episodes_per_iteration": args.episodes})
         run.log(0, {"charts/eval_return": sum(before.values()) / len(before)})
@@ -207,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                 active = c.info().active_adapter
             served[a] = {"version": active.version, "sha256": active.sha256}
         summary = {
-            "task": args.task, "algo": "cc", "model": args.model, "engine": args.engine, "packed": args.pack,
+            "task": args.task, "algo": "cc", "logprob_rule": args.logprob_rule, "model": args.model,
+            "engine": args.engine, "packed": args.pack,
             "iterations": len(history), "episodes_per_iteration": args.episodes, "lr": args.lr,
             "eval_split": "eval", "n": cmp.delta.n, "unmatched": cmp.unmatched,
             "before": cmp.before.to_dict(), "after": cmp.after.to_dict(),

@@ -66,3 +66,15 @@ def test_demo_runs_the_whole_loop_and_leaves_nothing_running(tmp_path, pack):
         assert summary["adapters"][agent] == {"version": 1, "sha256": manifest["sha256"]}
     assert set(summary["time_s"]) >= {"start agent services", "evaluate before (eval split)"}
     assert _processes_mentioning(str(workdir)) == []
+
+
+@pytest.mark.parametrize("rule", ["sampled", "paper"])
+def test_each_logprob_rule_is_a_valid_demo_config(rule):
+    """--logprob-rule: both rules the demo compares make a TrainConfig the trainer accepts, and
+    they differ where they should (the paper's needs pi_old recomputed: off_policy none)."""
+    from collm_train.config import TrainConfig
+    from collm_train.demo import LOGPROB_RULES
+
+    config = TrainConfig(algo="cc", lr=1e-4, critic_lr=1e-4, micro_batch_size=4, **LOGPROB_RULES[rule])
+    assert config.use_sampling_params is (rule == "sampled")
+    assert rule == "sampled" or config.off_policy == "none"
