@@ -2,6 +2,7 @@
 
     collm-train --algo cc --traces runs/traces.db --team team.yaml --push
     collm-train online --algo cc --team team.yaml --iterations 50 --episodes-per-iteration 16
+    collm-train online --async ...   # collection overlaps the updates (collm_train/online_async.py)
     collm-train plot runs/ --out curves.png
     collm-train config --algo cc --preset paper --dump   # the effective TrainConfig as YAML
     collm-train config --algo cc --preset paper --task housebuild   # what the paper ran on it
@@ -303,7 +304,23 @@ def _progress_wanted(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else progress
 
 
+def apply_cpu_affinity(cfg) -> None:
+    """Pin this process to cfg.cpu_affinity BEFORE torch starts its threads (the Trainer then sets
+    torch.set_num_threads to the cores it may use: config.num_threads); the agents' counterpart
+    is collm_serve/agent/server.py `_pin_to_cores`. No-op when None."""
+    import os
+
+    if cfg.cpu_affinity is None:
+        return
+    available = os.sched_getaffinity(0)
+    if not set(cfg.cpu_affinity) <= available:
+        raise CliError(f"--cpu-affinity: cores {sorted(set(cfg.cpu_affinity) - available)} are not available to "
+                       f"this process (available: {sorted(available)}); list cores from that set")
+    os.sched_setaffinity(0, cfg.cpu_affinity)
+
+
 def _setup(cfg, team, team_path, model, runs_dir, resume, trackers, traces_info):
+    apply_cpu_affinity(cfg)
     from collm_serve.models import ModelUnavailableError, model_id_for, resolve_model
     from collm_train.distributed import is_main_process
     from collm_train.run import RunLog, provenance
@@ -444,12 +461,23 @@ def main(ctx, team_path, out_dir, model, runs_dir, config_path, resume, trackers
 @click.option("--episodes-per-iteration", type=int, default=8, show_default=True)
 @click.option("--traces", default=None, help="trace store (default: the team's)")
 @click.option("--concurrency", type=int, default=4, show_default=True)
+@click.option("--async", "async_", is_flag=True,
+              help="collect continuously while the trainer updates and pushes each version at once "
+                   "(collm_train/online_async.py); not yet the default: its learning speed is still being measured")
+@click.option("--ahead", type=click.IntRange(min=0), default=None,
+              help="--async: batches collection may run ahead of the trainer (0 = the sync loop) "
+                   "[default: --max-staleness, else 1]")
 def online(team_path, out_dir, model, runs_dir, config_path, resume, trackers, progress, iterations,
-           episodes_per_iteration, traces, concurrency, **flags):
-    """collect (orchestrator) → update → push, repeatedly, on the live team."""
+           episodes_per_iteration, traces, concurrency, async_, ahead, **flags):
+    """collect (orchestrator) → update → push, repeatedly, on the live team (--async: overlapped)."""
     team = _load_team(team_path)
     cfg = _train_config(config_path, flags)
     _check_task(cfg, team, team_path)
+    if ahead is not None and not async_:
+        raise CliError("--ahead applies to the async loop; add --async or drop --ahead")
+    if async_ and ahead is not None and cfg.max_staleness is not None and ahead > cfg.max_staleness:
+        click.echo(f"warning: --ahead {ahead} > --max-staleness {cfg.max_staleness}: actions more than "
+                   f"{cfg.max_staleness} versions stale will be dropped (charts/dropped_stale)", err=True)
     traces = traces or team.traces
     _check_trace_file(traces, team, team_path)
     _refuse_small_groups(cfg.algo, team)
@@ -459,16 +487,20 @@ def online(team_path, out_dir, model, runs_dir, config_path, resume, trackers, p
     _preflight_agents(team, team_path, out_dir, model)
     # -- nothing above loads a model or imports torch
     from collm_train.online import online_loop
+    from collm_train.online_async import AsyncLoopError, async_online_loop
     from collm_train.push import PushError
 
     trainer, run, agents = _setup(cfg, team, team_path, model, runs_dir, resume, trackers, (None, traces))
+    loop, extra = (async_online_loop, {"ahead": ahead}) if async_ else (online_loop, {})
     try:
         with _UpdateProgress(_progress_wanted(progress)) as bar:
-            history = online_loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
-                                  episodes_per_iteration=episodes_per_iteration, traces=traces,
-                                  concurrency=concurrency, echo=click.echo, on_step=bar.on_step)
+            history = loop(team, trainer, run, out_dir=out_dir, iterations=iterations,
+                           episodes_per_iteration=episodes_per_iteration, traces=traces,
+                           concurrency=concurrency, echo=click.echo, on_step=bar.on_step, **extra)
     except PushError as e:
-        raise CliError(f"push failed: {e}") from None
+        raise CliError(f"push failed: {e}; fix the agent, then rerun with --resume {run.name}") from None
+    except AsyncLoopError as e:
+        raise CliError(str(e)) from None
     finally:
         run.close()
     if iterations > 0 and not history:

@@ -178,6 +178,13 @@ class TrainConfig(BaseModel):
     this machine (LOCAL_WORLD_SIZE). On a machine shared with other busy processes, fewer can be
     faster (OpenMP threads spin-wait for cores others hold)."""
 
+    cpu_affinity: tuple[int, ...] | None = Field(None, min_length=1)
+    """CPU cores the trainer process runs on, e.g. `2,3` (None: every core it may use). Applied
+    with os.sched_setaffinity before the Trainer starts torch's threads, so `threads` None then
+    means one thread per listed core. The agents' own `cpu_affinity` (collm_serve AgentConfig)
+    is its counterpart: on one machine give agents and trainer disjoint cores, so the async
+    online loop's collection and updates do not spin-wait on each other's OpenMP threads."""
+
     max_grad_norm: float | None = Field(None, gt=0.0)
     """Gradient-norm clip, per actor and per critic (preset collm: 1.0); None disables it (the
     paper's code clips nothing, maac.py:887-893)."""
@@ -303,6 +310,13 @@ class TrainConfig(BaseModel):
     def _non_empty_targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("lora_target_modules must name at least one module, e.g. q_proj,v_proj")
+        return v
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _cores(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (min(v) < 0 or len(set(v)) != len(v)):
+            raise ValueError(f"cpu_affinity {list(v)}: list distinct core numbers >= 0, e.g. 2,3")
         return v
 
     @model_validator(mode="after")
