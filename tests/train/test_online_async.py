@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -170,7 +169,15 @@ def _ckpt_record(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["online_async"]
 
 
+def _running(traces: Path) -> bool:
+    with TraceStore(traces) as store:
+        return bool(store.list_episodes(status="running"))
+
+
 def test_kill_9_then_resume_trains_each_episode_once(tmp_path):
+    """Killed after its first checkpoint while episodes run: the resumed run marks them
+    interrupted, collects their plan entries again, trains every slice once and each ok episode
+    of the run exactly once, and the metrics rows are 1..4 without a gap or a repeat."""
     procs, team_path = start_team(tmp_path, "toy", ("helper", "main"), max_tokens=6)
     runs = tmp_path / "runs"
     cmd = [sys.executable, "-m", "collm_train", "online", "--async", "--team", str(team_path),
@@ -180,11 +187,12 @@ def test_kill_9_then_resume_trains_each_episode_once(tmp_path):
     try:
         first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
-        while not list(runs.glob("*/checkpoint.pt")) or not _ckpt_record(next(runs.glob("*"))).get("episodes"):
+        while not (list(runs.glob("*/checkpoint.pt")) and _ckpt_record(next(runs.glob("*"))).get("episodes")
+                   and _running(tmp_path / "traces.db")):
             assert first.poll() is None, first.stdout.read()
-            assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.05)
-        first.send_signal(signal.SIGKILL)  # during the next slice's collection or update
+            assert time.monotonic() < deadline, "no checkpoint and running episode after 300 s"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)  # after an update, while the next slice is being collected
         first.wait()
         (run_dir,) = runs.glob("*")
         killed_at = _ckpt_record(run_dir)["next_slice"]
@@ -192,6 +200,7 @@ def test_kill_9_then_resume_trains_each_episode_once(tmp_path):
         resume = [*cmd, "--iterations", str(4 - killed_at), "--resume", run_dir.name]  # N more, as the sync loop
         done = subprocess.run(resume, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        print(done.stdout)  # resume: interrupted episodes marked, the team serving the checkpoint's version
         record = _ckpt_record(run_dir)
         assert record["next_slice"] == 4 and sorted(record["episodes"]) == ["0", "1", "2", "3"]
         trained = [e for ids in record["episodes"].values() for e in ids]
@@ -213,3 +222,40 @@ def test_kill_9_then_resume_trains_each_episode_once(tmp_path):
     finally:
         for p in procs:
             p.stop(timeout=10)
+
+
+def test_trainer_cpu_affinity_pins_before_torch_threads():
+    """--cpu-affinity pins the trainer process (os.sched_setaffinity) and torch's thread count
+    follows it (config.num_threads counts the cores it may use); cores it may not use are a
+    one-line error naming the available ones. In a child process: the test runner keeps its cores."""
+    code = (
+        "import os, torch\n"
+        "from collm_train.cli import CliError, apply_cpu_affinity\n"
+        "from collm_train.config import TrainConfig\n"
+        "cfg = TrainConfig(cpu_affinity=[0])\n"
+        "apply_cpu_affinity(cfg)\n"
+        "torch.set_num_threads(cfg.num_threads)\n"
+        "print(sorted(os.sched_getaffinity(0)), torch.get_num_threads())\n"
+        "try:\n"
+        "    apply_cpu_affinity(TrainConfig(cpu_affinity=[0, 4096]))\n"
+        "except CliError as e:\n"
+        "    print(e.format_message())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = out.stdout.strip().splitlines()
+    assert first == "[0] 1"
+    assert "cores [4096] are not available" in second and "available: [0]" in second
+
+
+def test_async_cli_refuses_ahead_without_async(tmp_path):
+    from click.testing import CliRunner
+
+    from collm_train.cli import main
+
+    team = tmp_path / "team.yaml"
+    team.write_text(yaml.safe_dump({"task": "toy", "traces": str(tmp_path / "t.db"),
+                                    "agents": {"helper": {"address": "localhost:1"}, "main": {"address": "localhost:2"}}}))
+    result = CliRunner().invoke(main, ["online", "--team", str(team), "--ahead", "1"])
+    assert result.exit_code == 1 and "--ahead applies to the async loop; add --async" in result.output
