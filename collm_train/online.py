@@ -4,6 +4,10 @@ Episodes are collected through the orchestrator (each agent in its own service, 
 adapter version it started on); actions more than `max_staleness` versions away from the
 learner are dropped by the trainer and counted (`charts/dropped_stale`), the rest corrected
 by the importance ratio against their logged behaviour log-probs.
+
+This loop runs the three in turn, so agents and trainer idle while the other works;
+`online_async.py` (`collm-train online --async`) overlaps them, and with `ahead=0` reduces to
+exactly this loop (tests/train/test_online_async.py).
 """
 
 from __future__ import annotations
