@@ -321,19 +321,19 @@ def async_online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_i
     consumed = load_consumed(trainer, run.checkpoint, run.last_iteration())
     agents = list(team.agents)
     store = TraceStore(traces)
-    if resumed:
-        left = store.mark_interrupted(before=time.time())
-        if left:
-            echo(f"resume: {left} episode(s) a dead collector left running are now failed/interrupted")
-        if consumed.last_row and run.last_iteration() < consumed.next_slice:  # killed between push and log
-            run.log(consumed.next_slice, consumed.last_row)
-        _repush(trainer, team, out_dir, agents, echo)
     slices = range(consumed.next_slice, consumed.next_slice + iterations)
     gate = _Gate(consumed.next_slice, ahead)
     collector = Collector(team, traces, plan, slices, gate, concurrency=concurrency)
-    collector.start()
     history: list[dict] = []
     try:
+        if resumed:
+            left = store.mark_interrupted(before=time.time())
+            if left:
+                echo(f"resume: {left} episode(s) a dead collector left running are now failed/interrupted")
+            if consumed.last_row and run.last_iteration() < consumed.next_slice:  # killed between push and log
+                run.log(consumed.next_slice, consumed.last_row)
+            _repush(trainer, team, out_dir, agents, echo)
+        collector.start()
         for c in slices:
             t0 = time.monotonic()
             got = collector.done.get()
@@ -371,8 +371,9 @@ def async_online_loop(team, trainer, run, *, out_dir, iterations, episodes_per_i
                  f"pushed v{version} ({', '.join(f'{r.agent}={r.sha256[:8]}' for r in results)}), "
                  f"waited {t1 - t0:.1f}s for data")
     finally:
-        collector.stop()
-        collector.join()
+        if collector.is_alive():
+            collector.stop()
+            collector.join()
         store.close()
     return history
 
