@@ -64,6 +64,9 @@ def parse_move(text: str) -> int:
     m = _INT.search(text)
     if m is None:
         return 0
+    digits = m.group().lstrip("-").lstrip("0") or "0"
+    if len(digits) > len(str(MAX_MOVE)):  # out of range; and int() refuses > 4300 digits (model text)
+        return 0
     v = int(m.group())
     return v if 0 <= v <= MAX_MOVE else 0
 
