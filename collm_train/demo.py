@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--logprob-rule", choices=list(LOGPROB_RULES), default="sampled",
+    ap.add_argument("--logprob-rule", choices=list(LOGPROB_RULES), default="paper",
                     help="the log-prob the actor is trained on: 'sampled' = under the distribution sampled "
                          "from (temperature, top-p; ratios vs the logged behaviour log-probs), 'paper' = the "
                          "paper's temperature-1 log-softmax of the raw logits (pi_old recomputed); "
