@@ -24,6 +24,8 @@ from pydantic import (
 )
 
 from collm_serve.config_errors import flag_names, format_validation_error, read_yaml_mapping, suggest
+from collm_serve.engines.base import SamplingParams
+from collm_serve.errors import InvalidArgument
 from collm_serve.models import EMBEDDED_MODEL, collm_home
 
 
@@ -49,9 +51,6 @@ class SamplingDefaults(BaseModel):
         """The request-time rules (engines/base.py `SamplingParams`, one definition), at load: a
         value every request would be refused for (temperature 3) is a config error, not a
         SERVING agent that fails each request."""
-        from collm_serve.engines.base import SamplingParams
-        from collm_serve.errors import InvalidArgument
-
         try:
             SamplingParams(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
                            top_k=self.top_k)
